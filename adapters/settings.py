@@ -1,0 +1,174 @@
+"""The one settings object, read from ``PARLEY_*`` environment variables and validated at start."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import msgspec
+
+__all__ = ["Settings", "SettingsError"]
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(ValueError):
+    """Raised with one line per bad value, so an operator can fix them all at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    home: Path
+    database_url: str | None = None
+    nats_url: str | None = None
+    redis_url: str | None = None
+    # Prefix of every stream, subject, table-free resource and Redis key this deployment owns.
+    # Production keeps "parley" (streams PARLEY_EVENTS, subjects parley.events.>); tests use their own.
+    namespace: str = "parley"
+    secret_key: str = ""
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    default_tenant: str = "default"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    log_json: bool = True
+    max_request_bytes: int = 1_048_576
+    # Embedded Postgres only: trade durability of the last commits for speed (tests, benchmarks).
+    embedded_fast: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if env is None else env
+        problems: list[str] = []
+
+        def get(name: str) -> str | None:
+            value = env.get(f"PARLEY_{name}")
+            return value if value not in (None, "") else None
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"PARLEY_{name}={raw!r} is not an integer")
+                return default
+            if not low <= value <= high:
+                problems.append(f"PARLEY_{name}={value} must be between {low} and {high}")
+            return value
+
+        def boolean(name: str, default: bool) -> bool:
+            raw = get(name)
+            if raw is None:
+                return default
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            problems.append(f"PARLEY_{name}={raw!r} is not a boolean (use true or false)")
+            return default
+
+        def url(name: str, schemes: tuple[str, ...]) -> str | None:
+            raw = get(name)
+            if raw is None:
+                return None
+            parts = urlsplit(raw)
+            if parts.scheme not in schemes:
+                problems.append(f"PARLEY_{name} must start with one of {', '.join(s + '://' for s in schemes)}")
+            return raw
+
+        home = Path(get("HOME") or Path.cwd() / ".parley").expanduser().resolve()
+        namespace = get("NAMESPACE") or "parley"
+        if not _NAMESPACE.match(namespace):
+            problems.append(f"PARLEY_NAMESPACE={namespace!r} must match {_NAMESPACE.pattern}")
+        default_tenant = get("DEFAULT_TENANT") or "default"
+        if not _SLUG.match(default_tenant):
+            problems.append(f"PARLEY_DEFAULT_TENANT={default_tenant!r} must match {_SLUG.pattern}")
+        log_level = (get("LOG_LEVEL") or "info").lower()
+        if log_level not in _LOG_LEVELS:
+            problems.append(f"PARLEY_LOG_LEVEL={log_level!r} must be one of {', '.join(_LOG_LEVELS)}")
+        secret = get("SECRET_KEY")
+        if secret is not None and len(secret) < 32:
+            problems.append("PARLEY_SECRET_KEY must be at least 32 characters")
+
+        values: dict[str, object] = dict(
+            home=home,
+            database_url=url("DATABASE_URL", ("postgresql", "postgres", "postgresql+psycopg")),
+            nats_url=url("NATS_URL", ("nats", "tls")),
+            redis_url=url("REDIS_URL", ("redis", "rediss", "unix")),
+            namespace=namespace,
+            secret_key=secret or "",
+            access_token_ttl_s=integer("ACCESS_TOKEN_TTL", 900, 30, 86_400),
+            refresh_token_ttl_s=integer("REFRESH_TOKEN_TTL", 30 * 24 * 3600, 300, 365 * 24 * 3600),
+            default_tenant=default_tenant,
+            host=get("HOST") or "127.0.0.1",
+            port=integer("PORT", 8000, 0, 65_535),
+            log_level=log_level,
+            log_json=boolean("LOG_JSON", True),
+            max_request_bytes=integer("MAX_REQUEST_BYTES", 1_048_576, 1024, 1 << 30),
+            embedded_fast=boolean("EMBEDDED_FAST", False),
+        )
+        if problems:
+            raise SettingsError(problems)
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        if not settings.secret_key:
+            settings = msgspec.structs.replace(settings, secret_key=_persisted_secret(settings.home))
+        return settings
+
+    def with_urls(self, *, database_url: str, nats_url: str, redis_url: str) -> Settings:
+        return msgspec.structs.replace(self, database_url=database_url, nats_url=nats_url, redis_url=redis_url)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment a child process needs to rebuild these exact settings."""
+        env = {
+            "PARLEY_HOME": str(self.home),
+            "PARLEY_NAMESPACE": self.namespace,
+            "PARLEY_SECRET_KEY": self.secret_key,
+            "PARLEY_ACCESS_TOKEN_TTL": str(self.access_token_ttl_s),
+            "PARLEY_REFRESH_TOKEN_TTL": str(self.refresh_token_ttl_s),
+            "PARLEY_DEFAULT_TENANT": self.default_tenant,
+            "PARLEY_HOST": self.host,
+            "PARLEY_PORT": str(self.port),
+            "PARLEY_LOG_LEVEL": self.log_level,
+            "PARLEY_LOG_JSON": "true" if self.log_json else "false",
+            "PARLEY_MAX_REQUEST_BYTES": str(self.max_request_bytes),
+        }
+        for name, value in (
+            ("DATABASE_URL", self.database_url),
+            ("NATS_URL", self.nats_url),
+            ("REDIS_URL", self.redis_url),
+        ):
+            if value:
+                env[f"PARLEY_{name}"] = value
+        return env
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Settings(home={str(self.home)!r}, namespace={self.namespace!r}, secret_key='***')"
+
+
+def _persisted_secret(home: Path) -> str:
+    """A generated secret survives restarts (tokens stay valid) and is readable by its owner only."""
+    path = home / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this deployment won the race
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+    return secret

@@ -1,0 +1,83 @@
+"""The Litestar app factory."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.controllers.audit import AuditController
+from api.controllers.auths import AuthController
+from api.controllers.health import HealthController
+from api.controllers.users import TenantController, UserController
+from api.deps import container, optional_principal, principal, request_tenant
+from api.errors import exception_handlers
+from workers.bootstrap import Container
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("parley.http")
+
+
+def request_log_middleware(app: ASGIApp) -> ASGIApp:
+    """One structured line per request, with its correlation id (``X-Request-ID`` in and out)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")[:64]
+        correlation_id = incoming if incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+        scope.setdefault("state", {})["correlation_id"] = correlation_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", correlation_id.encode())]
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            log.info(
+                "request",
+                method=scope.get("method"),
+                path=scope.get("path"),
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                actor=scope["state"].get("actor", "anonymous"),
+            )
+            structlog.contextvars.unbind_contextvars("correlation_id")
+
+    return middleware
+
+
+def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litestar:
+    app = Litestar(
+        route_handlers=[AuthController, UserController, TenantController, AuditController, HealthController],
+        dependencies={
+            "c": Provide(container, sync_to_thread=False),
+            "caller": Provide(principal),
+            "maybe_caller": Provide(optional_principal),
+            "tenant": Provide(request_tenant),
+        },
+        exception_handlers=exception_handlers,
+        middleware=[request_log_middleware],
+        openapi_config=OpenAPIConfig(title="parley", version="0.1.0", path="/schema"),
+        request_max_body_size=c.settings.max_request_bytes,
+        on_shutdown=on_shutdown or [],
+        debug=False,
+    )
+    app.state.container = c
+    return app

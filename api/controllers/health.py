@@ -1,0 +1,46 @@
+"""Liveness and readiness. Ready means the event store, NATS and Redis all answer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import Controller, Response, get
+
+from workers.bootstrap import Container
+
+
+async def _check(name: str, probe: Any) -> tuple[str, str]:
+    try:
+        await asyncio.wait_for(probe, timeout=2)
+        return name, "ok"
+    except Exception as exc:  # any failure means not ready; say which
+        return name, f"error: {type(exc).__name__}"
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["operations"]
+    include_in_schema = True
+
+    @get("/", operation_id="Health")
+    async def live(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready", operation_id="Ready")
+    async def ready(self, c: Container) -> Response[dict[str, Any]]:
+        async def nats() -> None:
+            await c.connect_nats("parley-api")
+            if not c.nc.is_connected:
+                raise ConnectionError("nats disconnected")
+            await c.nc.flush(timeout=1)
+
+        checks = dict(
+            await asyncio.gather(
+                _check("event_store", c.store.call(c.store.max_id)),
+                _check("nats", nats()),
+                _check("redis", c.redis.ping()),
+            )
+        )
+        ok = all(v == "ok" for v in checks.values())
+        return Response({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)

@@ -1,0 +1,99 @@
+"""What every handler needs from a request: the container, the caller, the tenant, the command context."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+
+from application.context import CommandContext
+from application.identity import Principal
+from domain.errors import Forbidden, Unauthenticated
+from domain.identity import tenant_id_for
+from projections.identity import tenant_for_host
+from workers.bootstrap import Container
+
+__all__ = ["container", "principal", "optional_principal", "command_context", "request_tenant", "dependencies"]
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_HOST_CACHE: dict[str, tuple[float, str | None]] = {}
+
+
+def container(state: State) -> Container:
+    return state.container  # type: ignore[no-any-return]
+
+
+def _credential(request: Request[Any, Any, Any]) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthenticated("INVALID_AUTHORIZATION", "use 'Authorization: Bearer <token or API key>'")
+        return value.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key else None
+
+
+async def request_tenant(request: Request[Any, Any, Any], state: State) -> str:
+    """Before sign-in: ``X-Tenant`` (slug), else the tenant that claims the host name, else the default."""
+    c: Container = state.container
+    slug = request.headers.get("x-tenant")
+    if slug:
+        return slug.strip().lower()
+    host = (request.headers.get("host") or "").split(":")[0].lower()
+    if host:
+        cached = _HOST_CACHE.get(host)
+        if cached is None or time.monotonic() - cached[0] > 30:
+            cached = (time.monotonic(), await tenant_for_host(c.engine, host))
+            _HOST_CACHE[host] = cached
+        if cached[1]:
+            return cached[1]
+    return c.settings.default_tenant
+
+
+def _base_context(request: Request[Any, Any, Any], tenant_id: str, actor: str) -> CommandContext:
+    traceparent = request.headers.get("traceparent")
+    return CommandContext(
+        tenant_id=tenant_id,
+        actor=actor,
+        correlation_id=request.scope.get("state", {}).get("correlation_id", ""),
+        traceparent=traceparent if traceparent and _TRACEPARENT.match(traceparent) else None,
+        ip=request.client.host if request.client else None,
+        user_agent=(request.headers.get("user-agent") or "")[:512] or None,
+    )
+
+
+async def optional_principal(request: Request[Any, Any, Any], state: State) -> Principal | None:
+    credential = _credential(request)
+    if credential is None:
+        return None
+    c: Container = state.container
+    p = await c.identity.authenticate(_base_context(request, "", "anonymous"), credential)
+    claimed = request.headers.get("x-tenant")
+    if claimed and str(tenant_id_for(claimed.strip().lower())) != p.tenant_id and claimed != p.tenant_id:
+        raise Forbidden("TENANT_MISMATCH", "the credential belongs to another tenant")
+    request.scope.setdefault("state", {})["actor"] = p.actor
+    return p
+
+
+async def principal(request: Request[Any, Any, Any], state: State) -> Principal:
+    p = await optional_principal(request, state)
+    if p is None:
+        raise Unauthenticated("UNAUTHENTICATED", "sign in, or send an API key")
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        p.require_scope("write")
+    else:
+        p.require_scope("read")
+    return p
+
+
+def command_context(request: Request[Any, Any, Any], p: Principal | None = None, tenant_id: str = "") -> CommandContext:
+    if p is not None:
+        return _base_context(request, p.tenant_id, p.actor)
+    return _base_context(request, tenant_id, "anonymous")
+
+
+dependencies: dict[str, Any] = {}

@@ -1,0 +1,38 @@
+"""The command context: who asked for a change, for which tenant, in which causal chain. The event
+store stamps it on every event the command produces."""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["CommandContext", "current_command"]
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    tenant_id: str
+    actor: str = "system"
+    """``user:<uuid>``, ``apikey:<uuid>``, ``system`` or ``anonymous``."""
+    correlation_id: str = ""
+    causation_id: str | None = None
+    traceparent: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.correlation_id:
+            object.__setattr__(self, "correlation_id", uuid.uuid4().hex)
+
+    def replace(self, **changes: Any) -> CommandContext:
+        return CommandContext(**{**asdict(self), **changes})
+
+    def as_meta(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+current_command: contextvars.ContextVar[CommandContext | None] = contextvars.ContextVar(
+    "parley_command", default=None
+)

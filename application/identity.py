@@ -1,0 +1,545 @@
+"""Identity and tenants: sign-up, sign-in, sessions, token revocation, users and API keys.
+
+Every use case is: validate input, do slow work (password hashing) outside the command, then run the
+command (load aggregates, call their methods, save) on the event store, retried once on a version
+conflict. Read-side listings are served by ``projections.identity``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from application.context import CommandContext
+from application.credentials import (
+    new_api_key,
+    new_refresh_token,
+    parse_api_key,
+    parse_refresh_token,
+    secret_hash,
+    secrets_equal,
+)
+from application.ports import AccessTokenIssuer, EventStorePort, PasswordHasher, TokenVersionCache
+from domain.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
+from domain.identity import (
+    API_KEY_SCOPES,
+    ApiKey,
+    EmailIndex,
+    Session,
+    SignInAttempt,
+    Tenant,
+    TokenMisuse,
+    User,
+    check_name,
+    check_password_strength,
+    check_role,
+    check_slug,
+    email_index_id,
+    normalize_email,
+    tenant_id_for,
+)
+
+__all__ = ["AccessClaims", "Identity", "Principal", "TokenPair", "UserInfo", "TenantInfo", "NewApiKey"]
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    tenant_id: str
+    role: str
+    token_version: int
+    session_id: str
+    jti: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user through a session's access token, or through one of their API keys."""
+
+    tenant_id: str
+    user_id: uuid.UUID
+    role: str
+    via: str  # "token" or "api_key"
+    session_id: str | None = None
+    api_key_id: uuid.UUID | None = None
+    scopes: tuple[str, ...] = ("read", "write", "admin")
+
+    @property
+    def actor(self) -> str:
+        return f"apikey:{self.api_key_id}" if self.via == "api_key" else f"user:{self.user_id}"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin" and "admin" in self.scopes
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise Forbidden("ADMIN_REQUIRED", "this needs the admin role")
+
+    def require_scope(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise Forbidden("SCOPE_REQUIRED", f"this API key lacks the '{scope}' scope", scope=scope)
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "bearer"
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    id: uuid.UUID
+    tenant_id: str
+    email: str
+    name: str
+    role: str
+    active: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserInfo:
+        return cls(user.id, user.tenant_id, user.email, user.name, user.role, user.active, user.created_on)
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    id: uuid.UUID
+    slug: str
+    name: str
+    allow_signup: bool
+    default_role: str
+    domains: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantInfo:
+        return cls(tenant.id, tenant.slug, tenant.name, tenant.allow_signup, tenant.default_role, tenant.domains)
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    id: uuid.UUID
+    name: str
+    key: str  # shown once
+    prefix: str
+    scopes: list[str]
+    expires_at: datetime | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Identity:
+    def __init__(
+        self,
+        *,
+        store: EventStorePort,
+        passwords: PasswordHasher,
+        tokens: AccessTokenIssuer,
+        token_versions: TokenVersionCache,
+        refresh_ttl_s: int,
+        platform_tenant: str = "default",
+    ) -> None:
+        self.store = store
+        self.passwords = passwords
+        self.tokens = tokens
+        self.token_versions = token_versions
+        self.refresh_ttl = timedelta(seconds=refresh_ttl_s)
+        self.platform_tenant_id = str(tenant_id_for(platform_tenant))
+
+    # --- tenants ----------------------------------------------------------------------------------------
+    def _tenant(self, slug_or_id: str) -> Tenant:
+        try:
+            tenant_id = uuid.UUID(slug_or_id)
+        except ValueError:
+            tenant_id = tenant_id_for(slug_or_id)
+        tenant = self.store.find(Tenant, tenant_id)
+        if tenant is None:
+            raise NotFound("TENANT_NOT_FOUND", "no such tenant", tenant=slug_or_id)
+        return tenant
+
+    async def tenant(self, slug_or_id: str) -> TenantInfo:
+        return TenantInfo.of(await self.store.call(self._tenant, slug_or_id))
+
+    def is_platform_admin(self, principal: Principal) -> bool:
+        return principal.is_admin and principal.tenant_id == self.platform_tenant_id
+
+    async def create_tenant(
+        self,
+        ctx: CommandContext,
+        principal: Principal | None,
+        *,
+        slug: str,
+        name: str,
+        allow_signup: bool = True,
+        default_role: str = "user",
+        domains: Sequence[str] = (),
+    ) -> TenantInfo:
+        """Platform admins create tenants (``principal=None`` is the operator's CLI)."""
+        if principal is not None and not self.is_platform_admin(principal):
+            raise Forbidden("PLATFORM_ADMIN_REQUIRED", "only a platform admin can create tenants")
+        check_slug(slug)
+        name = check_name(name)
+        check_role(default_role)
+        if default_role == "admin":
+            raise Invalid("INVALID_ROLE", "sign-ups cannot default to admin", field="default_role")
+        domains = [d.strip().lower() for d in domains]
+        tenant_id = str(tenant_id_for(slug))
+
+        def command() -> Tenant:
+            if self.store.find(Tenant, uuid.UUID(tenant_id)) is not None:
+                raise Conflict("TENANT_EXISTS", "a tenant with this slug exists", slug=slug)
+            tenant = Tenant(
+                slug=slug, name=name, allow_signup=allow_signup, default_role=default_role, domains=domains
+            )
+            self.store.save(tenant)
+            return tenant
+
+        return TenantInfo.of(await self.store.execute(ctx.replace(tenant_id=tenant_id), command))
+
+    async def ensure_tenant(self, slug: str, name: str) -> TenantInfo:
+        """Idempotent: the default tenant at start-up."""
+        try:
+            return await self.tenant(slug)
+        except NotFound:
+            pass
+        try:
+            return await self.create_tenant(CommandContext(tenant_id="", actor="system"), None, slug=slug, name=name)
+        except Conflict:
+            return await self.tenant(slug)
+
+    # --- users ------------------------------------------------------------------------------------------
+    async def register(self, ctx: CommandContext, *, tenant: str, email: str, password: str, name: str) -> UserInfo:
+        """Self sign-up. The first user of a tenant becomes its admin."""
+        email = normalize_email(email)
+        name = check_name(name)
+        check_password_strength(password, email)
+        password_hash = await self.store.call(self.passwords.hash, password)
+
+        def command() -> User:
+            t = self._tenant(tenant)
+            first = t.first_admin_id is None
+            if not t.allow_signup and not first:
+                raise Forbidden("SIGNUP_DISABLED", "sign-up is closed for this tenant")
+            return self._add_user(t, email, name, "admin" if first else t.default_role, password_hash, ctx.actor)
+
+        return UserInfo.of(await self.store.execute(ctx, command))
+
+    def _add_user(self, t: Tenant, email: str, name: str, role: str, password_hash: str, by: str) -> User:
+        if self.store.find(EmailIndex, email_index_id(t.tenant_id, email)) is not None:
+            raise Conflict("EMAIL_TAKEN", "an account with this e-mail exists in this tenant", field="email")
+        user = User(tenant_id=t.tenant_id, email=email, name=name, role=role, password_hash=password_hash, created_by=by)
+        index = EmailIndex(tenant_id=t.tenant_id, email=email, user_id=user.id)
+        if t.first_admin_id is None:
+            if role != "admin":
+                user.change_role("admin")
+            t.claim_first_admin(user.id)
+            self.store.save(t, user, index)
+        else:
+            self.store.save(user, index)
+        return user
+
+    async def create_user(
+        self, ctx: CommandContext, principal: Principal, *, email: str, password: str, name: str, role: str
+    ) -> UserInfo:
+        principal.require_admin()
+        email = normalize_email(email)
+        name = check_name(name)
+        check_role(role)
+        check_password_strength(password, email)
+        password_hash = await self.store.call(self.passwords.hash, password)
+
+        def command() -> User:
+            return self._add_user(self._tenant(principal.tenant_id), email, name, role, password_hash, ctx.actor)
+
+        return UserInfo.of(await self.store.execute(ctx, command))
+
+    def _user_of_tenant(self, tenant_id: str, user_id: uuid.UUID) -> User:
+        user = self.store.find(User, user_id)
+        if user is None or user.tenant_id != tenant_id:  # another tenant's user does not exist for you
+            raise NotFound("USER_NOT_FOUND", "no such user")
+        return user
+
+    async def get_user(self, principal: Principal, user_id: uuid.UUID) -> UserInfo:
+        if principal.user_id != user_id:
+            principal.require_admin()
+        return UserInfo.of(await self.store.call(self._user_of_tenant, principal.tenant_id, user_id))
+
+    async def update_user(
+        self,
+        ctx: CommandContext,
+        principal: Principal,
+        user_id: uuid.UUID,
+        *,
+        name: str | None = None,
+        role: str | None = None,
+        active: bool | None = None,
+        password: str | None = None,
+    ) -> UserInfo:
+        principal.require_admin()
+        if role is not None:
+            check_role(role)
+        if user_id == principal.user_id and (active is False or (role is not None and role != "admin")):
+            raise Forbidden("CANNOT_DEMOTE_SELF", "an admin cannot demote or deactivate themselves")
+        password_hash = None
+        if password is not None:
+            check_password_strength(password)
+            password_hash = await self.store.call(self.passwords.hash, password)
+
+        def command() -> User:
+            user = self._user_of_tenant(principal.tenant_id, user_id)
+            if name is not None:
+                user.rename(name)
+            if role is not None:
+                user.change_role(role)
+            if active is False:
+                user.deactivate()
+            elif active is True:
+                user.reactivate()
+            if password_hash is not None:
+                user.change_password(password_hash)
+            self.store.save(user)
+            return user
+
+        user = await self.store.execute(ctx, command)
+        await self.token_versions.set(str(user.id), user.token_version)
+        return UserInfo.of(user)
+
+    async def change_password(
+        self, ctx: CommandContext, principal: Principal, *, current: str, new: str
+    ) -> TokenPair:
+        """Changing one's password revokes every outstanding token and starts a fresh session."""
+        if principal.via != "token":
+            raise Forbidden("SESSION_REQUIRED", "sign in with a password to change it")
+        user = await self.store.call(self._user_of_tenant, principal.tenant_id, principal.user_id)
+        if not await self.store.call(self.passwords.verify, user.password_hash, current):
+            raise Unauthenticated("INVALID_CREDENTIALS", "current password is wrong")
+        check_password_strength(new, user.email)
+        password_hash = await self.store.call(self.passwords.hash, new)
+
+        def command() -> User:
+            u = self._user_of_tenant(principal.tenant_id, principal.user_id)
+            u.change_password(password_hash)
+            self.store.save(u)
+            return u
+
+        user = await self.store.execute(ctx, command)
+        await self.token_versions.set(str(user.id), user.token_version)
+        return await self._start_session(ctx, user)
+
+    # --- sign-in, sessions, tokens --------------------------------------------------------------------------
+    async def login(self, ctx: CommandContext, *, tenant: str, email: str, password: str) -> TokenPair:
+        t = await self.store.call(self._tenant, tenant)
+        ctx = ctx.replace(tenant_id=t.tenant_id)
+        try:
+            email = normalize_email(email)
+        except Invalid:
+            email = email.strip().lower()[:254]
+        index = await self.store.call(self.store.find, EmailIndex, email_index_id(t.tenant_id, email))
+        user = await self.store.call(self.store.find, User, index.user_id) if index else None
+        valid = await self.store.call(self.passwords.verify, user.password_hash if user else None, password)
+        if user is None or not valid:
+            reason = "unknown_email" if user is None else "wrong_password"
+            await self.store.execute(
+                ctx, lambda: self.store.save(SignInAttempt(tenant_id=t.tenant_id, email=email, reason=reason))
+            )
+            raise Unauthenticated("INVALID_CREDENTIALS", "e-mail or password is wrong")
+        if not user.active:
+            await self.store.execute(
+                ctx, lambda: self.store.save(SignInAttempt(tenant_id=t.tenant_id, email=email, reason="deactivated"))
+            )
+            raise Forbidden("USER_DEACTIVATED", "this account is deactivated")
+        await self.token_versions.set(str(user.id), user.token_version)
+        return await self._start_session(ctx.replace(actor=f"user:{user.id}"), user)
+
+    async def _start_session(self, ctx: CommandContext, user: User) -> TokenPair:
+        session_id = uuid.uuid4()
+        refresh = new_refresh_token(session_id)
+
+        def command() -> None:
+            session = Session(
+                session_id=session_id,
+                tenant_id=user.tenant_id,
+                user_id=user.id,
+                refresh_hash=secret_hash(refresh),
+                token_version=user.token_version,
+                expires_at=_now() + self.refresh_ttl,
+            )
+            self.store.save(session)
+
+        await self.store.execute(ctx.replace(actor=f"user:{user.id}"), command)
+        return self._pair(user, str(session_id), refresh)
+
+    def _pair(self, user: User, session_id: str, refresh: str) -> TokenPair:
+        access = self.tokens.issue(
+            user_id=user.id,
+            tenant_id=user.tenant_id,
+            role=user.role,
+            token_version=user.token_version,
+            session_id=session_id,
+        )
+        return TokenPair(access_token=access, refresh_token=refresh, expires_in=self.tokens.ttl_s)
+
+    async def refresh(self, ctx: CommandContext, refresh_token: str) -> TokenPair:
+        session_id = parse_refresh_token(refresh_token)
+        presented = secret_hash(refresh_token)
+        rotated = new_refresh_token(session_id)
+
+        def command() -> User:
+            session = self.store.find(Session, session_id)
+            if session is None:
+                raise Unauthenticated("INVALID_REFRESH_TOKEN", "refresh token is not valid")
+            user = self.store.get(User, session.user_id)
+            try:
+                session.check_refreshable(presented, _now(), user.token_version)
+            except Unauthenticated as exc:
+                if exc.code == "REFRESH_TOKEN_REUSED":
+                    # A rotated-away token came back: someone else has it. End the whole family.
+                    session.end("refresh_token_reused")
+                    misuse = TokenMisuse(
+                        tenant_id=session.tenant_id, user_id=user.id, token_kind="refresh", reason=exc.code
+                    )
+                    self.store.save(session, misuse)
+                raise
+            session.rotate(refresh_hash=secret_hash(rotated), expires_at=_now() + self.refresh_ttl)
+            self.store.save(session)
+            return user
+
+        user = await self.store.execute(ctx, command)
+        if not user.active:
+            raise Forbidden("USER_DEACTIVATED", "this account is deactivated")
+        return self._pair(user, str(session_id), rotated)
+
+    async def logout(self, ctx: CommandContext, principal: Principal, *, everywhere: bool = False) -> None:
+        def command() -> User | None:
+            user = None
+            if everywhere:
+                user = self._user_of_tenant(principal.tenant_id, principal.user_id)
+                user.revoke_tokens(reason="logout_everywhere")
+            session = self.store.find(Session, uuid.UUID(principal.session_id)) if principal.session_id else None
+            if session is not None and session.user_id == principal.user_id:
+                session.end("logout")
+            self.store.save(user, session)
+            return user
+
+        user = await self.store.execute(ctx, command)
+        if user is not None:
+            await self.token_versions.set(str(user.id), user.token_version)
+
+    async def _current_token_version(self, user_id: uuid.UUID) -> int:
+        version = await self.token_versions.get(str(user_id))
+        if version is None:  # Redis lost it: the event store knows
+            user = await self.store.call(self.store.find, User, user_id)
+            version = user.token_version if user is not None else -1
+            await self.token_versions.set(str(user_id), version)
+        return version
+
+    async def authenticate(self, ctx: CommandContext, credential: str) -> Principal:
+        """An access token (JWT) or an API key, as presented in ``Authorization: Bearer`` or ``X-API-Key``."""
+        if credential.startswith("pk_"):
+            return await self._authenticate_api_key(ctx, credential)
+        claims: AccessClaims = self.tokens.verify(credential)
+        if await self._current_token_version(claims.user_id) != claims.token_version:
+            await self._record_misuse(ctx, claims.tenant_id, claims.user_id, "access", claims.jti)
+            raise Unauthenticated("TOKEN_REVOKED", "this token was revoked; sign in again")
+        return Principal(
+            tenant_id=claims.tenant_id,
+            user_id=claims.user_id,
+            role=claims.role,
+            via="token",
+            session_id=claims.session_id or None,
+        )
+
+    async def _authenticate_api_key(self, ctx: CommandContext, credential: str) -> Principal:
+        key_id = parse_api_key(credential)
+        key = await self.store.call(self.store.find, ApiKey, key_id)
+        if key is None or not secrets_equal(key.key_hash, secret_hash(credential)):
+            raise Unauthenticated("INVALID_API_KEY", "API key is not valid")
+        try:
+            key.check_usable(_now())
+        except Unauthenticated:
+            await self._record_misuse(ctx, key.tenant_id, key.user_id, "api_key", key_id.hex)
+            raise
+        user = await self.store.call(self.store.find, User, key.user_id)
+        if user is None or not user.active:
+            raise Forbidden("USER_DEACTIVATED", "the owner of this API key is deactivated")
+        return Principal(
+            tenant_id=key.tenant_id,
+            user_id=user.id,
+            role=user.role,
+            via="api_key",
+            api_key_id=key.id,
+            scopes=tuple(key.scopes),
+        )
+
+    async def _record_misuse(
+        self, ctx: CommandContext, tenant_id: str, user_id: uuid.UUID, kind: str, token_id: str
+    ) -> None:
+        if not await self.token_versions.first_sighting(f"{kind}:{token_id}"):
+            return
+        misuse = TokenMisuse(tenant_id=tenant_id, user_id=user_id, token_kind=kind, reason="revoked")
+        await self.store.execute(ctx.replace(tenant_id=tenant_id), lambda: self.store.save(misuse))
+
+    # --- API keys -----------------------------------------------------------------------------------------
+    async def create_api_key(
+        self,
+        ctx: CommandContext,
+        principal: Principal,
+        *,
+        name: str,
+        scopes: Sequence[str] = ("read", "write"),
+        expires_in_days: int | None = None,
+    ) -> NewApiKey:
+        if principal.via != "token":
+            raise Forbidden("SESSION_REQUIRED", "API keys are created from a signed-in session")
+        if principal.role in ("pending",):
+            raise Forbidden("ROLE_NOT_ALLOWED", "pending accounts cannot create API keys")
+        name = check_name(name)
+        bad = [s for s in scopes if s not in API_KEY_SCOPES]
+        if bad or not scopes:
+            raise Invalid("INVALID_SCOPE", f"scopes must be among {', '.join(API_KEY_SCOPES)}", field="scopes")
+        if "admin" in scopes and principal.role != "admin":
+            raise Forbidden("SCOPE_NOT_ALLOWED", "only admins can create admin-scoped keys")
+        if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
+            raise Invalid("INVALID_EXPIRY", "expires_in_days must be between 1 and 3650", field="expires_in_days")
+        key_id = uuid.uuid4()
+        secret = new_api_key(key_id)
+        expires_at = _now() + timedelta(days=expires_in_days) if expires_in_days else None
+        prefix = secret[:11]
+
+        def command() -> ApiKey:
+            self._user_of_tenant(principal.tenant_id, principal.user_id).check_active()
+            key = ApiKey(
+                key_id=key_id,
+                tenant_id=principal.tenant_id,
+                user_id=principal.user_id,
+                name=name,
+                prefix=prefix,
+                key_hash=secret_hash(secret),
+                scopes=sorted(set(scopes)),
+                expires_at=expires_at,
+            )
+            self.store.save(key)
+            return key
+
+        key = await self.store.execute(ctx, command)
+        return NewApiKey(key.id, key.name, secret, prefix, key.scopes, key.expires_at)
+
+    async def revoke_api_key(self, ctx: CommandContext, principal: Principal, key_id: uuid.UUID) -> None:
+        def command() -> None:
+            key = self.store.find(ApiKey, key_id)
+            if key is None or key.tenant_id != principal.tenant_id:
+                raise NotFound("API_KEY_NOT_FOUND", "no such API key")
+            if key.user_id != principal.user_id and not principal.is_admin:
+                raise NotFound("API_KEY_NOT_FOUND", "no such API key")
+            key.revoke()
+            self.store.save(key)
+
+        await self.store.execute(ctx, command)
+

@@ -1,0 +1,56 @@
+"""The ports the application services need; adapters implement them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from eventsourcing.domain import Aggregate
+
+from application.context import CommandContext
+
+if TYPE_CHECKING:
+    from application.identity import AccessClaims
+
+__all__ = ["EventStorePort", "PasswordHasher", "AccessTokenIssuer", "TokenVersionCache"]
+
+A = TypeVar("A", bound=Aggregate)
+R = TypeVar("R")
+
+
+class EventStorePort(Protocol):
+    """``get``/``find``/``save`` run inside a command (on a worker thread); ``execute`` runs a command
+    with its context and one retry on a version conflict; ``call`` runs any sync function off the loop."""
+
+    def get(self, cls: type[A], aggregate_id: uuid.UUID) -> A: ...
+
+    def find(self, cls: type[A], aggregate_id: uuid.UUID) -> A | None: ...
+
+    def save(self, *aggregates: Aggregate | None) -> list[int]: ...
+
+    async def execute(self, ctx: CommandContext, fn: Callable[[], R]) -> R: ...
+
+    async def call(self, fn: Callable[..., R], *args: Any) -> R: ...
+
+
+class PasswordHasher(Protocol):
+    def hash(self, password: str) -> str: ...
+
+    def verify(self, password_hash: str | None, password: str) -> bool: ...
+
+
+class AccessTokenIssuer(Protocol):
+    ttl_s: int
+
+    def issue(self, *, user_id: uuid.UUID, tenant_id: str, role: str, token_version: int, session_id: str) -> str: ...
+
+    def verify(self, token: str) -> AccessClaims: ...
+
+
+class TokenVersionCache(Protocol):
+    async def get(self, user_id: str) -> int | None: ...
+
+    async def set(self, user_id: str, version: int) -> None: ...
+
+    async def first_sighting(self, token_id: str, window_s: int = 60) -> bool: ...

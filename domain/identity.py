@@ -1,0 +1,337 @@
+"""Identity: tenants, users, e-mail uniqueness, API keys, sign-in sessions and security incidents.
+
+Aggregate methods are the commands; the ``@event`` names are the (past-tense) events. No I/O here:
+hashing is done by the application layer, which hands in hashes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import Conflict, Forbidden, Invalid, Unauthenticated
+
+__all__ = [
+    "ROLES",
+    "SIGNUP_ROLES",
+    "Tenant",
+    "User",
+    "EmailIndex",
+    "ApiKey",
+    "Session",
+    "SignInAttempt",
+    "TokenMisuse",
+    "tenant_id_for",
+    "email_index_id",
+    "normalize_email",
+    "check_password_strength",
+    "check_role",
+    "check_slug",
+    "check_name",
+]
+
+ROLES = ("admin", "user", "premium", "guest", "pending")
+SIGNUP_ROLES = ("user", "premium", "guest", "pending")
+API_KEY_SCOPES = ("read", "write", "admin")
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+_COMMON_PASSWORDS = frozenset(
+    {
+        "password", "password1", "password123", "passw0rd", "12345678", "123456789", "1234567890",
+        "qwerty123", "qwertyuiop", "iloveyou", "letmein1", "welcome1", "admin123", "abc12345",
+        "changeme", "changeme1", "football1", "baseball1", "sunshine1", "trustno1",
+    }
+)
+
+
+# --- pure checks -------------------------------------------------------------------------------------------
+def tenant_id_for(slug: str) -> UUID:
+    return uuid5(NAMESPACE_URL, f"/tenants/{slug}")
+
+
+def email_index_id(tenant_id: UUID | str, email: str) -> UUID:
+    return uuid5(NAMESPACE_URL, f"/tenants/{tenant_id}/emails/{email}")
+
+
+def normalize_email(email: str) -> str:
+    value = email.strip().lower()
+    if len(value) > 254 or not _EMAIL.match(value):
+        raise Invalid("INVALID_EMAIL", "not a valid e-mail address", field="email")
+    return value
+
+
+def check_password_strength(password: str, email: str = "") -> None:
+    problems = []
+    if len(password) < 10:
+        problems.append("at least 10 characters")
+    if len(password) > 256:
+        problems.append("at most 256 characters")
+    if not re.search(r"[A-Za-z]", password) or not re.search(r"[^A-Za-z]", password):
+        problems.append("letters and at least one digit or symbol")
+    if password.lower() in _COMMON_PASSWORDS or len(set(password)) < 5:
+        problems.append("not a common or repetitive password")
+    local = email.partition("@")[0].lower()
+    if len(local) >= 4 and local in password.lower():
+        problems.append("not containing the e-mail address")
+    if problems:
+        raise Invalid("WEAK_PASSWORD", "password needs " + ", ".join(problems), field="password")
+
+
+def check_role(role: str) -> None:
+    if role not in ROLES:
+        raise Invalid("INVALID_ROLE", f"role must be one of {', '.join(ROLES)}", field="role")
+
+
+def check_slug(slug: str) -> None:
+    if not _SLUG.match(slug):
+        raise Invalid("INVALID_SLUG", "slug must be 1-40 lowercase letters, digits or '-'", field="slug")
+
+
+def check_name(name: str, field: str = "name") -> str:
+    value = name.strip()
+    if not 1 <= len(value) <= 100:
+        raise Invalid("INVALID_NAME", f"{field} must be 1-100 characters", field=field)
+    return value
+
+
+# --- aggregates --------------------------------------------------------------------------------------------
+class Tenant(Aggregate):
+    @staticmethod
+    def create_id(slug: str, **_: Any) -> UUID:  # deterministic: the slug is unique without a read model
+        return tenant_id_for(slug)
+
+    @event("TenantCreated")
+    def __init__(
+        self, slug: str, name: str, allow_signup: bool, default_role: str, domains: list[str]
+    ) -> None:
+        self.slug = slug
+        self.name = name
+        self.allow_signup = allow_signup
+        self.default_role = default_role
+        self.domains = list(domains)
+        self.first_admin_id: UUID | None = None
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.id)
+
+    @event("TenantSettingsChanged")
+    def change_settings(
+        self, name: str, allow_signup: bool, default_role: str, domains: list[str]
+    ) -> None:
+        self.name = name
+        self.allow_signup = allow_signup
+        self.default_role = default_role
+        self.domains = list(domains)
+
+    def claim_first_admin(self, user_id: UUID) -> None:
+        if self.first_admin_id is not None:
+            raise Conflict("FIRST_ADMIN_TAKEN", "this tenant already has its first admin")
+        self._claim_first_admin(user_id=user_id)
+
+    @event("FirstAdminClaimed")
+    def _claim_first_admin(self, user_id: UUID) -> None:
+        self.first_admin_id = user_id
+
+
+class User(Aggregate):
+    @event("UserRegistered")
+    def __init__(
+        self, tenant_id: str, email: str, name: str, role: str, password_hash: str, created_by: str
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.email = email
+        self.name = name
+        self.role = role
+        self.password_hash = password_hash
+        self.active = True
+        # Every access token carries the version it was issued under; bumping it revokes them all.
+        self.token_version = 1
+
+    def check_active(self) -> None:
+        if not self.active:
+            raise Forbidden("USER_DEACTIVATED", "this account is deactivated")
+
+    def change_password(self, password_hash: str) -> None:
+        self.check_active()
+        self._change_password(password_hash=password_hash)
+
+    @event("PasswordChanged")
+    def _change_password(self, password_hash: str) -> None:
+        self.password_hash = password_hash
+        self.token_version += 1
+
+    def change_role(self, role: str) -> None:
+        check_role(role)
+        if role != self.role:
+            self._change_role(role=role, previous_role=self.role)
+
+    @event("RoleChanged")
+    def _change_role(self, role: str, previous_role: str) -> None:
+        self.role = role
+        self.token_version += 1
+
+    def rename(self, name: str) -> None:
+        name = check_name(name)
+        if name != self.name:
+            self._rename(name=name)
+
+    @event("UserRenamed")
+    def _rename(self, name: str) -> None:
+        self.name = name
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate()
+
+    @event("UserDeactivated")
+    def _deactivate(self) -> None:
+        self.active = False
+        self.token_version += 1
+
+    def reactivate(self) -> None:
+        if not self.active:
+            self._reactivate()
+
+    @event("UserReactivated")
+    def _reactivate(self) -> None:
+        self.active = True
+
+    @event("TokensRevoked")
+    def revoke_tokens(self, reason: str) -> None:
+        self.token_version += 1
+
+
+class EmailIndex(Aggregate):
+    """One per (tenant, e-mail): creating it twice conflicts in the event store, which is what makes
+    e-mails unique per tenant without a read model."""
+
+    @staticmethod
+    def create_id(tenant_id: str, email: str, **_: Any) -> UUID:
+        return email_index_id(tenant_id, email)
+
+    @event("EmailClaimed")
+    def __init__(self, tenant_id: str, email: str, user_id: UUID) -> None:
+        self.tenant_id = tenant_id
+        self.email = email
+        self.user_id = user_id
+
+
+class ApiKey(Aggregate):
+    @staticmethod
+    def create_id(key_id: UUID, **_: Any) -> UUID:  # the id is part of the key the user holds
+        return key_id
+
+    @event("ApiKeyCreated")
+    def __init__(
+        self,
+        key_id: UUID,
+        tenant_id: str,
+        user_id: UUID,
+        name: str,
+        prefix: str,
+        key_hash: str,
+        scopes: list[str],
+        expires_at: datetime | None,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+        self.name = name
+        self.prefix = prefix
+        self.key_hash = key_hash
+        self.scopes = list(scopes)
+        self.expires_at = expires_at
+        self.revoked = False
+
+    def check_usable(self, now: datetime) -> None:
+        if self.revoked:
+            raise Unauthenticated("API_KEY_REVOKED", "this API key was revoked")
+        if self.expires_at is not None and now >= self.expires_at:
+            raise Unauthenticated("API_KEY_EXPIRED", "this API key has expired")
+
+    def revoke(self) -> None:
+        if not self.revoked:
+            self._revoke()
+
+    @event("ApiKeyRevoked")
+    def _revoke(self) -> None:
+        self.revoked = True
+
+
+class Session(Aggregate):
+    """A sign-in session: one family of rotating refresh tokens. Presenting a refresh token that was
+    already rotated away means it leaked: the whole session is revoked."""
+
+    @staticmethod
+    def create_id(session_id: UUID, **_: Any) -> UUID:  # the id is part of the refresh token
+        return session_id
+
+    @event("SessionStarted")
+    def __init__(
+        self,
+        session_id: UUID,
+        tenant_id: str,
+        user_id: UUID,
+        refresh_hash: str,
+        token_version: int,
+        expires_at: datetime,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+        self.refresh_hash = refresh_hash
+        self.used_hashes: list[str] = []
+        self.token_version = token_version
+        self.expires_at = expires_at
+        self.ended = False
+
+    def check_refreshable(self, presented_hash: str, now: datetime, token_version: int) -> None:
+        if self.ended:
+            raise Unauthenticated("SESSION_ENDED", "this session has ended; sign in again")
+        if presented_hash in self.used_hashes:
+            raise Unauthenticated("REFRESH_TOKEN_REUSED", "refresh token was already used")
+        if presented_hash != self.refresh_hash:
+            raise Unauthenticated("INVALID_REFRESH_TOKEN", "refresh token is not valid")
+        if now >= self.expires_at:
+            raise Unauthenticated("REFRESH_TOKEN_EXPIRED", "refresh token has expired; sign in again")
+        if token_version != self.token_version:
+            raise Unauthenticated("TOKEN_REVOKED", "this session was revoked; sign in again")
+
+    @event("SessionRefreshed")
+    def rotate(self, refresh_hash: str, expires_at: datetime) -> None:
+        self.used_hashes.append(self.refresh_hash)
+        self.refresh_hash = refresh_hash
+        self.expires_at = expires_at
+
+    def end(self, reason: str) -> None:
+        if not self.ended:
+            self._end(reason=reason)
+
+    @event("SessionEnded")
+    def _end(self, reason: str) -> None:
+        self.ended = True
+
+
+class SignInAttempt(Aggregate):
+    """A failed sign-in: a security event that changes no other aggregate, kept for the audit log."""
+
+    @event("SignInFailed")
+    def __init__(self, tenant_id: str, email: str, reason: str) -> None:
+        self.tenant_id = tenant_id
+        self.email = email
+        self.reason = reason
+
+
+class TokenMisuse(Aggregate):
+    """A revoked or reused token was presented."""
+
+    @event("RevokedTokenUsed")
+    def __init__(self, tenant_id: str, user_id: UUID | None, token_kind: str, reason: str) -> None:
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+        self.token_kind = token_kind
+        self.reason = reason

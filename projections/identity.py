@@ -1,0 +1,208 @@
+"""The identity read model: tenants, users per tenant, API keys; and the queries the API serves from it.
+Every query takes the caller's tenant and filters by it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schema.events import EventEnvelope
+from schema.tables import api_keys, tenants, users
+
+__all__ = ["IdentityProjector", "list_users", "get_user_row", "list_api_keys", "list_tenants", "tenant_for_host"]
+
+_REVOKING = {"PasswordChanged", "RoleChanged", "UserDeactivated", "TokensRevoked"}
+
+
+class IdentityProjector:
+    name = "identity"
+    tables = (tenants, users, api_keys)
+    _types = frozenset(
+        {
+            "TenantCreated",
+            "TenantSettingsChanged",
+            "UserRegistered",
+            "PasswordChanged",
+            "RoleChanged",
+            "UserRenamed",
+            "UserDeactivated",
+            "UserReactivated",
+            "TokensRevoked",
+            "ApiKeyCreated",
+            "ApiKeyRevoked",
+        }
+    )
+
+    def handles(self, event_type: str) -> bool:
+        return event_type in self._types
+
+    async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
+        d = e.data
+        aggregate_id = str(e.aggregate_id)
+        match e.type:
+            case "TenantCreated":
+                await conn.execute(
+                    tenants.insert().values(
+                        tenant_id=aggregate_id,
+                        slug=d["slug"],
+                        name=d["name"],
+                        allow_signup=d["allow_signup"],
+                        default_role=d["default_role"],
+                        domains=d["domains"],
+                        created_at=e.occurred_at,
+                    )
+                )
+            case "TenantSettingsChanged":
+                await conn.execute(
+                    tenants.update()
+                    .where(tenants.c.tenant_id == aggregate_id)
+                    .values(
+                        name=d["name"],
+                        allow_signup=d["allow_signup"],
+                        default_role=d["default_role"],
+                        domains=d["domains"],
+                    )
+                )
+            case "UserRegistered":
+                await conn.execute(
+                    users.insert().values(
+                        user_id=aggregate_id,
+                        tenant_id=d["tenant_id"],
+                        email=d["email"],
+                        name=d["name"],
+                        role=d["role"],
+                        active=True,
+                        token_version=1,
+                        created_at=e.occurred_at,
+                        updated_at=e.occurred_at,
+                    )
+                )
+                await conn.execute(
+                    tenants.update()
+                    .where(tenants.c.tenant_id == d["tenant_id"])
+                    .values(user_count=tenants.c.user_count + 1)
+                )
+            case "ApiKeyCreated":
+                await conn.execute(
+                    api_keys.insert().values(
+                        key_id=aggregate_id,
+                        tenant_id=d["tenant_id"],
+                        user_id=d["user_id"],
+                        name=d["name"],
+                        prefix=d["prefix"],
+                        scopes=d["scopes"],
+                        created_at=e.occurred_at,
+                        expires_at=d.get("expires_at"),
+                    )
+                )
+            case "ApiKeyRevoked":
+                await conn.execute(
+                    api_keys.update().where(api_keys.c.key_id == aggregate_id).values(revoked_at=e.occurred_at)
+                )
+            case _:
+                changes: dict[str, Any] = {"updated_at": e.occurred_at}
+                if e.type == "RoleChanged":
+                    changes["role"] = d["role"]
+                elif e.type == "UserRenamed":
+                    changes["name"] = d["name"]
+                elif e.type == "UserDeactivated":
+                    changes["active"] = False
+                elif e.type == "UserReactivated":
+                    changes["active"] = True
+                if e.type in _REVOKING:
+                    changes["token_version"] = users.c.token_version + 1
+                await conn.execute(users.update().where(users.c.user_id == aggregate_id).values(**changes))
+
+
+def _user_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.user_id,
+        "tenant_id": row.tenant_id,
+        "email": row.email,
+        "name": row.name,
+        "role": row.role,
+        "active": row.active,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+async def list_users(
+    engine: AsyncEngine,
+    tenant_id: str,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    role: str | None = None,
+    q: str | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    where = [users.c.tenant_id == tenant_id]
+    if role:
+        where.append(users.c.role == role)
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append(or_(users.c.email.ilike(pattern), users.c.name.ilike(pattern)))
+    async with engine.connect() as conn:
+        total = (await conn.execute(select(func.count()).select_from(users).where(*where))).scalar_one()
+        rows = await conn.execute(
+            select(users).where(*where).order_by(users.c.created_at, users.c.user_id).limit(limit).offset(offset)
+        )
+        return [_user_dict(r) for r in rows], int(total)
+
+
+async def get_user_row(engine: AsyncEngine, tenant_id: str, user_id: str) -> dict[str, Any] | None:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(users).where(users.c.tenant_id == tenant_id, users.c.user_id == user_id))
+        ).first()
+        return _user_dict(row) if row else None
+
+
+async def list_api_keys(engine: AsyncEngine, tenant_id: str, user_id: str) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(api_keys)
+            .where(api_keys.c.tenant_id == tenant_id, api_keys.c.user_id == user_id)
+            .order_by(api_keys.c.created_at.desc())
+        )
+        return [
+            {
+                "id": r.key_id,
+                "name": r.name,
+                "prefix": r.prefix,
+                "scopes": r.scopes,
+                "created_at": r.created_at,
+                "expires_at": r.expires_at,
+                "revoked_at": r.revoked_at,
+            }
+            for r in rows
+        ]
+
+
+async def list_tenants(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(tenants).order_by(tenants.c.created_at))
+        return [
+            {
+                "id": r.tenant_id,
+                "slug": r.slug,
+                "name": r.name,
+                "allow_signup": r.allow_signup,
+                "default_role": r.default_role,
+                "domains": r.domains,
+                "user_count": r.user_count,
+                "created_at": r.created_at,
+            }
+            for r in rows
+        ]
+
+
+async def tenant_for_host(engine: AsyncEngine, host: str) -> str | None:
+    """The slug of the tenant that claims this host name, if any."""
+    async with engine.connect() as conn:
+        row = await conn.execute(
+            select(tenants.c.slug).where(tenants.c.domains.contains([host.lower()])).limit(1)
+        )
+        return row.scalar()

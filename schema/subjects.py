@@ -1,0 +1,43 @@
+"""The one place that knows stream names and NATS subjects. ``namespace`` is ``parley`` in
+production; tests give each test its own so they never share streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Subjects"]
+
+
+def _token(value: str) -> str:
+    # NATS subject tokens may not contain '.', '*', '>' or whitespace.
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in value) or "_"
+
+
+@dataclass(frozen=True)
+class Subjects:
+    namespace: str = "parley"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.namespace.upper()}_EVENTS"
+
+    @property
+    def events_all(self) -> str:
+        return f"{self.namespace}.events.>"
+
+    def event(self, tenant_id: str, aggregate_type: str, event_type: str) -> str:
+        return f"{self.namespace}.events.{_token(tenant_id)}.{_token(aggregate_type)}.{_token(event_type)}"
+
+    def events_of_tenant(self, tenant_id: str) -> str:
+        return f"{self.namespace}.events.{_token(tenant_id)}.>"
+
+    @property
+    def jobs_stream(self) -> str:
+        return f"{self.namespace.upper()}_JOBS"
+
+    @property
+    def tokens_stream(self) -> str:
+        return f"{self.namespace.upper()}_TOKENS"
+
+    def durable(self, projector: str) -> str:
+        return f"{self.namespace}_projector_{_token(projector)}"

@@ -1,0 +1,128 @@
+"""Shared fixtures. One set of real engines (Postgres, NATS, Redis) per test session, started by the
+project's own embedded launcher; each test gets its own database and its own NATS/Redis namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from argon2 import PasswordHasher as Argon2Hasher
+
+from adapters.embedded import EmbeddedEngines, EngineUrls
+from adapters.logging import configure_logging
+from adapters.security import Passwords
+from adapters.settings import Settings
+from projections.runtime import ProjectorRunner, read_position
+from workers.bootstrap import Container, all_projectors, bootstrap
+from workers.relay import Relay
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+configure_logging("warning", json=False)
+
+# argon2id still, with a test-sized cost so hundreds of sign-ups stay fast.
+FAST_PASSWORDS = Passwords(Argon2Hasher(time_cost=1, memory_cost=8192, parallelism=1))
+
+
+@pytest.fixture(scope="session")
+def engines() -> Iterator[EngineUrls]:
+    home = Path(tempfile.mkdtemp(prefix="parley-test-", dir="/tmp"))
+    with EmbeddedEngines(home, fast=True) as e:
+        yield e.start()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def create_database(urls: EngineUrls) -> str:
+    """A fresh database for one test; returns its URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(urls.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, query = urls.database_url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def settings(engines: EngineUrls, tmp_path: Path) -> Settings:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    return Settings(
+        home=tmp_path,
+        database_url=create_database(engines),
+        nats_url=engines.nats_url,
+        redis_url=engines.redis_url,
+        namespace=namespace,
+        secret_key="test-secret-" + "x" * 40,
+        log_level="warning",
+        log_json=False,
+    )
+
+
+@pytest.fixture
+async def container(settings: Settings) -> AsyncIterator[Container]:
+    c = await bootstrap(settings, passwords=FAST_PASSWORDS)
+    await c.identity.ensure_tenant(settings.default_tenant, "Default")
+    yield c
+    await c.close()
+
+
+class Pipeline:
+    """The relay and every projector, running in-process as tasks against the real NATS."""
+
+    def __init__(self, c: Container) -> None:
+        self.c = c
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> Pipeline:
+        js = await self.c.connect_nats("test-pipeline")
+        relay = Relay(store=self.c.store, engine=self.c.engine, js=js, subjects=self.c.subjects)
+        self.tasks.append(asyncio.create_task(relay.run(self.stop)))
+        for p in all_projectors():
+            runner = ProjectorRunner(p, engine=self.c.engine, store=self.c.store, idle_check_s=0.2)
+            self.tasks.append(asyncio.create_task(runner.run(js, self.c.subjects, self.stop)))
+        return self
+
+    async def settle(self, timeout: float = 15) -> None:
+        """Wait until every projector has applied everything in the event store."""
+        await wait_projected(self.c, timeout)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def wait_projected(c: Container, timeout: float = 15, names: list[str] | None = None) -> None:
+    names = names or [p.name for p in all_projectors()]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        target = await c.store.call(c.store.max_id)
+        positions = [await read_position(c.engine, n) for n in names]
+        if all(p >= target for p in positions):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"projectors {names} at {positions}, event store at {target}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def pipeline(container: Container) -> AsyncIterator[Pipeline]:
+    p = await Pipeline(container).start()
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
+    from api.app import create_app
+
+    app = create_app(container)
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4242))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http

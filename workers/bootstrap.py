@@ -1,0 +1,87 @@
+"""The composition root: builds the object graph from settings. Tests build it the same way, with
+other settings, never with mocks of our own engines."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters import nats as nats_adapter
+from adapters import redis as redis_adapter
+from adapters.database import create_engine, create_tables
+from adapters.eventstore import EventStore
+from adapters.security import AccessTokens, Passwords
+from adapters.settings import Settings
+from application.audit import Audit
+from application.identity import Identity
+from projections.audit import AuditProjector
+from projections.identity import IdentityProjector
+from projections.runtime import Projector
+from schema.subjects import Subjects
+
+__all__ = ["Container", "bootstrap", "all_projectors"]
+
+
+def all_projectors() -> list[Projector]:
+    return [IdentityProjector(), AuditProjector()]
+
+
+@dataclass
+class Container:
+    settings: Settings
+    store: EventStore
+    engine: AsyncEngine
+    redis: Redis
+    identity: Identity
+    audit: Audit
+    subjects: Subjects
+    nc: Any = None
+    js: Any = None
+    _closed: bool = field(default=False, repr=False)
+
+    async def connect_nats(self, name: str) -> Any:
+        if self.js is None:
+            assert self.settings.nats_url, "PARLEY_NATS_URL is not set"
+            self.nc, self.js = await nats_adapter.connect(self.settings.nats_url, name)
+            await nats_adapter.ensure_streams(self.js, self.subjects)
+        return self.js
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.nc is not None:
+            await self.nc.drain()
+        await self.redis.aclose()
+        await self.engine.dispose()
+        await asyncio.to_thread(self.store.close)
+
+
+async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passwords | None = None) -> Container:
+    if not (settings.database_url and settings.redis_url):
+        raise ValueError("bootstrap needs database and Redis URLs (the embedded launcher provides them)")
+    store = await asyncio.to_thread(EventStore, settings.database_url, pool_size=pool_size)
+    engine = create_engine(settings.database_url, pool_size=pool_size)
+    await create_tables(engine)
+    redis = redis_adapter.connect(settings.redis_url)
+    identity = Identity(
+        store=store,
+        passwords=passwords or Passwords(),
+        tokens=AccessTokens(settings.secret_key, settings.access_token_ttl_s),
+        token_versions=redis_adapter.RedisTokenVersions(redis, settings.namespace),
+        refresh_ttl_s=settings.refresh_token_ttl_s,
+        platform_tenant=settings.default_tenant,
+    )
+    return Container(
+        settings=settings,
+        store=store,
+        engine=engine,
+        redis=redis,
+        identity=identity,
+        audit=Audit(store=store, events_of=store.events_of),
+        subjects=Subjects(settings.namespace),
+    )

@@ -1,0 +1,361 @@
+"""The ``parley`` command.
+
+``serve`` runs everything on the embedded engines in one process tree; ``api``, ``relay``, ``project``
+run the parts separately against given URLs (production); ``rebuild``, ``audit`` and ``admin`` are
+operator tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from adapters.logging import configure_logging
+from adapters.settings import Settings, SettingsError
+
+log = structlog.get_logger("parley.cli")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    settings = Settings.from_env(**overrides)
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def _require_urls(settings: Settings, *names: str) -> None:
+    missing = [n for n in names if not getattr(settings, n)]
+    if missing:
+        raise SettingsError([f"PARLEY_{n.upper()} is required for this command (or use 'parley serve')" for n in missing])
+
+
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+# --- the parts ----------------------------------------------------------------------------------------------
+def cmd_api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+    from workers.bootstrap import bootstrap
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "nats_url", "redis_url")
+
+    async def main() -> None:
+        c = await bootstrap(settings)
+        await c.identity.ensure_tenant(settings.default_tenant, settings.default_tenant.title())
+        app = create_app(c, on_shutdown=[c.close])
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on"
+        )
+        log.info("api_listening", host=settings.host, port=settings.port)
+        await uvicorn.Server(config).serve()
+
+    asyncio.run(main())
+
+
+def cmd_relay(args: argparse.Namespace) -> None:
+    from workers.bootstrap import bootstrap
+    from workers.relay import Relay
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "nats_url", "redis_url")
+
+    async def main(stop: asyncio.Event) -> None:
+        c = await bootstrap(settings, pool_size=2)
+        js = await c.connect_nats("parley-relay")
+        try:
+            await Relay(store=c.store, engine=c.engine, js=js, subjects=c.subjects).run(stop)
+        finally:
+            await c.close()
+
+    _run_until_signal(main)
+
+
+def cmd_project(args: argparse.Namespace) -> None:
+    from projections.runtime import ProjectorRunner
+    from workers.bootstrap import all_projectors, bootstrap
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "nats_url", "redis_url")
+    chosen = _choose_projectors(args.names)
+
+    async def main(stop: asyncio.Event) -> None:
+        c = await bootstrap(settings, pool_size=len(chosen) + 1)
+        js = await c.connect_nats("parley-projector")
+        try:
+            runners = [ProjectorRunner(p, engine=c.engine, store=c.store) for p in chosen]
+            await asyncio.gather(*(r.run(js, c.subjects, stop) for r in runners))
+        finally:
+            await c.close()
+
+    _run_until_signal(main)
+
+
+def _choose_projectors(names: list[str]) -> list[Any]:
+    from workers.bootstrap import all_projectors
+
+    available = {p.name: p for p in all_projectors()}
+    if not names:
+        return list(available.values())
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise SystemExit(f"unknown projector(s): {', '.join(unknown)}; known: {', '.join(available)}")
+    return [available[n] for n in names]
+
+
+def cmd_rebuild(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from projections.runtime import rebuild
+    from workers.bootstrap import bootstrap
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "redis_url")
+    chosen = _choose_projectors([args.name])
+
+    async def main() -> None:
+        c = await bootstrap(settings, pool_size=2)
+        try:
+            for projector in chosen:
+                total = await c.store.call(c.store.max_id)
+                with tqdm(total=total, desc=f"rebuild {projector.name}", unit="ev", file=sys.stderr) as bar:
+
+                    def progress(position: int, target: int, bar: Any = bar) -> None:
+                        bar.total = target
+                        bar.update(position - bar.n)
+
+                    started = time.perf_counter()
+                    count = await rebuild(projector, engine=c.engine, store=c.store, progress=progress)
+                elapsed = time.perf_counter() - started
+                print(
+                    f"rebuilt {projector.name}: {count} events in {elapsed:.1f}s "
+                    f"({count / elapsed if elapsed else 0:.0f} events/s)"
+                )
+        finally:
+            await c.close()
+
+    asyncio.run(main())
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> None:
+    from projections.audit import verify_chain
+    from workers.bootstrap import bootstrap
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "redis_url")
+
+    async def main() -> int:
+        c = await bootstrap(settings, pool_size=2)
+        try:
+            problems = await verify_chain(c.engine, args.tenant)
+        finally:
+            await c.close()
+        for p in problems:
+            print(f"BROKEN tenant={p.tenant_id} seq={p.seq}: {p.problem}")
+        if problems:
+            print(f"audit chain verification FAILED: {len(problems)} problem(s)")
+            return 1
+        print("audit chain verified: intact")
+        return 0
+
+    sys.exit(asyncio.run(main()))
+
+
+def cmd_admin_create_tenant(args: argparse.Namespace) -> None:
+    from application.context import CommandContext
+    from workers.bootstrap import bootstrap
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "redis_url")
+
+    async def main() -> None:
+        c = await bootstrap(settings, pool_size=2)
+        try:
+            t = await c.identity.create_tenant(
+                CommandContext(tenant_id="", actor="system:cli"),
+                None,
+                slug=args.slug,
+                name=args.name,
+                allow_signup=not args.no_signup,
+                default_role=args.default_role,
+                domains=args.domain or [],
+            )
+            print(f"created tenant {t.slug} ({t.id})")
+        finally:
+            await c.close()
+
+    asyncio.run(main())
+
+
+def cmd_admin_create_user(args: argparse.Namespace) -> None:
+    from application.context import CommandContext
+    from application.identity import Principal
+    from workers.bootstrap import bootstrap
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "redis_url")
+    password = os.environ.get("PARLEY_NEW_USER_PASSWORD") or getpass.getpass("password for the new user: ")
+
+    async def main() -> None:
+        c = await bootstrap(settings, pool_size=2)
+        try:
+            tenant = await c.identity.tenant(args.tenant or settings.default_tenant)
+            operator = Principal(tenant_id=str(tenant.id), user_id=uuid.UUID(int=0), role="admin", via="cli")
+            user = await c.identity.create_user(
+                CommandContext(tenant_id=str(tenant.id), actor="system:cli"),
+                operator,
+                email=args.email,
+                password=password,
+                name=args.name,
+                role=args.role,
+            )
+            print(f"created user {user.email} ({user.id}) with role {user.role} in tenant {tenant.slug}")
+        finally:
+            await c.close()
+
+    asyncio.run(main())
+
+
+# --- serve: everything, one process tree ----------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> None:
+    from adapters.embedded import EmbeddedEngines
+
+    settings = _settings(args)
+    engines = EmbeddedEngines(settings.home, fast=settings.embedded_fast)
+    urls = engines.start(database_url=settings.database_url, nats_url=settings.nats_url, redis_url=settings.redis_url)
+    settings = settings.with_urls(database_url=urls.database_url, nats_url=urls.nats_url, redis_url=urls.redis_url)
+    env = {**os.environ, **settings.child_env()}
+    parts = {"api": ["api"], "relay": ["relay"], "project": ["project"]}
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def spawn(name: str) -> None:
+        children[name] = subprocess.Popen([sys.executable, "-m", "workers.cli", *parts[name]], env=env)
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for name in parts:
+            spawn(name)
+        print(f"parley serving on http://{settings.host}:{settings.port} (Ctrl-C stops)", flush=True)
+        restarts: dict[str, list[float]] = {n: [] for n in parts}
+        while not stopping:
+            time.sleep(0.2)
+            for name, proc in list(children.items()):
+                if proc.poll() is not None and not stopping:
+                    recent = [t for t in restarts[name] if time.monotonic() - t < 60]
+                    if len(recent) >= 5:
+                        log.error("child_crash_loop", part=name)
+                        stopping = True
+                        break
+                    log.warning("child_exited_restarting", part=name, status=proc.returncode)
+                    restarts[name] = [*recent, time.monotonic()]
+                    spawn(name)
+    finally:
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in children.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        engines.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run everything on the embedded engines")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(func=cmd_api)
+
+    sub.add_parser("relay", help="run the event relay (one active, others standby)").set_defaults(func=cmd_relay)
+
+    project = sub.add_parser("project", help="run projectors (all by default)")
+    project.add_argument("names", nargs="*")
+    project.set_defaults(func=cmd_project)
+
+    rebuild = sub.add_parser("rebuild", help="rebuild a read model from the event store")
+    rebuild.add_argument("name")
+    rebuild.set_defaults(func=cmd_rebuild)
+
+    audit = sub.add_parser("audit", help="audit log tools").add_subparsers(dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="check the audit hash chain")
+    verify.add_argument("--tenant", help="tenant id (default: all)")
+    verify.set_defaults(func=cmd_audit_verify)
+
+    admin = sub.add_parser("admin", help="bootstrapping").add_subparsers(dest="admin_command", required=True)
+    ct = admin.add_parser("create-tenant")
+    ct.add_argument("--slug", required=True)
+    ct.add_argument("--name", required=True)
+    ct.add_argument("--no-signup", action="store_true")
+    ct.add_argument("--default-role", default="user")
+    ct.add_argument("--domain", action="append")
+    ct.set_defaults(func=cmd_admin_create_tenant)
+    cu = admin.add_parser("create-user", help="password from PARLEY_NEW_USER_PASSWORD or a prompt")
+    cu.add_argument("--tenant")
+    cu.add_argument("--email", required=True)
+    cu.add_argument("--name", required=True)
+    cu.add_argument("--role", default="user")
+    cu.set_defaults(func=cmd_admin_create_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SettingsError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        from domain.errors import ParleyError
+
+        if isinstance(exc, ParleyError):
+            print(f"parley: {exc.code}: {exc.message}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

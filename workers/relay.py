@@ -1,0 +1,138 @@
+"""The relay: the notification log, in order, onto ``PARLEY_EVENTS``.
+
+Only one relay is active per deployment: it holds a Postgres advisory lock on a dedicated connection
+(released by Postgres the moment that process dies); others wait as standbys and take over. The active
+relay reads from its tracked position, publishes each event with ``Nats-Msg-Id`` = notification id and
+advances the position only after JetStream acked everything before it. A restart may publish again;
+JetStream's dedup window and the projectors' positions absorb it. It wakes on LISTEN/NOTIFY, with a
+polling fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import psycopg
+import structlog
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.eventstore import EventStore
+from schema.events import EventEnvelope, encode
+from schema.subjects import Subjects
+from schema.tables import relay_positions
+
+__all__ = ["Relay"]
+
+log = structlog.get_logger("parley.relay")
+
+
+def _lock_key(namespace: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{namespace}:relay".encode()).digest()[:8], "big", signed=True)
+
+
+class Relay:
+    name = "relay"
+
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        engine: AsyncEngine,
+        js: Any,
+        subjects: Subjects,
+        batch_size: int = 500,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.js = js
+        self.subjects = subjects
+        self.batch_size = batch_size
+        self.poll_s = poll_s
+        self.position = 0
+        self.active = asyncio.Event()
+
+    async def _read_position(self) -> int:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(relay_positions).values(name=self.name, position=0).on_conflict_do_nothing())
+            row = await conn.execute(select(relay_positions.c.position).where(relay_positions.c.name == self.name))
+            return int(row.scalar_one())
+
+    async def _save_position(self, position: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                relay_positions.update().where(relay_positions.c.name == self.name).values(position=position)
+            )
+
+    async def publish(self, batch: list[EventEnvelope]) -> int:
+        """Publish a batch (pipelined, in order); return the last id acked with all before it acked."""
+        futures = [
+            self.js.publish(
+                self.subjects.event(e.tenant_id or "platform", e.aggregate_type, e.type),
+                encode(e),
+                headers={"Nats-Msg-Id": str(e.id)},
+            )
+            for e in batch
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        acked = self.position
+        for event, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("publish_failed", notification_id=event.id, error=str(result))
+                break
+            acked = event.id
+        return acked
+
+    async def run(self, stop: asyncio.Event) -> None:
+        conninfo = self.store.database_url.replace("postgresql+psycopg://", "postgresql://")
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as lock_conn:
+                    await self._standby(lock_conn, stop)
+                    if stop.is_set():
+                        return
+                    await self._lead(lock_conn, stop)
+            except (psycopg.OperationalError, OSError) as exc:
+                log.warning("relay_connection_lost", error=str(exc))
+                self.active.clear()
+                await asyncio.sleep(1)
+
+    async def _standby(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
+        key = _lock_key(self.subjects.namespace)
+        announced = False
+        while not stop.is_set():
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
+            if row and row[0]:
+                log.info("relay_active")
+                return
+            if not announced:
+                log.info("relay_standby")
+                announced = True
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+    async def _lead(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
+        await conn.execute(f'LISTEN "{self.store.notify_channel}"')
+        self.position = await self._read_position()
+        self.active.set()
+        while not stop.is_set():
+            batch = await self.store.call(self.store.read, self.position + 1, self.batch_size)
+            if batch:
+                acked = await self.publish(batch)
+                if acked > self.position:
+                    self.position = acked
+                    await self._save_position(acked)
+                if acked < batch[-1].id:
+                    await asyncio.sleep(0.5)  # NATS unhappy: back off, then retry from the acked id
+                continue
+            # Caught up: wait for a NOTIFY from an append, or poll. This also checks the lock
+            # connection is alive: if it died, the lock is gone and another relay may be active.
+            gen = conn.notifies(timeout=self.poll_s, stop_after=1)
+            async for _ in gen:
+                pass
