@@ -7,6 +7,7 @@ path and the production path are the same code. Data stays under ``PARLEY_HOME``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -22,6 +23,8 @@ import structlog
 __all__ = ["EmbeddedEngines", "EngineUrls", "EngineStartError"]
 
 log = structlog.get_logger("parley.embedded")
+# pgserver logs every handle at INFO, some of it from atexit after streams are closed.
+logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
 class EngineStartError(RuntimeError):

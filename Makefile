@@ -1,0 +1,28 @@
+# The two commands a newcomer runs: `make run` and `make test`. Both create .venv on first use and
+# reuse it while pyproject.toml is unchanged.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup run test bench lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/parley serve
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PY) -m bench.spine
+
+lint: setup
+	$(VENV)/bin/ruff check domain application schema

@@ -1,0 +1,50 @@
+"""No Docker engine runs here, so the production topology is checked for structure: every parley
+process in compose.yaml runs a real `parley` subcommand, reaches each engine by its service name, and
+waits for the engines to be healthy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workers.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+PARLEY = {name: s for name, s in SERVICES.items() if s.get("image") == "parley:latest"}
+
+
+def test_compose_runs_the_engines_parley_needs() -> None:
+    assert SERVICES["postgres"]["image"].startswith("pgvector/pgvector:pg1")
+    assert "-js" in SERVICES["nats"]["command"]
+    assert SERVICES["redis"]["image"].startswith("redis:")
+    for engine in ("postgres", "nats", "redis"):
+        assert "healthcheck" in SERVICES[engine], engine
+
+
+def test_compose_runs_each_parley_process() -> None:
+    assert {"api", "relay", "projector"} <= set(PARLEY)
+    assert SERVICES["relay"]["deploy"]["replicas"] >= 2, "a standby relay must be described"
+
+
+@pytest.mark.parametrize("name", ["api", "relay", "projector"])
+def test_each_parley_service_runs_a_real_cli_command_against_the_engines(name: str) -> None:
+    service = PARLEY[name]
+    args = build_parser().parse_args(service["command"])
+    assert args.command in ("api", "relay", "project")
+    env = service["environment"]
+    assert "@postgres:5432/" in env["PARLEY_DATABASE_URL"]
+    assert env["PARLEY_NATS_URL"] == "nats://nats:4222"
+    assert env["PARLEY_REDIS_URL"].startswith("redis://redis:6379")
+    assert env["PARLEY_SECRET_KEY"].startswith("${PARLEY_SECRET_KEY:?"), "no default secret in production"
+    for engine in ("postgres", "nats", "redis"):
+        assert service["depends_on"][engine]["condition"] == "service_healthy"
+
+
+def test_the_image_copies_every_package_the_processes_import() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("domain", "application", "schema", "projections", "adapters", "api", "workers"):
+        assert f"COPY {package} ./{package}" in dockerfile

@@ -1,0 +1,58 @@
+"""Settings are read from PARLEY_* variables and every bad value is reported clearly at start."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from adapters.settings import Settings, SettingsError
+
+
+def test_defaults_need_no_environment_and_persist_a_generated_secret(tmp_path: Path) -> None:
+    s = Settings.from_env({"PARLEY_HOME": str(tmp_path)})
+    assert s.database_url is None and s.namespace == "parley" and s.port == 8000
+    assert len(s.secret_key) >= 32
+    secret_file = tmp_path / "secret_key"
+    assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+    assert Settings.from_env({"PARLEY_HOME": str(tmp_path)}).secret_key == s.secret_key
+    assert s.secret_key not in repr(s)
+
+
+def test_every_bad_value_is_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(
+            {
+                "PARLEY_HOME": str(tmp_path),
+                "PARLEY_DATABASE_URL": "mysql://x",
+                "PARLEY_NATS_URL": "http://x",
+                "PARLEY_REDIS_URL": "memcached://x",
+                "PARLEY_PORT": "eighty",
+                "PARLEY_ACCESS_TOKEN_TTL": "5",
+                "PARLEY_NAMESPACE": "Bad Name",
+                "PARLEY_SECRET_KEY": "short",
+                "PARLEY_LOG_LEVEL": "loud",
+                "PARLEY_LOG_JSON": "maybe",
+            }
+        )
+    text = str(info.value)
+    for name in (
+        "DATABASE_URL", "NATS_URL", "REDIS_URL", "PORT", "ACCESS_TOKEN_TTL", "NAMESPACE", "SECRET_KEY", "LOG_LEVEL", "LOG_JSON"
+    ):
+        assert f"PARLEY_{name}" in text, name
+    assert len(info.value.problems) == 9
+
+
+def test_child_env_round_trips(tmp_path: Path) -> None:
+    s = Settings.from_env(
+        {
+            "PARLEY_HOME": str(tmp_path),
+            "PARLEY_DATABASE_URL": "postgresql://u:p@db/parley",
+            "PARLEY_NATS_URL": "nats://n:4222",
+            "PARLEY_REDIS_URL": "redis://r:6379/0",
+            "PARLEY_NAMESPACE": "prod2",
+        }
+    )
+    assert Settings.from_env(s.child_env()) == s
