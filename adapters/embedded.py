@@ -6,6 +6,7 @@ path and the production path are the same code. Data stays under ``PARLEY_HOME``
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -203,6 +205,16 @@ class EmbeddedEngines:
             log.info("engine_stopped", engine=name)
         self._procs.clear()
         if self._pg is not None:
-            self._pg.cleanup()  # type: ignore[attr-defined]
+            # Stop it ourselves: pgserver's own cleanup tracks the postmaster it started, which the
+            # first-run restart (for max_connections) replaced.
+            from pgserver._commands import pg_ctl
+
+            server: Any = self._pg
             self._pg = None
+            atexit.unregister(server._cleanup)
+            server.global_process_id_list.get_and_remove(os.getpid())
+            try:
+                pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+            except subprocess.SubprocessError as exc:
+                log.warning("postgres_stop_failed", error=str(exc))
             log.info("engine_stopped", engine="postgres")

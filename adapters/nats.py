@@ -23,7 +23,7 @@ DEDUP_WINDOW_S = 120
 
 async def connect(url: str, name: str) -> tuple[Client, JetStreamContext]:
     nc = await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5
+        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5, drain_timeout=5
     )
     return nc, nc.jetstream(timeout=10)
 

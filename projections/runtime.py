@@ -162,6 +162,7 @@ class ProjectorRunner:
             self.position = await apply_batch(self.engine, self.projector, self.store, events)
             for m in msgs:
                 await m.ack()
+        await sub.unsubscribe()
 
 
 async def rebuild(
