@@ -4,6 +4,8 @@ verified, tampered with and rebuilt."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -49,16 +51,21 @@ ACME_IP, GLOBEX_IP = "203.0.113.7", "198.51.100.9"
 
 # --- engines and a database of our own -----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running Postgres: ``PARLEY_TEST_DATABASE_URL`` if set, else an embedded one for this module."""
+def server_url() -> Iterator[str]:
+    """A running Postgres: ``PARLEY_TEST_DATABASE_URL`` if set, else an embedded one for this module.
+
+    Not under pytest's tmp_path: run as root, Postgres runs as another user, and every pytest that
+    starts takes that user's access to /tmp/pytest-of-root away again (chmod 700)."""
     if url := os.environ.get("PARLEY_TEST_DATABASE_URL"):
         yield url
         return
-    engines = EmbeddedEngines(Path(tmp_path_factory.mktemp("audit")), fast=True)
+    home = Path(tempfile.mkdtemp(prefix="parley-audit-test-"))
+    engines = EmbeddedEngines(home, fast=True)
     try:
         yield engines.start_postgres()
     finally:
         engines.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
