@@ -96,8 +96,13 @@ class Relay:
                     if stop.is_set():
                         return
                     await self._lead(lock_conn, stop)
-            except (psycopg.OperationalError, OSError) as exc:
-                log.warning("relay_connection_lost", error=str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Postgres or NATS went away (whichever library noticed first): give up the lead (the
+                # lock connection closes with it), wait, and start again as a standby. Nothing is lost:
+                # the position only ever advanced past acked events.
+                log.warning("relay_interrupted", error_type=type(exc).__name__, error=str(exc)[:200])
                 self.active.clear()
                 await asyncio.sleep(1)
 
