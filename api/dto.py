@@ -29,6 +29,9 @@ __all__ = [
     "AuditPage",
 ]
 
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+"""For free-text query parameters: Postgres text cannot hold NUL, and no filter needs a control character."""
+
 Email = Annotated[str, Meta(min_length=3, max_length=254)]
 Password = Annotated[str, Meta(min_length=1, max_length=256)]
 Name = Annotated[str, Meta(min_length=1, max_length=100)]

@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from domain.errors import (
@@ -75,6 +75,15 @@ def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
         text = str(exc.detail or "")
         code = "MALFORMED_JSON" if "malformed" in text.lower() or "json" in text.lower() and "decode" in text.lower() else "VALIDATION_FAILED"
         return _respond(400, error_body(code, text or "request is not valid", {"errors": exc.extra or []}))
+    if isinstance(exc.__cause__, SerializationException):
+        # Litestar decodes every body as JSON and wraps the decoder's error in a plain 400.
+        content_type = (request.headers.get("content-type") or "").partition(";")[0].strip().lower()
+        if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+            return _respond(
+                415,
+                error_body("UNSUPPORTED_MEDIA_TYPE", "send the body as application/json", {"content_type": content_type}),
+            )
+        return _respond(400, error_body("MALFORMED_JSON", f"request body is not valid JSON: {exc.detail}"))
     if status >= 500:
         log.error("http_error", status=status, path=request.url.path, detail=str(exc.detail))
         return _respond(status, error_body("INTERNAL_ERROR", "internal error"))

@@ -32,6 +32,7 @@ from domain.identity import (
     Tenant,
     TokenMisuse,
     User,
+    check_domain,
     check_name,
     check_password_strength,
     check_role,
@@ -189,7 +190,7 @@ class Identity:
         check_role(default_role)
         if default_role == "admin":
             raise Invalid("INVALID_ROLE", "sign-ups cannot default to admin", field="default_role")
-        domains = [d.strip().lower() for d in domains]
+        domains = [check_domain(d) for d in domains]
         tenant_id = str(tenant_id_for(slug))
 
         def command() -> Tenant:
@@ -390,6 +391,11 @@ class Identity:
         session_id = parse_refresh_token(refresh_token)
         presented = secret_hash(refresh_token)
         rotated = new_refresh_token(session_id)
+        # The caller is not signed in: the session says whose events these are, so that they (a reuse
+        # alarm above all) land in that tenant's audit trail, not in no tenant's.
+        known = await self.store.call(self.store.find, Session, session_id)
+        if known is not None:
+            ctx = ctx.replace(tenant_id=known.tenant_id)
 
         def command() -> User:
             session = self.store.find(Session, session_id)

@@ -32,13 +32,18 @@ __all__ = [
     "check_role",
     "check_slug",
     "check_name",
+    "check_domain",
 ]
 
 ROLES = ("admin", "user", "premium", "guest", "pending")
 SIGNUP_ROLES = ("user", "premium", "guest", "pending")
 API_KEY_SCOPES = ("read", "write", "admin")
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
+# Postgres text cannot hold NUL, and no name or e-mail needs a control character: refuse them at the door
+# rather than let one event stall a projector.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _COMMON_PASSWORDS = frozenset(
     {
@@ -94,8 +99,15 @@ def check_slug(slug: str) -> None:
 
 def check_name(name: str, field: str = "name") -> str:
     value = name.strip()
-    if not 1 <= len(value) <= 100:
-        raise Invalid("INVALID_NAME", f"{field} must be 1-100 characters", field=field)
+    if not 1 <= len(value) <= 100 or _CONTROL.search(value):
+        raise Invalid("INVALID_NAME", f"{field} must be 1-100 characters, none of them control characters", field=field)
+    return value
+
+
+def check_domain(domain: str) -> str:
+    value = domain.strip().lower()
+    if not _HOST.match(value):
+        raise Invalid("INVALID_DOMAIN", "not a valid host name", field="domains", domain=domain[:253])
     return value
 
 

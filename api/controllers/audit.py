@@ -30,14 +30,14 @@ class AuditController(Controller):
         self,
         c: Container,
         caller: Principal,
-        actor: Annotated[str | None, Parameter(max_length=100)] = None,
-        action: Annotated[str | None, Parameter(max_length=100)] = None,
-        target_type: Annotated[str | None, Parameter(max_length=50)] = None,
-        target_id: Annotated[str | None, Parameter(max_length=64)] = None,
+        actor: Annotated[str | None, Parameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
+        action: Annotated[str | None, Parameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
+        target_type: Annotated[str | None, Parameter(max_length=50, pattern=dto.NO_CONTROL_CHARS)] = None,
+        target_id: Annotated[str | None, Parameter(max_length=64, pattern=dto.NO_CONTROL_CHARS)] = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-        before: Annotated[int | None, Parameter(ge=1)] = None,
+        before: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,  # a Postgres bigint
     ) -> dto.AuditPage:
         caller.require_admin()
         since, until = _aware(since), _aware(until)

@@ -32,7 +32,7 @@ class UserController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
         role: Annotated[str | None, Parameter(max_length=20)] = None,
-        q: Annotated[str | None, Parameter(max_length=100)] = None,
+        q: Annotated[str | None, Parameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
     ) -> dto.UserPage:
         caller.require_admin()
         if role is not None:
