@@ -27,6 +27,15 @@ class RedisTokenVersions:
         value = await self._r.get(self._key(user_id))
         return int(value) if value is not None else None
 
+    async def state(self, user_id: str, session_id: str | None) -> tuple[int | None, bool]:
+        """The user's token version and whether this session was ended, in one round trip."""
+        version, ended = await self._r.mget(self._key(user_id), f"{self._ns}:ended:{session_id}")
+        return (int(version) if version is not None else None), ended is not None
+
+    async def end_session(self, session_id: str, ttl_s: int) -> None:
+        """Access tokens of an ended session die with it; they expire by themselves after ``ttl_s``."""
+        await self._r.set(f"{self._ns}:ended:{session_id}", 1, ex=max(1, ttl_s))
+
     async def set(self, user_id: str, version: int) -> None:
         await self._r.set(self._key(user_id), version, ex=self._ttl)
 

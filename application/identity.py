@@ -136,6 +136,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _uuid_or_nil(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return uuid.UUID(int=0)
+
+
 class Identity:
     def __init__(
         self,
@@ -417,7 +424,12 @@ class Identity:
             self.store.save(session)
             return user
 
-        user = await self.store.execute(ctx, command)
+        try:
+            user = await self.store.execute(ctx, command)
+        except Unauthenticated as exc:
+            if exc.code == "REFRESH_TOKEN_REUSED":
+                await self.token_versions.end_session(str(session_id), self.tokens.ttl_s)
+            raise
         if not user.active:
             raise Forbidden("USER_DEACTIVATED", "this account is deactivated")
         return self._pair(user, str(session_id), rotated)
@@ -435,23 +447,29 @@ class Identity:
             return user
 
         user = await self.store.execute(ctx, command)
+        if principal.session_id:
+            await self.token_versions.end_session(principal.session_id, self.tokens.ttl_s)
         if user is not None:
             await self.token_versions.set(str(user.id), user.token_version)
 
-    async def _current_token_version(self, user_id: uuid.UUID) -> int:
-        version = await self.token_versions.get(str(user_id))
-        if version is None:  # Redis lost it: the event store knows
-            user = await self.store.call(self.store.find, User, user_id)
+    async def _token_still_valid(self, claims: AccessClaims) -> bool:
+        version, session_ended = await self.token_versions.state(str(claims.user_id), claims.session_id)
+        if version is None:  # Redis lost its state: the event store knows
+            user = await self.store.call(self.store.find, User, claims.user_id)
             version = user.token_version if user is not None else -1
-            await self.token_versions.set(str(user_id), version)
-        return version
+            await self.token_versions.set(str(claims.user_id), version)
+            session = await self.store.call(self.store.find, Session, _uuid_or_nil(claims.session_id))
+            if session is not None and session.ended:
+                session_ended = True
+                await self.token_versions.end_session(claims.session_id, self.tokens.ttl_s)
+        return version == claims.token_version and not session_ended
 
     async def authenticate(self, ctx: CommandContext, credential: str) -> Principal:
         """An access token (JWT) or an API key, as presented in ``Authorization: Bearer`` or ``X-API-Key``."""
         if credential.startswith("pk_"):
             return await self._authenticate_api_key(ctx, credential)
         claims: AccessClaims = self.tokens.verify(credential)
-        if await self._current_token_version(claims.user_id) != claims.token_version:
+        if not await self._token_still_valid(claims):
             await self._record_misuse(ctx, claims.tenant_id, claims.user_id, "access", claims.jti)
             raise Unauthenticated("TOKEN_REVOKED", "this token was revoked; sign in again")
         return Principal(

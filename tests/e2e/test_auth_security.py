@@ -323,6 +323,19 @@ async def test_logout_ends_only_the_current_session(client, container) -> None:
     )
     r = await client.post("/api/v1/auths/refresh", json={"refresh_token": phone["refresh_token"]})
     assert r.status_code == 200, r.text
+    # The ended session's access token dies with it at once; the other session's lives on.
+    refused(await client.get("/api/v1/auths/me", headers=bearer(laptop)), 401, "TOKEN_REVOKED")
+    assert (await client.get("/api/v1/auths/me", headers=bearer(phone))).status_code == 200
+
+
+async def test_logged_out_access_token_stays_dead_when_redis_loses_its_state(client, container) -> None:
+    await register(client, "ann@example.com")
+    laptop = await login(client, "ann@example.com")
+    assert (await client.post("/api/v1/auths/logout", headers=bearer(laptop))).status_code == 204
+    await container.redis.flushdb()
+    refused(await client.get("/api/v1/auths/me", headers=bearer(laptop)), 401, "TOKEN_REVOKED")
+    fresh = await login(client, "ann@example.com")
+    assert (await client.get("/api/v1/auths/me", headers=bearer(fresh))).status_code == 200
 
 
 # --- refresh tokens ------------------------------------------------------------------------------------
@@ -370,6 +383,8 @@ async def test_reused_refresh_token_ends_the_session_and_is_recorded(
     rows = await audit_actions(client, admin, action="RevokedTokenUsed")
     assert len(rows) == 1 and rows[0]["detail"]["token_kind"] == "refresh"
     assert "SessionEnded" in [row["action"] for row in await audit_actions(client, admin)]
+    # Access tokens of the ended family are refused too, not only its refresh tokens.
+    refused(await client.get("/api/v1/auths/me", headers=bearer(newest)), 401, "TOKEN_REVOKED")
 
 
 async def test_malformed_or_unknown_refresh_tokens_are_refused(client, container) -> None:
