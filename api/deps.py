@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from application.context import CommandContext
 from application.identity import Principal
@@ -16,7 +17,7 @@ from domain.identity import tenant_id_for
 from projections.identity import tenant_for_host
 from workers.bootstrap import Container
 
-__all__ = ["container", "principal", "optional_principal", "command_context", "request_tenant", "dependencies"]
+__all__ = ["container", "principal", "optional_principal", "command_context", "request_tenant", "App", "Caller", "TenantSlug"]
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _HOST_CACHE: dict[str, tuple[float, str | None]] = {}
@@ -96,4 +97,7 @@ def command_context(request: Request[Any, Any, Any], p: Principal | None = None,
     return _base_context(request, tenant_id, "anonymous")
 
 
-dependencies: dict[str, Any] = {}
+# Handler parameters that Litestar fills from the app's dependencies (declared explicitly, as Litestar 3 needs).
+App = NamedDependency[Container]
+Caller = NamedDependency[Principal]
+TenantSlug = NamedDependency[str]

@@ -8,13 +8,12 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 
 from api import dto
-from application.identity import Principal
+from api.deps import App, Caller
 from domain.errors import Invalid
 from projections.audit import query_audit
-from workers.bootstrap import Container
 
 
 def _aware(t: datetime | None) -> datetime | None:
@@ -28,16 +27,16 @@ class AuditController(Controller):
     @get("/", operation_id="ListAuditEntries")
     async def list(
         self,
-        c: Container,
-        caller: Principal,
-        actor: Annotated[str | None, Parameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
-        action: Annotated[str | None, Parameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
-        target_type: Annotated[str | None, Parameter(max_length=50, pattern=dto.NO_CONTROL_CHARS)] = None,
-        target_id: Annotated[str | None, Parameter(max_length=64, pattern=dto.NO_CONTROL_CHARS)] = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-        before: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,  # a Postgres bigint
+        c: App,
+        caller: Caller,
+        actor: Annotated[str | None, QueryParameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
+        action: Annotated[str | None, QueryParameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
+        target_type: Annotated[str | None, QueryParameter(max_length=50, pattern=dto.NO_CONTROL_CHARS)] = None,
+        target_id: Annotated[str | None, QueryParameter(max_length=64, pattern=dto.NO_CONTROL_CHARS)] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        before: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,  # a Postgres bigint
     ) -> dto.AuditPage:
         caller.require_admin()
         since, until = _aware(since), _aware(until)
@@ -58,5 +57,5 @@ class AuditController(Controller):
         return dto.AuditPage(items=[msgspec.to_builtins(r) for r in rows], next_before=cursor)
 
     @get("/replay", operation_id="ReplayAggregate")
-    async def replay(self, c: Container, caller: Principal, aggregate_id: UUID, at: datetime | None = None) -> dict[str, Any]:
+    async def replay(self, c: App, caller: Caller, aggregate_id: FromQuery[UUID], at: FromQuery[datetime | None] = None) -> dict[str, Any]:
         return await c.audit.state_at(caller, aggregate_id, _aware(at) or datetime.now(UTC))

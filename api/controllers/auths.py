@@ -6,13 +6,13 @@ from typing import Any
 from uuid import UUID
 
 from litestar import Controller, Request, delete, get, post
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from api import dto
-from api.deps import command_context
-from application.identity import Principal, TokenPair, UserInfo
+from api.deps import App, Caller, TenantSlug, command_context
+from application.identity import TokenPair, UserInfo
 from projections.identity import get_user_row, list_api_keys
-from workers.bootstrap import Container
 
 
 def user_dto(u: UserInfo | dict[str, Any]) -> dto.User:
@@ -34,7 +34,7 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/register", operation_id="Register", status_code=HTTP_201_CREATED)
-    async def register(self, request: Request[Any, Any, Any], data: dto.RegisterBody, c: Container, tenant: str) -> dto.User:
+    async def register(self, request: Request[Any, Any, Any], data: JSONBody[dto.RegisterBody], c: App, tenant: TenantSlug) -> dto.User:
         t = await c.identity.tenant(tenant)
         user = await c.identity.register(
             command_context(request, tenant_id=str(t.id)),
@@ -46,7 +46,7 @@ class AuthController(Controller):
         return user_dto(user)
 
     @post("/login", operation_id="Login", status_code=HTTP_200_OK)
-    async def login(self, request: Request[Any, Any, Any], data: dto.LoginBody, c: Container, tenant: str) -> dto.Tokens:
+    async def login(self, request: Request[Any, Any, Any], data: JSONBody[dto.LoginBody], c: App, tenant: TenantSlug) -> dto.Tokens:
         t = await c.identity.tenant(tenant)
         pair = await c.identity.login(
             command_context(request, tenant_id=str(t.id)), tenant=str(t.id), email=data.email, password=data.password
@@ -54,18 +54,18 @@ class AuthController(Controller):
         return tokens_dto(pair)
 
     @post("/refresh", operation_id="RefreshTokens", status_code=HTTP_200_OK)
-    async def refresh(self, request: Request[Any, Any, Any], data: dto.RefreshBody, c: Container) -> dto.Tokens:
+    async def refresh(self, request: Request[Any, Any, Any], data: JSONBody[dto.RefreshBody], c: App) -> dto.Tokens:
         return tokens_dto(await c.identity.refresh(command_context(request), data.refresh_token))
 
     @post("/logout", operation_id="Logout", status_code=HTTP_204_NO_CONTENT)
     async def logout(
-        self, request: Request[Any, Any, Any], c: Container, caller: Principal, data: dto.LogoutBody | None = None
+        self, request: Request[Any, Any, Any], c: App, caller: Caller, data: JSONBody[dto.LogoutBody | None] = None
     ) -> None:
         everywhere = data.everywhere if data else False
         await c.identity.logout(command_context(request, caller), caller, everywhere=everywhere)
 
     @get("/me", operation_id="GetMe")
-    async def me(self, c: Container, caller: Principal) -> dto.User:
+    async def me(self, c: App, caller: Caller) -> dto.User:
         row = await get_user_row(c.engine, caller.tenant_id, str(caller.user_id))
         if row is not None:
             return user_dto(row)
@@ -74,7 +74,7 @@ class AuthController(Controller):
 
     @post("/password", operation_id="ChangePassword", status_code=HTTP_200_OK)
     async def change_password(
-        self, request: Request[Any, Any, Any], data: dto.PasswordBody, c: Container, caller: Principal
+        self, request: Request[Any, Any, Any], data: JSONBody[dto.PasswordBody], c: App, caller: Caller
     ) -> dto.Tokens:
         pair = await c.identity.change_password(
             command_context(request, caller), caller, current=data.current_password, new=data.new_password
@@ -82,13 +82,13 @@ class AuthController(Controller):
         return tokens_dto(pair)
 
     @get("/api-keys", operation_id="ListApiKeys")
-    async def list_keys(self, c: Container, caller: Principal) -> list[dto.ApiKey]:
+    async def list_keys(self, c: App, caller: Caller) -> list[dto.ApiKey]:
         rows = await list_api_keys(c.engine, caller.tenant_id, str(caller.user_id))
         return [dto.ApiKey(**r) for r in rows]
 
     @post("/api-keys", operation_id="CreateApiKey", status_code=HTTP_201_CREATED)
     async def create_key(
-        self, request: Request[Any, Any, Any], data: dto.ApiKeyCreate, c: Container, caller: Principal
+        self, request: Request[Any, Any, Any], data: JSONBody[dto.ApiKeyCreate], c: App, caller: Caller
     ) -> dto.ApiKeyCreated:
         key = await c.identity.create_api_key(
             command_context(request, caller),
@@ -102,5 +102,5 @@ class AuthController(Controller):
         )
 
     @delete("/api-keys/{key_id:uuid}", operation_id="RevokeApiKey", status_code=HTTP_204_NO_CONTENT)
-    async def revoke_key(self, request: Request[Any, Any, Any], key_id: UUID, c: Container, caller: Principal) -> None:
+    async def revoke_key(self, request: Request[Any, Any, Any], key_id: FromPath[UUID], c: App, caller: Caller) -> None:
         await c.identity.revoke_api_key(command_context(request, caller), caller, key_id)

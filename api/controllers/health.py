@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Controller, Response, get
 
-from workers.bootstrap import Container
+from api.deps import App
 
 
 async def _check(name: str, probe: Any) -> tuple[str, str]:
@@ -28,7 +28,7 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/ready", operation_id="Ready")
-    async def ready(self, c: Container) -> Response[dict[str, Any]]:
+    async def ready(self, c: App) -> Response[dict[str, Any]]:
         async def nats() -> None:
             await c.connect_nats("parley-api")
             if not c.nc.is_connected:

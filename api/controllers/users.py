@@ -7,17 +7,15 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED
 
 from api import dto
 from api.controllers.auths import user_dto
-from api.deps import command_context
-from application.identity import Principal
+from api.deps import App, Caller, command_context
 from domain.errors import Forbidden
 from domain.identity import check_role
 from projections.identity import list_tenants, list_users
-from workers.bootstrap import Container
 
 
 class UserController(Controller):
@@ -27,12 +25,12 @@ class UserController(Controller):
     @get("/", operation_id="ListUsers")
     async def list(
         self,
-        c: Container,
-        caller: Principal,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
-        role: Annotated[str | None, Parameter(max_length=20)] = None,
-        q: Annotated[str | None, Parameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
+        c: App,
+        caller: Caller,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
+        role: Annotated[str | None, QueryParameter(max_length=20)] = None,
+        q: Annotated[str | None, QueryParameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
     ) -> dto.UserPage:
         caller.require_admin()
         if role is not None:
@@ -41,19 +39,19 @@ class UserController(Controller):
         return dto.UserPage(items=items, total=total, limit=limit, offset=offset)
 
     @post("/", operation_id="CreateUser", status_code=HTTP_201_CREATED)
-    async def create(self, request: Request[Any, Any, Any], data: dto.UserCreate, c: Container, caller: Principal) -> dto.User:
+    async def create(self, request: Request[Any, Any, Any], data: JSONBody[dto.UserCreate], c: App, caller: Caller) -> dto.User:
         user = await c.identity.create_user(
             command_context(request, caller), caller, email=data.email, password=data.password, name=data.name, role=data.role
         )
         return user_dto(user)
 
     @get("/{user_id:uuid}", operation_id="GetUser")
-    async def get(self, user_id: UUID, c: Container, caller: Principal) -> dto.User:
+    async def get(self, user_id: FromPath[UUID], c: App, caller: Caller) -> dto.User:
         return user_dto(await c.identity.get_user(caller, user_id))
 
     @patch("/{user_id:uuid}", operation_id="UpdateUser")
     async def update(
-        self, request: Request[Any, Any, Any], user_id: UUID, data: dto.UserUpdate, c: Container, caller: Principal
+        self, request: Request[Any, Any, Any], user_id: FromPath[UUID], data: JSONBody[dto.UserUpdate], c: App, caller: Caller
     ) -> dto.User:
         def given(v: Any) -> Any:
             return None if v is msgspec.UNSET else v
@@ -75,13 +73,13 @@ class TenantController(Controller):
     tags = ["tenants"]
 
     @get("/", operation_id="ListTenants")
-    async def list(self, c: Container, caller: Principal) -> list[dto.Tenant]:
+    async def list(self, c: App, caller: Caller) -> list[dto.Tenant]:
         if not c.identity.is_platform_admin(caller):
             raise Forbidden("PLATFORM_ADMIN_REQUIRED", "only a platform admin can list tenants")
         return [dto.Tenant(**{k: v for k, v in t.items() if k != "created_at"}) for t in await list_tenants(c.engine)]
 
     @post("/", operation_id="CreateTenant", status_code=HTTP_201_CREATED)
-    async def create(self, request: Request[Any, Any, Any], data: dto.TenantCreate, c: Container, caller: Principal) -> dto.Tenant:
+    async def create(self, request: Request[Any, Any, Any], data: JSONBody[dto.TenantCreate], c: App, caller: Caller) -> dto.Tenant:
         t = await c.identity.create_tenant(
             command_context(request, caller),
             caller,
