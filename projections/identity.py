@@ -3,9 +3,10 @@ Every query takes the caller's tenant and filters by it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Table, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schema.events import EventEnvelope
@@ -18,7 +19,7 @@ _REVOKING = {"PasswordChanged", "RoleChanged", "UserDeactivated", "TokensRevoked
 
 class IdentityProjector:
     name = "identity"
-    tables = (tenants, users, api_keys)
+    tables: Sequence[Table] = (tenants, users, api_keys)
     _types = frozenset(
         {
             "TenantCreated",

@@ -1,0 +1,1 @@
+"""Benchmarks that start their own embedded engines: ``python -m bench.spine``."""
