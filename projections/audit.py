@@ -157,24 +157,34 @@ class AuditProjector:
         return True
 
     async def apply(self, conn: AsyncConnection, event: EventEnvelope) -> None:
-        # The head is read in the batch's transaction, so consecutive events of a tenant chain on.
-        tenant_id = _fit(audit_log.c.tenant_id, event.tenant_id or PLATFORM_TENANT)
-        head = (
-            await conn.execute(
-                select(audit_heads.c.seq, audit_heads.c.hash)
-                .where(audit_heads.c.tenant_id == tenant_id)
-                .with_for_update()
-            )
-        ).first()
-        seq, prev_hash = (head.seq, head.hash) if head is not None else (0, GENESIS_HASH)
-        row = audit_row(event, seq=seq + 1, prev_hash=prev_hash)
-        await conn.execute(audit_log.insert().values(row))
-        upsert = insert(audit_heads).values(tenant_id=row["tenant_id"], seq=row["seq"], hash=row["hash"])
+        await self.apply_many(conn, [event])
+
+    async def apply_many(self, conn: AsyncConnection, events: Sequence[EventEnvelope]) -> None:
+        """A batch at once: the heads of its tenants read (and locked) in one query inside the batch's
+        transaction, rows chained in memory, one multi-row insert, one upsert of the heads."""
+        if not events:
+            return
+        tenant_of = [_fit(audit_log.c.tenant_id, e.tenant_id or PLATFORM_TENANT) or PLATFORM_TENANT for e in events]
+        rows = await conn.execute(
+            select(audit_heads.c.tenant_id, audit_heads.c.seq, audit_heads.c.hash)
+            .where(audit_heads.c.tenant_id.in_(set(tenant_of)))
+            .with_for_update()
+        )
+        heads: dict[str, tuple[int, str]] = {r.tenant_id: (r.seq, r.hash) for r in rows}
+        new_rows = []
+        for tenant_id, event in zip(tenant_of, events, strict=True):
+            seq, prev_hash = heads.get(tenant_id, (0, GENESIS_HASH))
+            row = audit_row(event, seq=seq + 1, prev_hash=prev_hash)
+            heads[tenant_id] = (row["seq"], row["hash"])
+            new_rows.append(row)
+        await conn.execute(audit_log.insert(), new_rows)
+        upsert = insert(audit_heads)
         await conn.execute(
             upsert.on_conflict_do_update(
                 index_elements=[audit_heads.c.tenant_id],
                 set_={"seq": upsert.excluded.seq, "hash": upsert.excluded.hash},
-            )
+            ),
+            [{"tenant_id": t, "seq": seq, "hash": h} for t, (seq, h) in heads.items()],
         )
 
 

@@ -86,10 +86,14 @@ async def apply_batch(
         )
         if not contiguous:
             fresh = await store.call(store.read, position + 1, _MAX_FILL, fresh[-1].id)
-        for event in fresh:
-            if projector.handles(event.type):
+        handled = [e for e in fresh if projector.handles(e.type)]
+        apply_many = getattr(projector, "apply_many", None)
+        if apply_many is not None:  # a projector that can apply a batch in fewer statements
+            await apply_many(conn, handled)
+        else:
+            for event in handled:
                 await projector.apply(conn, event)
-            position = event.id
+        position = fresh[-1].id
         await conn.execute(
             projector_positions.update()
             .where(projector_positions.c.name == projector.name)
