@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from application.context import CommandContext, current_command
 from domain.errors import Conflict, NotFound
-from schema.events import SECRET_SUFFIX, EventEnvelope
+from schema.events import SECRET_SUFFIXES, EventEnvelope
 
 __all__ = ["EventStore", "notification_to_envelope", "envelopes"]
 
@@ -67,7 +67,10 @@ def notification_to_envelope(app: Application[uuid.UUID], n: Notification) -> Ev
     state.pop("originator_topic", None)
     occurred_at: datetime = state.pop("timestamp")
     aggregate_type, event_type = _split_topic(n.topic)
-    data = {k: v for k, v in state.items() if not k.endswith(SECRET_SUFFIX)}
+    data = {k: v for k, v in state.items() if not k.endswith(SECRET_SUFFIXES)}
+    for key, value in state.items():  # say that a secret is set, never what it is
+        if key.endswith("_encrypted"):
+            data[f"has_{key.removesuffix('_encrypted')}"] = value is not None
     return EventEnvelope(
         id=n.id,
         event_id=event_id(n.originator_id, n.originator_version),  # type: ignore[arg-type]

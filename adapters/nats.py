@@ -18,6 +18,7 @@ __all__ = ["connect", "ensure_streams"]
 log = structlog.get_logger("parley.nats")
 
 EVENTS_MAX_AGE_S = 7 * 24 * 3600
+TOKENS_MAX_AGE_S = 3600  # token chunks are for live streams; finished generations replay from read models
 DEDUP_WINDOW_S = 120
 
 
@@ -51,6 +52,31 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects, *, replicas: 
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
             max_age=EVENTS_MAX_AGE_S,
+            duplicate_window=DEDUP_WINDOW_S,
+            num_replicas=replicas,
+        ),
+    )
+    # Work queue: each job is delivered to one worker; acked (removed) when the generation is finished.
+    await _ensure(
+        js,
+        StreamConfig(
+            name=subjects.jobs_stream,
+            subjects=[subjects.jobs_all],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=DEDUP_WINDOW_S,
+            num_replicas=replicas,
+        ),
+    )
+    await _ensure(
+        js,
+        StreamConfig(
+            name=subjects.tokens_stream,
+            subjects=[subjects.tokens_all],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_age=TOKENS_MAX_AGE_S,
             duplicate_window=DEDUP_WINDOW_S,
             num_replicas=replicas,
         ),

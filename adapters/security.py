@@ -3,12 +3,14 @@ deprecated in its favour and Authlib depends on it)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
 import uuid
 
 from argon2 import PasswordHasher as Argon2Hasher
+from cryptography.fernet import Fernet, InvalidToken
 from argon2.exceptions import InvalidHashError, VerificationError
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, JoseError
@@ -18,7 +20,7 @@ from joserfc.jwt import JWTClaimsRegistry
 from application.identity import AccessClaims
 from domain.errors import Unauthenticated
 
-__all__ = ["Passwords", "AccessTokens"]
+__all__ = ["Passwords", "AccessTokens", "FernetBox"]
 
 
 class Passwords:
@@ -95,3 +97,20 @@ class AccessTokens:
             )
         except (KeyError, ValueError, TypeError):
             raise Unauthenticated("INVALID_TOKEN", "access token is not valid") from None
+
+
+class FernetBox:
+    """Provider API keys at rest: Fernet (AES-128-CBC + HMAC-SHA256) under a key derived from the
+    deployment secret. Changing the secret makes stored keys unreadable: re-enter them."""
+
+    def __init__(self, secret: str) -> None:
+        self._fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(f"box:{secret}".encode()).digest()))
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def decrypt(self, ciphertext: str) -> str:
+        try:
+            return self._fernet.decrypt(ciphertext.encode()).decode()
+        except InvalidToken:
+            raise ValueError("stored secret cannot be decrypted with this deployment's secret key") from None

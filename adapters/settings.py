@@ -45,6 +45,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_request_bytes: int = 1_048_576
     # Embedded Postgres only: trade durability of the last commits for speed (tests, benchmarks).
     embedded_fast: bool = False
+    # The "echo" engine (fixed text at full speed, no model): for pipeline tests and benchmarks.
+    enable_echo_engine: bool = False
+    # Generation workers: how many generations one worker runs at once, and where the local model runs.
+    worker_concurrency: int = 4
+    local_device: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -118,6 +123,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             log_json=boolean("LOG_JSON", True),
             max_request_bytes=integer("MAX_REQUEST_BYTES", 1_048_576, 1024, 1 << 30),
             embedded_fast=boolean("EMBEDDED_FAST", False),
+            enable_echo_engine=boolean("ENABLE_ECHO_ENGINE", False),
+            worker_concurrency=integer("WORKER_CONCURRENCY", 4, 1, 1024),
+            local_device=get("LOCAL_DEVICE") or "auto",
         )
         if problems:
             raise SettingsError(problems)
@@ -144,6 +152,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_LOG_LEVEL": self.log_level,
             "PARLEY_LOG_JSON": "true" if self.log_json else "false",
             "PARLEY_MAX_REQUEST_BYTES": str(self.max_request_bytes),
+            "PARLEY_EMBEDDED_FAST": "true" if self.embedded_fast else "false",
+            "PARLEY_ENABLE_ECHO_ENGINE": "true" if self.enable_echo_engine else "false",
+            "PARLEY_WORKER_CONCURRENCY": str(self.worker_concurrency),
+            "PARLEY_LOCAL_DEVICE": self.local_device,
         }
         for name, value in (
             ("DATABASE_URL", self.database_url),

@@ -14,7 +14,11 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.controllers.audit import AuditController
 from api.controllers.auths import AuthController
+from api.controllers.chats import ChatController
+from api.controllers.generations import GenerationController
 from api.controllers.health import HealthController
+from api.controllers.models import ModelController, ProviderController
+from api.controllers.openai import OpenAIController
 from api.controllers.users import TenantController, UserController
 from api.deps import container, optional_principal, principal, request_tenant
 from api.errors import exception_handlers
@@ -65,7 +69,18 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
 
 def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litestar:
     app = Litestar(
-        route_handlers=[AuthController, UserController, TenantController, AuditController, HealthController],
+        route_handlers=[
+            AuthController,
+            UserController,
+            TenantController,
+            AuditController,
+            HealthController,
+            ProviderController,
+            ModelController,
+            ChatController,
+            GenerationController,
+            OpenAIController,
+        ],
         dependencies={
             "c": Provide(container, sync_to_thread=False),
             "caller": Provide(principal),

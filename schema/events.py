@@ -1,8 +1,8 @@
 """The event wire format: what every event looks like on NATS and to integrations.
 
 Version 1. Evolve only by adding fields with defaults; never rename or retype a field.
-Fields of domain events whose names end in ``_hash`` (password, API key and refresh-token hashes)
-never leave the event store: they are dropped from ``data``.
+Fields of domain events whose names end in ``_hash`` (password, API key and refresh-token hashes) or
+``_encrypted`` (provider API keys) never leave the event store: they are dropped from ``data``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from uuid import UUID
 
 import msgspec
 
-__all__ = ["EventEnvelope", "SCHEMA_VERSION", "encode", "decode", "json_schema", "SECRET_SUFFIX"]
+__all__ = ["EventEnvelope", "SCHEMA_VERSION", "encode", "decode", "json_schema", "SECRET_SUFFIXES"]
 
 SCHEMA_VERSION = 1
-SECRET_SUFFIX = "_hash"
+SECRET_SUFFIXES = ("_hash", "_encrypted")
 
 
 class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):

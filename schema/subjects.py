@@ -36,8 +36,34 @@ class Subjects:
         return f"{self.namespace.upper()}_JOBS"
 
     @property
+    def jobs_all(self) -> str:
+        return f"{self.namespace}.jobs.generate.>"
+
+    def job(self, model: str) -> str:
+        return f"{self.namespace}.jobs.generate.{_token(model)}"
+
+    @property
+    def workers_durable(self) -> str:
+        return f"{self.namespace}_generation_workers"
+
+    @property
     def tokens_stream(self) -> str:
         return f"{self.namespace.upper()}_TOKENS"
+
+    @property
+    def tokens_all(self) -> str:
+        return f"{self.namespace}.tokens.>"
+
+    def tokens(self, generation_id: str) -> str:
+        return f"{self.namespace}.tokens.{_token(generation_id)}"
+
+    def cancel(self, generation_id: str) -> str:
+        """Core NATS (no stream): tells whichever worker runs a generation to stop now."""
+        return f"{self.namespace}.control.cancel.{_token(generation_id)}"
+
+    @property
+    def cancel_all(self) -> str:
+        return f"{self.namespace}.control.cancel.*"
 
     def durable(self, projector: str) -> str:
         return f"{self.namespace}_projector_{_token(projector)}"

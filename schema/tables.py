@@ -8,6 +8,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Double,
     Index,
     Integer,
     MetaData,
@@ -121,4 +122,110 @@ audit_heads = Table(
     Column("tenant_id", String(64), primary_key=True),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+
+# --- conversations: providers and models (projector "models"), chats, messages, generations ("chats") ---
+__all__ += ["chats", "generations", "messages", "models", "providers"]
+
+providers = Table(
+    "rm_providers",
+    metadata,
+    Column("provider_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("base_url", String(500)),
+    Column("has_api_key", Boolean, nullable=False),  # never the key itself
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_rm_providers_tenant_name"),
+)
+
+models = Table(
+    "rm_models",
+    metadata,
+    Column("model_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("display_name", String(100), nullable=False),
+    Column("provider_id", UUID(as_uuid=False), nullable=False),
+    Column("provider_kind", String(20), nullable=False),
+    Column("upstream_model", Text, nullable=False),
+    Column("defaults", JSONB, nullable=False),
+    Column("open_to_tenant", Boolean, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("granted_users", JSONB, nullable=False),  # user ids as strings
+    Column("granted_roles", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_rm_models_tenant_name"),
+)
+
+chats = Table(
+    "rm_chats",
+    metadata,
+    Column("chat_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("owner_id", UUID(as_uuid=False), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("source", String(20), nullable=False),
+    Column("archived", Boolean, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("message_count", Integer, nullable=False),
+    Column("head_id", String(64)),  # the newest message, where the next one attaches by default
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),  # time of the chat's latest event
+)
+Index("ix_rm_chats_owner_updated", chats.c.tenant_id, chats.c.owner_id, chats.c.updated_at.desc())
+
+messages = Table(
+    "rm_messages",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("chat_id", UUID(as_uuid=False), nullable=False),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("seq", BigInteger, nullable=False),  # notification id: breaks created_at ties in log order
+    Column("role", String(20), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("parent_id", String(64)),
+    Column("model", String(100)),
+    Column("generation_id", UUID(as_uuid=False)),
+    Column("thinking", Text),
+    Column("status", String(20)),  # assistant answers: completed, failed or cancelled
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("timings", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rm_messages_chat_created", "chat_id", "created_at"),
+)
+
+generations = Table(
+    "rm_generations",
+    metadata,
+    Column("generation_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("chat_id", UUID(as_uuid=False), nullable=False),
+    Column("user_id", UUID(as_uuid=False), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("user_message_id", String(64), nullable=False),
+    Column("answer_message_id", String(64), nullable=False),
+    Column("params", JSONB, nullable=False),
+    Column("reserved_tokens", Integer, nullable=False),
+    Column("status", String(20), nullable=False),  # requested, running, completed, failed, cancelled
+    Column("attempt", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("text", Text),  # the final (or partial, when failed or cancelled) answer
+    Column("finish_reason", String(40)),
+    Column("error_code", String(100)),
+    Column("error_message", Text),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("ttft_ms", Double),
+    Column("tokens_per_s", Double),
+    Column("duration_ms", Double),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("ix_rm_generations_chat", "tenant_id", "chat_id"),
 )

@@ -23,6 +23,7 @@ from adapters.security import Passwords
 from adapters.settings import Settings
 from projections.runtime import ProjectorRunner, read_position
 from workers.bootstrap import Container, all_projectors, bootstrap
+from workers.generate import GenerationWorker
 from workers.relay import Relay
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,19 +62,22 @@ def settings(engines: EngineUrls, tmp_path: Path) -> Settings:
         secret_key="test-secret-" + "x" * 40,
         log_level="warning",
         log_json=False,
+        enable_echo_engine=True,
     )
 
 
 @pytest.fixture
 async def container(settings: Settings) -> AsyncIterator[Container]:
     c = await bootstrap(settings, passwords=FAST_PASSWORDS)
-    await c.identity.ensure_tenant(settings.default_tenant, "Default")
+    tenant = await c.identity.ensure_tenant(settings.default_tenant, "Default")
+    await c.models.ensure_local(str(tenant.id))  # as `parley api` does at start
     yield c
     await c.close()
 
 
 class Pipeline:
-    """The relay and every projector, running in-process as tasks against the real NATS."""
+    """The relay, every projector and a generation worker, running in-process as tasks against the real
+    NATS."""
 
     def __init__(self, c: Container) -> None:
         self.c = c
@@ -87,6 +91,8 @@ class Pipeline:
         for p in all_projectors():
             runner = ProjectorRunner(p, engine=self.c.engine, store=self.c.store, idle_check_s=0.2)
             self.tasks.append(asyncio.create_task(runner.run(js, self.c.subjects, self.stop)))
+        self.worker = GenerationWorker(self.c, js=js, nc=self.c.nc, name="test-worker", concurrency=8)
+        self.tasks.append(asyncio.create_task(self.worker.run(self.stop)))
         return self
 
     async def settle(self, timeout: float = 15) -> None:

@@ -14,9 +14,10 @@ from adapters import nats as nats_adapter
 from adapters import redis as redis_adapter
 from adapters.database import create_engine, create_tables
 from adapters.eventstore import EventStore
-from adapters.security import AccessTokens, Passwords
+from adapters.security import AccessTokens, FernetBox, Passwords
 from adapters.settings import Settings
 from application.audit import Audit
+from application.conversations import Chats, Generations, Models
 from application.identity import Identity
 from projections.audit import AuditProjector
 from projections.identity import IdentityProjector
@@ -27,7 +28,9 @@ __all__ = ["Container", "bootstrap", "all_projectors"]
 
 
 def all_projectors() -> list[Projector]:
-    return [IdentityProjector(), AuditProjector()]
+    from projections.conversations import ChatsProjector, ModelsProjector
+
+    return [IdentityProjector(), AuditProjector(), ModelsProjector(), ChatsProjector()]
 
 
 @dataclass
@@ -38,6 +41,9 @@ class Container:
     redis: Redis
     identity: Identity
     audit: Audit
+    models: Models
+    chats: Chats
+    generations: Generations
     subjects: Subjects
     nc: Any = None
     js: Any = None
@@ -76,8 +82,12 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         refresh_ttl_s=settings.refresh_token_ttl_s,
         platform_tenant=settings.default_tenant,
     )
+    models = Models(store=store, secrets=FernetBox(settings.secret_key), allow_echo=settings.enable_echo_engine)
     return Container(
         settings=settings,
+        models=models,
+        chats=Chats(store=store, models=models),
+        generations=Generations(store=store, models=models),
         store=store,
         engine=engine,
         redis=redis,

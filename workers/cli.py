@@ -67,7 +67,8 @@ def cmd_api(args: argparse.Namespace) -> None:
 
     async def main() -> None:
         c = await bootstrap(settings)
-        await c.identity.ensure_tenant(settings.default_tenant, settings.default_tenant.title())
+        tenant = await c.identity.ensure_tenant(settings.default_tenant, settings.default_tenant.title())
+        await c.models.ensure_local(str(tenant.id))
         app = create_app(c, on_shutdown=[c.close])
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on"
@@ -98,7 +99,7 @@ def cmd_relay(args: argparse.Namespace) -> None:
 
 def cmd_project(args: argparse.Namespace) -> None:
     from projections.runtime import ProjectorRunner
-    from workers.bootstrap import all_projectors, bootstrap
+    from workers.bootstrap import bootstrap
 
     settings = _settings(args)
     _require_urls(settings, "database_url", "nats_url", "redis_url")
@@ -110,6 +111,24 @@ def cmd_project(args: argparse.Namespace) -> None:
         try:
             runners = [ProjectorRunner(p, engine=c.engine, store=c.store) for p in chosen]
             await asyncio.gather(*(r.run(js, c.subjects, stop) for r in runners))
+        finally:
+            await c.close()
+
+    _run_until_signal(main)
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from workers.bootstrap import bootstrap
+    from workers.generate import GenerationWorker
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "nats_url", "redis_url")
+
+    async def main(stop: asyncio.Event) -> None:
+        c = await bootstrap(settings, pool_size=4)
+        js = await c.connect_nats("parley-worker")
+        try:
+            await GenerationWorker(c, js=js, nc=c.nc, concurrency=args.concurrency).run(stop)
         finally:
             await c.close()
 
@@ -205,6 +224,7 @@ def cmd_admin_create_tenant(args: argparse.Namespace) -> None:
                 default_role=args.default_role,
                 domains=args.domain or [],
             )
+            await c.models.ensure_local(str(t.id))
             print(f"created tenant {t.slug} ({t.id})")
         finally:
             await c.close()
@@ -250,7 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     urls = engines.start(database_url=settings.database_url, nats_url=settings.nats_url, redis_url=settings.redis_url)
     settings = settings.with_urls(database_url=urls.database_url, nats_url=urls.nats_url, redis_url=urls.redis_url)
     env = {**os.environ, **settings.child_env()}
-    parts = {"api": ["api"], "relay": ["relay"], "project": ["project"]}
+    parts = {"api": ["api"], "relay": ["relay"], "project": ["project"], "worker": ["worker"]}
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -308,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
 
     sub.add_parser("relay", help="run the event relay (one active, others standby)").set_defaults(func=cmd_relay)
+
+    worker = sub.add_parser("worker", help="run a generation worker (one per GPU)")
+    worker.add_argument("--concurrency", type=int, help="generations at once (default PARLEY_WORKER_CONCURRENCY)")
+    worker.set_defaults(func=cmd_worker)
 
     project = sub.add_parser("project", help="run projectors (all by default)")
     project.add_argument("names", nargs="*")

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.eventstore import EventStore
 from schema.events import EventEnvelope, encode
+from schema.jobs import Job, encode_job
 from schema.subjects import Subjects
 from schema.tables import relay_positions
 
@@ -68,23 +69,33 @@ class Relay:
                 relay_positions.update().where(relay_positions.c.name == self.name).values(position=position)
             )
 
+    def _messages(self, e: EventEnvelope) -> list[tuple[str, bytes, str]]:
+        """What one event becomes on NATS: itself on PARLEY_EVENTS and, for a GenerationRequested, a job
+        on the PARLEY_JOBS work queue."""
+        messages = [(self.subjects.event(e.tenant_id or "platform", e.aggregate_type, e.type), encode(e), str(e.id))]
+        if e.type == "GenerationRequested":
+            job = Job(generation_id=str(e.aggregate_id), tenant_id=e.tenant_id, model=str(e.data.get("model", "")))
+            messages.append((self.subjects.job(job.model), encode_job(job), f"job:{e.id}"))
+        return messages
+
     async def publish(self, batch: list[EventEnvelope]) -> int:
-        """Publish a batch (pipelined, in order); return the last id acked with all before it acked."""
-        futures = [
-            self.js.publish(
-                self.subjects.event(e.tenant_id or "platform", e.aggregate_type, e.type),
-                encode(e),
-                headers={"Nats-Msg-Id": str(e.id)},
-            )
-            for e in batch
-        ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        """Publish a batch (pipelined, in order); return the last id whose messages, and all before them,
+        were acked."""
+        sent = [(e.id, m) for e in batch for m in self._messages(e)]
+        results = await asyncio.gather(
+            *(self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}) for _, (subject, payload, msg_id) in sent),
+            return_exceptions=True,
+        )
         acked = self.position
-        for event, result in zip(batch, results, strict=True):
+        failed: set[int] = set()
+        for (notification_id, _), result in zip(sent, results, strict=True):
             if isinstance(result, BaseException):
-                log.warning("publish_failed", notification_id=event.id, error=str(result))
+                log.warning("publish_failed", notification_id=notification_id, error=str(result))
+                failed.add(notification_id)
+        for e in batch:
+            if e.id in failed:
                 break
-            acked = event.id
+            acked = e.id
         return acked
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -89,6 +89,7 @@ class TenantController(Controller):
             default_role=data.default_role,
             domains=data.domains,
         )
+        await c.models.ensure_local(str(t.id))
         return dto.Tenant(
             id=t.id, slug=t.slug, name=t.name, allow_signup=t.allow_signup, default_role=t.default_role, domains=t.domains
         )

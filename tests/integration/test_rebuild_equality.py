@@ -1,6 +1,7 @@
 """Every read model rebuilt from the event store alone equals the one built incrementally: for every
 projector ``all_projectors()`` knows, over a varied history (tenants, sign-ups, role changes, renames,
-deactivations, password changes, sessions, API keys created and revoked, failed sign-ins, token misuse).
+deactivations, password changes, sessions, API keys created and revoked, failed sign-ins, token misuse,
+providers, models and grants, chats with branched, cancelled and deleted conversations).
 And ``parley rebuild`` does it from the command line, showing progress."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from sqlalchemy import Table, select
 
 from adapters.settings import Settings
 from application.context import CommandContext
+from application.conversations import LOCAL_MODEL, Outcome
 from application.identity import Principal
 from domain.errors import Forbidden, ParleyError, Unauthenticated
 from domain.identity import Tenant, tenant_id_for
@@ -108,6 +110,32 @@ async def varied_history(c: Container) -> None:
         await expect_refusal(
             identity.login(ctx(tenant), tenant=slug, email=f"m2@{slug}.test", password=PASSWORD)
         )
+
+        # Conversations: a provider with a closed model granted and revoked, a chat whose question is
+        # answered twice (a regenerated branch, the second answer cancelled), renamed and archived; a
+        # chat deleted.
+        await c.models.ensure_local(tenant)
+        await c.models.register_provider(
+            as_admin, admin, name="vllm", kind="openai", base_url="http://vllm.test/v1", api_key="sk-test"
+        )
+        await c.models.register_model(
+            as_admin, admin, name="closed", provider="vllm", upstream_model="m-1", open_to_tenant=False
+        )
+        await c.models.set_grant(as_admin, admin, "closed", grant=True, user_id=str(members[0]), role=None)
+        await c.models.set_grant(as_admin, admin, "closed", grant=True, user_id=None, role="premium")
+        await c.models.set_grant(as_admin, admin, "closed", grant=False, user_id=None, role="premium")
+        await c.models.update_model(as_admin, admin, "closed", display_name="Closed", active=False)
+        chat = await c.chats.create(as_admin, admin, title="Plans")
+        sent = await c.chats.send_message(as_admin, admin, chat.id, content="Hi", model=LOCAL_MODEL)
+        again = await c.chats.regenerate(as_admin, admin, chat.id, sent.message_id, model=LOCAL_MODEL)
+        as_worker = ctx(tenant, "system")
+        for generation, status in ((sent, "completed"), (again, "cancelled")):
+            await c.generations.start(as_worker, generation.generation_id, attempt=1, worker="rebuild-test")
+            outcome = Outcome(status=status, text="Hello", prompt_tokens=3, completion_tokens=2, attempt=1)
+            await c.generations.finish(as_worker, generation.generation_id, outcome)
+        await c.chats.update(as_admin, admin, chat.id, title="Renamed plans", archived=True)
+        gone = await c.chats.create(as_admin, admin, title="Gone")
+        await c.chats.delete(as_admin, admin, gone.id)
 
     # Self sign-up where it is open, refused where it is closed.
     await identity.register(

@@ -1,0 +1,82 @@
+"""A diagnostic engine with no model: it answers with the last user message, word by word, as fast as
+the consumer reads (or ``delay_s`` apart). Deterministic, so pipeline tests can assert the exact text and
+usage, and cheap, so the pipeline benchmark measures parley rather than a model.
+
+A "token" is one word; the first goes out bare, later ones with their leading space. ``prompt_tokens`` is
+the number of words in all the request's messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from application.engines import EngineChunk, EngineRequest
+
+__all__ = ["EchoEngine"]
+
+_NOTHING_TO_ECHO = "The echo engine has no user message to repeat."
+
+
+class EchoEngine:
+    """``text``: answer with this instead of the last user message. ``repeat``: start over at the end of
+    the text until ``max_tokens`` (finish "length"), to produce long answers of an exact size.
+    ``delay_s``: pause before each token, to mimic a model's pace."""
+
+    def __init__(self, *, delay_s: float = 0.0, text: str | None = None, repeat: bool = False) -> None:
+        self.delay_s = delay_s
+        self.text = text
+        self.repeat = repeat
+
+    def _words(self, request: EngineRequest) -> list[str]:
+        if self.text is not None:
+            return self.text.split() or _NOTHING_TO_ECHO.split()
+        for turn in reversed(request.messages):
+            if turn.role == "user" and turn.content.split():
+                return turn.content.split()
+        return _NOTHING_TO_ECHO.split()
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
+        words = self._words(request)
+        prompt_tokens = sum(len(m.content.split()) for m in request.messages)
+        if self.repeat or len(words) > request.max_tokens:
+            limit, finish = max(0, request.max_tokens), "length"
+        else:
+            limit, finish = len(words), "stop"
+        text = ""
+        emitted = 0
+        count = 0
+        for count in range(1, limit + 1):
+            if self.delay_s > 0:
+                await asyncio.sleep(self.delay_s)
+            else:
+                await asyncio.sleep(0)  # a cancellation point per token, and fairness to other tasks
+            word = words[(count - 1) % len(words)]
+            text += word if count == 1 else f" {word}"
+            cut = min((i for s in request.stop if s and (i := text.find(s)) != -1), default=-1)
+            if cut != -1:
+                yield EngineChunk(
+                    text=text[emitted:cut] if cut > emitted else "",
+                    completion_tokens=count,
+                    prompt_tokens=prompt_tokens,
+                    finish_reason="stop",
+                )
+                return
+            # Hold back a tail that may still become a stop sequence.
+            safe = len(text)
+            for stop in request.stop:
+                for k in range(min(len(stop) - 1, len(text)), 0, -1):
+                    if text.endswith(stop[:k]):
+                        safe = min(safe, len(text) - k)
+                        break
+            if count == limit:
+                break
+            if safe > emitted:
+                yield EngineChunk(text=text[emitted:safe], completion_tokens=count, prompt_tokens=prompt_tokens)
+                emitted = safe
+        yield EngineChunk(
+            text=text[emitted:], completion_tokens=count, prompt_tokens=prompt_tokens, finish_reason=finish
+        )
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,187 @@
+"""The caller's chats: listing and searching, the message tree of one chat, sending a message (which
+requests an answer) and regenerating an answer. Only the owner sees or touches a chat; others get 404."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from api import dto, dto_chat
+from api.deps import App, Caller, command_context
+from application.conversations import Sent
+from domain.chats import Chat as ChatAggregate
+from projections.conversations import MAX_PAGE, get_chat, list_chats
+
+__all__ = ["ChatController"]
+
+
+def chat_dto(chat: ChatAggregate | dict[str, Any]) -> dto_chat.Chat:
+    if isinstance(chat, dict):
+        return dto_chat.Chat(
+            id=str(chat["id"]),
+            title=chat["title"],
+            source=chat["source"],
+            archived=chat["archived"],
+            message_count=chat["message_count"],
+            head_id=chat["head_id"],
+            created_at=chat["created_at"],
+            updated_at=chat["updated_at"],
+        )
+    return dto_chat.Chat(
+        id=str(chat.id),
+        title=chat.title,
+        source=chat.source,
+        archived=chat.archived,
+        message_count=len(chat.messages),
+        head_id=chat.head,
+        created_at=chat.created_on,
+        updated_at=chat.modified_on,
+    )
+
+
+def _message(m: dict[str, Any]) -> dto_chat.Message:
+    fields = {k: v for k, v in m.items() if k in dto_chat.Message.__struct_fields__}
+    if fields.get("generation_id") is not None:
+        fields["generation_id"] = str(fields["generation_id"])
+    return dto_chat.Message(**fields)
+
+
+def chat_detail_dto(chat: ChatAggregate | dict[str, Any]) -> dto_chat.ChatDetail:
+    summary = chat_dto(chat)
+    messages = chat["messages"] if isinstance(chat, dict) else list(chat.messages.values())
+    return dto_chat.ChatDetail(
+        id=summary.id,
+        title=summary.title,
+        source=summary.source,
+        archived=summary.archived,
+        head_id=summary.head_id,
+        message_count=summary.message_count,
+        created_at=summary.created_at,
+        updated_at=summary.updated_at,
+        messages=[_message(m) for m in messages],
+    )
+
+
+def accepted(sent: Sent) -> dto_chat.Accepted:
+    return dto_chat.Accepted(
+        chat_id=str(sent.chat_id),
+        message_id=sent.message_id,
+        generation_id=str(sent.generation_id),
+        answer_message_id=sent.answer_message_id,
+    )
+
+
+class ChatController(Controller):
+    path = "/api/v1/chats"
+    tags = ["chats"]
+
+    @get("/", operation_id="ListChats")
+    async def list(
+        self,
+        c: App,
+        caller: Caller,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 50,
+        offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
+        q: Annotated[str | None, QueryParameter(max_length=100, pattern=dto.NO_CONTROL_CHARS)] = None,
+        archived: Annotated[
+            bool | None, QueryParameter(description="only (un)archived chats; both if absent")
+        ] = None,
+    ) -> dto_chat.ChatPage:
+        items, total = await list_chats(
+            c.engine, caller.tenant_id, caller.user_id, limit=limit, offset=offset, q=q, archived=archived
+        )
+        return dto_chat.ChatPage(items=[chat_dto(i) for i in items], total=total, limit=limit, offset=offset)
+
+    @post("/", operation_id="CreateChat", status_code=HTTP_201_CREATED)
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        c: App,
+        caller: Caller,
+        data: JSONBody[dto_chat.ChatCreate | None] = None,
+    ) -> dto_chat.Chat:
+        title = data.title if data is not None else "New chat"
+        return chat_dto(await c.chats.create(command_context(request, caller), caller, title=title))
+
+    @get("/{chat_id:uuid}", operation_id="GetChat")
+    async def get(self, chat_id: FromPath[UUID], c: App, caller: Caller) -> dto_chat.ChatDetail:
+        row = await get_chat(c.engine, caller.tenant_id, caller.user_id, chat_id)
+        if row is not None:
+            return chat_detail_dto(row)
+        # Not projected yet (just created), or not the caller's: the event store answers either way.
+        return chat_detail_dto(await c.chats.get(caller, chat_id))
+
+    @patch("/{chat_id:uuid}", operation_id="UpdateChat")
+    async def update(
+        self,
+        request: Request[Any, Any, Any],
+        chat_id: FromPath[UUID],
+        data: JSONBody[dto_chat.ChatUpdate],
+        c: App,
+        caller: Caller,
+    ) -> dto_chat.Chat:
+        chat = await c.chats.update(
+            command_context(request, caller),
+            caller,
+            chat_id,
+            title=None if data.title is msgspec.UNSET else data.title,
+            archived=None if data.archived is msgspec.UNSET else data.archived,
+        )
+        return chat_dto(chat)
+
+    @delete("/{chat_id:uuid}", operation_id="DeleteChat", status_code=HTTP_204_NO_CONTENT)
+    async def delete(
+        self, request: Request[Any, Any, Any], chat_id: FromPath[UUID], c: App, caller: Caller
+    ) -> None:
+        await c.chats.delete(command_context(request, caller), caller, chat_id)
+
+    @post("/{chat_id:uuid}/messages", operation_id="SendMessage", status_code=HTTP_202_ACCEPTED)
+    async def send_message(
+        self,
+        request: Request[Any, Any, Any],
+        chat_id: FromPath[UUID],
+        data: JSONBody[dto_chat.MessageSend],
+        c: App,
+        caller: Caller,
+    ) -> dto_chat.Accepted:
+        """Appends the message and requests an answer; stream it from ``/api/v1/generations/{id}/stream``."""
+        sent = await c.chats.send_message(
+            command_context(request, caller),
+            caller,
+            chat_id,
+            content=data.content,
+            model=data.model,
+            params=data.params,
+            parent_id=data.parent_id,
+        )
+        return accepted(sent)
+
+    @post(
+        "/{chat_id:uuid}/messages/{message_id:str}/regenerate",
+        operation_id="RegenerateAnswer",
+        status_code=HTTP_202_ACCEPTED,
+    )
+    async def regenerate(
+        self,
+        request: Request[Any, Any, Any],
+        chat_id: FromPath[UUID],
+        message_id: Annotated[str, PathParameter(max_length=64)],
+        data: JSONBody[dto_chat.RegenerateBody],
+        c: App,
+        caller: Caller,
+    ) -> dto_chat.Accepted:
+        """A new answer to one of the chat's user messages, as a branch beside the earlier answers."""
+        sent = await c.chats.regenerate(
+            command_context(request, caller),
+            caller,
+            chat_id,
+            message_id,
+            model=data.model,
+            params=data.params,
+        )
+        return accepted(sent)

@@ -1,0 +1,27 @@
+"""The generation job on ``PARLEY_JOBS`` (subject ``parley.jobs.generate.<model>``, ``Nats-Msg-Id`` =
+``job:<notification id>``). The job only names the generation: the worker reads everything else from
+the event store, so a redelivered job always sees the current state. Version 1."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["Job", "encode_job", "decode_job"]
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    generation_id: str
+    tenant_id: str
+    model: str
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Job)
+
+
+def encode_job(job: Job) -> bytes:
+    return _encoder.encode(job)
+
+
+def decode_job(payload: bytes) -> Job:
+    return _decoder.decode(payload)

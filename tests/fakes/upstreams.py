@@ -1,0 +1,391 @@
+"""A local stand-in for remote LLM providers that speaks their real wire protocols over real HTTP/1.1:
+OpenAI's ``/v1/chat/completions`` (server-sent events with ``include_usage``, or one JSON object) and
+``/v1/models``, and Ollama's ``/api/chat`` (newline-delimited JSON) and ``/api/tags``.
+
+It runs on 127.0.0.1, on a free port, in a thread of its own with its own event loop, so that a test's
+engine talks to it over a socket exactly as it would to vLLM or Ollama. The model name picks how it
+behaves, so one server serves every scenario:
+
+===================  =================================================================================
+model                behaviour
+===================  =================================================================================
+``fake-ok``          answers "You said: <last user message>", one word per chunk (any other name too)
+``fake-think``       reasoning first (``reasoning_content`` / ``thinking``), then the answer
+``fake-slow``        a long answer, ``slow_delay_s`` between chunks (for cancellation)
+``fake-401``         HTTP 401 with the provider's error body
+``fake-500``         HTTP 500 with the provider's error body
+``fake-hang``        reads the request and never answers (for the read timeout)
+``fake-stall``       sends ``cut_after`` chunks, then nothing more (read timeout mid-stream)
+``fake-cut``         sends ``cut_after`` chunks, then drops the connection (an incomplete chunked body)
+``fake-truncate``    sends ``cut_after`` chunks, then ends the body cleanly, with no finish nor [DONE]
+``fake-badjson``     sends one chunk, then a line that is not JSON
+===================  =================================================================================
+
+``max_tokens`` (Ollama: ``options.num_predict``) and ``stop`` are honoured the way providers do: a
+finish reason of "length", or the answer cut before the stop text. Usage counts words: ``prompt_tokens``
+the words of all messages, ``completion_tokens`` the words sent. Every request is recorded in
+``requests``; every stream the client abandoned is counted in ``abandoned``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["FakeUpstreams", "RecordedRequest", "fake_upstreams"]
+
+MODELS = (
+    "fake-ok", "fake-think", "fake-slow", "fake-401", "fake-500", "fake-hang", "fake-stall", "fake-cut",
+    "fake-truncate", "fake-badjson",
+)  # fmt: skip
+_REASONING = "Let me think about what they said."
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class _Reply:
+    words: list[str]
+    finish: str
+    prompt_tokens: int
+    thinking: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.words)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class FakeUpstreams:
+    """Start with ``with FakeUpstreams() as fake:``; point engines at ``fake.openai_url`` or
+    ``fake.ollama_url``."""
+
+    def __init__(self, *, cut_after: int = 3, slow_delay_s: float = 0.05, slow_words: int = 400) -> None:
+        self.cut_after = cut_after
+        self.slow_delay_s = slow_delay_s
+        self.slow_words = slow_words
+        self.requests: list[RecordedRequest] = []
+        self.abandoned = 0
+        """Streams whose client closed the connection before the end."""
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    @property
+    def openai_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def ollama_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeUpstreams:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="fake-upstreams", daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._connection, "127.0.0.1", 0), loop
+        ).result(timeout=10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+
+        async def shutdown() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in list(self._handlers):
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        assert self._thread is not None
+        self._thread.join(timeout=10)
+        loop.close()
+        self._loop = None
+
+    def __enter__(self) -> FakeUpstreams:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_abandoned(self, count: int, timeout_s: float = 2.0) -> bool:
+        """Wait until at least ``count`` streams were abandoned by their client."""
+        deadline = time.monotonic() + timeout_s
+        while self.abandoned < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.abandoned >= count
+
+    # -- HTTP/1.1, one request per connection ----------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            request = await self._read_request(reader)
+            if request is not None:
+                self.requests.append(request)
+                await self._route(request, reader, writer)
+        except (_ClientGone, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> RecordedRequest | None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        raw = await reader.readexactly(int(headers.get("content-length", "0")))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        return RecordedRequest(method, path.split("?", 1)[0], headers, body)
+
+    @staticmethod
+    async def _respond(writer: asyncio.StreamWriter, status: int, body: Any) -> None:
+        payload = json.dumps(body).encode()
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}.get(
+            status, "Internal Server Error"
+        )
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+        )
+        await writer.drain()
+
+    async def _route(self, request: RecordedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        match request.method, request.path:
+            case "GET", "/v1/models":
+                data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS]
+                await self._respond(writer, 200, {"object": "list", "data": data})
+            case "GET", "/api/tags":
+                await self._respond(writer, 200, {"models": [{"name": m, "model": m} for m in MODELS]})
+            case "POST", "/v1/chat/completions":
+                await self._openai_chat(request.body or {}, reader, writer)
+            case "POST", "/api/chat":
+                await self._ollama_chat(request.body or {}, reader, writer)
+            case _:
+                await self._respond(writer, 404, {"error": {"message": f"no route {request.path}"}})
+
+    # -- behaviour -------------------------------------------------------------------------------------
+
+    def _reply(self, body: dict[str, Any], max_tokens: int | None, stop: list[str]) -> _Reply:
+        messages = body.get("messages") or []
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        said = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+        if body.get("model") == "fake-slow":
+            words = [f"word{i}" for i in range(self.slow_words)]
+        else:
+            words = ["You", "said:", *said.split()]
+        tokens = [w if i == 0 else f" {w}" for i, w in enumerate(words)]
+        finish = "stop"
+        if max_tokens is not None and len(tokens) > max_tokens:
+            tokens, finish = tokens[:max_tokens], "length"
+        text = "".join(tokens)
+        cuts = [i for s in stop if s and (i := text.find(s)) != -1]
+        if cuts:
+            kept, total = [], 0
+            for token in tokens:  # keep whole tokens before the stop, then the part of the next one
+                if total + len(token) > min(cuts):
+                    if min(cuts) > total:
+                        kept.append(token[: min(cuts) - total])
+                    break
+                kept.append(token)
+                total += len(token)
+            tokens, finish = kept, "stop"
+        thinking = [w if i == 0 else f" {w}" for i, w in enumerate(_REASONING.split())]
+        return _Reply(tokens, finish, prompt_tokens, thinking if body.get("model") == "fake-think" else [])
+
+    async def _failure(self, model: str, writer: asyncio.StreamWriter, *, ollama: bool) -> bool:
+        """Answer the error behaviours; True when the request was one."""
+        if model == "fake-401":
+            body: Any = (
+                {"error": "unauthorized: invalid API key"} if ollama else
+                {"error": {"message": "Incorrect API key provided: sk-fake.", "type": "invalid_request_error",
+                           "param": None, "code": "invalid_api_key"}}
+            )  # fmt: skip
+            await self._respond(writer, 401, body)
+            return True
+        if model == "fake-500":
+            body = (
+                {"error": "llama runner process has terminated"} if ollama else
+                {"error": {"message": "The server had an error while processing your request.",
+                           "type": "server_error", "param": None, "code": None}}
+            )  # fmt: skip
+            await self._respond(writer, 500, body)
+            return True
+        if model == "fake-hang":
+            await asyncio.sleep(3600)
+            return True
+        return False
+
+    async def _stream(
+        self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader, content_type: str, model: str,
+        pieces: list[bytes], end: list[bytes],
+    ) -> None:  # fmt: skip
+        """Send ``pieces`` then ``end`` as a chunked body, misbehaving the way ``model`` asks."""
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
+            "Cache-Control: no-cache\r\nConnection: close\r\n\r\n".encode()
+        )
+        gone = asyncio.ensure_future(reader.read(1))  # EOF here = the client closed its side
+        try:
+            delay = self.slow_delay_s if model == "fake-slow" else 0.0
+            for index, piece in enumerate(pieces):
+                if model in ("fake-cut", "fake-truncate", "fake-stall") and index == self.cut_after:
+                    break
+                if model == "fake-badjson" and index == 1:
+                    piece = b"data: {not json\n\n" if content_type == "text/event-stream" else b"{not json\n"
+                await self._chunk(writer, piece, gone)
+                if delay:
+                    await asyncio.sleep(delay)
+            else:
+                for piece in end:
+                    await self._chunk(writer, piece, gone)
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                return
+            if model == "fake-stall":
+                await asyncio.sleep(3600)
+            elif model == "fake-truncate":
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+            else:  # fake-cut: no terminating chunk, and a reset rather than a clean close
+                writer.transport.abort()
+        finally:
+            gone.cancel()
+
+    async def _chunk(self, writer: asyncio.StreamWriter, piece: bytes, gone: asyncio.Future[bytes]) -> None:
+        if gone.done():
+            self.abandoned += 1
+            raise _ClientGone
+        writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        try:
+            await writer.drain()
+        except ConnectionError:
+            self.abandoned += 1
+            raise _ClientGone from None
+
+    # -- OpenAI ---------------------------------------------------------------------------------------
+
+    async def _openai_chat(self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        model = str(body.get("model", ""))
+        if await self._failure(model, writer, ollama=False):
+            return
+        stop = body.get("stop") or []
+        reply = self._reply(
+            body, body.get("max_completion_tokens", body.get("max_tokens")), [stop] if isinstance(stop, str) else stop
+        )
+        usage = {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": len(reply.words) + len(reply.thinking),
+            "total_tokens": reply.prompt_tokens + len(reply.words) + len(reply.thinking),
+        }
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            if reply.thinking:
+                message["reasoning_content"] = "".join(reply.thinking)
+            await self._respond(writer, 200, {
+                "id": ident, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": reply.finish, "logprobs": None}],
+                "usage": usage,
+            })  # fmt: skip
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            chunk: dict[str, Any] = {
+                "id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }  # fmt: skip
+            if include_usage:
+                chunk["usage"] = None
+            chunk.update(extra)
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        pieces = [event({"role": "assistant", "content": ""})]
+        pieces += [event({"reasoning_content": t}) for t in reply.thinking]
+        pieces += [event({"content": w}) for w in reply.words]
+        end = [event({}, reply.finish)]
+        if include_usage:
+            end.append(event({}, None, choices=[], usage=usage))
+        end.append(b"data: [DONE]\n\n")
+        await self._stream(writer, reader, "text/event-stream", model, pieces, end)
+
+    # -- Ollama ---------------------------------------------------------------------------------------
+
+    async def _ollama_chat(self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        model = str(body.get("model", ""))
+        if await self._failure(model, writer, ollama=True):
+            return
+        options = body.get("options") or {}
+        num_predict = options.get("num_predict")
+        reply = self._reply(body, num_predict if num_predict is not None and num_predict >= 0 else None,
+                            list(options.get("stop") or []))  # fmt: skip
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+        def line(content: str, *, thinking: str = "", done: bool = False) -> dict[str, Any]:
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if thinking:
+                message["thinking"] = thinking
+            return {"model": model, "created_at": now, "message": message, "done": done}
+
+        final = line("", done=True) | {
+            "done_reason": reply.finish, "total_duration": 1000, "load_duration": 10,
+            "prompt_eval_count": reply.prompt_tokens, "prompt_eval_duration": 100,
+            "eval_count": len(reply.words) + len(reply.thinking), "eval_duration": 800,
+        }  # fmt: skip
+        if body.get("stream") is False:  # Ollama streams unless told not to
+            whole = final | {"message": line(reply.text, thinking="".join(reply.thinking))["message"]}
+            await self._respond(writer, 200, whole)
+            return
+        pieces = [line("", thinking=t) for t in reply.thinking] + [line(w) for w in reply.words]
+        await self._stream(
+            writer, reader, "application/x-ndjson", model,
+            [json.dumps(p).encode() + b"\n" for p in pieces], [json.dumps(final).encode() + b"\n"],
+        )  # fmt: skip
+
+
+@contextmanager
+def fake_upstreams(**options: Any) -> Iterator[FakeUpstreams]:
+    """``with fake_upstreams() as fake: ...``, or ``yield from`` it in a pytest fixture."""
+    with FakeUpstreams(**options) as fake:
+        yield fake

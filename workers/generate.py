@@ -1,0 +1,342 @@
+"""The generation worker: pulls jobs from the ``PARLEY_JOBS`` work queue, runs the engine, streams token
+chunks to ``PARLEY_TOKENS`` and records the outcome in the event store.
+
+Jobs are acked only once the outcome is recorded. While a generation runs the worker sends
+``in_progress`` heartbeats, so a long generation keeps its job; a worker that dies stops heartbeating
+and JetStream redelivers the job to another worker after ``ack_wait``, which starts the generation over
+as a new attempt (readers of the token stream see the attempt number change). An engine error fails the
+generation at once; an unexpected crash is retried until ``max_deliver``, and a job JetStream gives up
+on (its advisory) is recorded as failed, so no generation stays "running" forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import msgspec
+import structlog
+
+from application.context import CommandContext
+from application.conversations import EngineTarget, Outcome
+from application.engines import Engine, EngineError
+from domain.chats import Generation
+from schema.jobs import decode_job
+from schema.tokens import TokenChunk, encode_chunk
+from workers.bootstrap import Container
+
+__all__ = ["GenerationWorker", "EngineRegistry"]
+
+log = structlog.get_logger("parley.worker")
+
+CHUNK_INTERVAL_S = 0.03  # one token message per ~30 ms of tokens
+
+
+class EngineRegistry:
+    """One engine per (kind, base URL, key) per process: the local model loads once."""
+
+    def __init__(self, c: Container) -> None:
+        self.c = c
+        self._engines: dict[tuple[str, str | None, str | None], Engine] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, target: EngineTarget) -> Engine:
+        from adapters.engines import build_engine
+
+        key = (target.kind, target.base_url, target.api_key)
+        async with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                if target.kind == "echo" and not self.c.settings.enable_echo_engine:
+                    raise EngineError("MODEL_UNAVAILABLE", "the echo engine is disabled in this deployment")
+                device = None if self.c.settings.local_device == "auto" else self.c.settings.local_device
+                engine = build_engine(
+                    target.kind,
+                    base_url=target.base_url,
+                    api_key=target.api_key,
+                    home=self.c.settings.home,
+                    device=device,
+                )
+                self._engines[key] = engine
+            return engine
+
+    async def close(self) -> None:
+        for engine in self._engines.values():
+            with contextlib.suppress(Exception):
+                await engine.close()
+
+
+class GenerationWorker:
+    def __init__(
+        self,
+        c: Container,
+        *,
+        js: Any,
+        nc: Any,
+        name: str | None = None,
+        concurrency: int | None = None,
+        ack_wait_s: float = 10.0,
+        heartbeat_s: float = 2.0,
+        max_deliver: int = 3,
+    ) -> None:
+        self.c = c
+        self.js = js
+        self.nc = nc
+        self.subjects = c.subjects
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.concurrency = concurrency or c.settings.worker_concurrency
+        self.ack_wait_s = ack_wait_s
+        self.heartbeat_s = heartbeat_s
+        self.max_deliver = max_deliver
+        self.engines = EngineRegistry(c)
+        self._cancels: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        sub = await self.js.pull_subscribe(
+            self.subjects.jobs_all,
+            durable=self.subjects.workers_durable,
+            stream=self.subjects.jobs_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait_s,
+                max_deliver=self.max_deliver,
+                max_ack_pending=10_000,
+            ),
+        )
+        cancels = await self.nc.subscribe(self.subjects.cancel_all, cb=self._on_cancel)
+        advisories = await self.nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.subjects.jobs_stream}.{self.subjects.workers_durable}",
+            cb=self._on_given_up,
+        )
+        log.info("worker_started", worker=self.name, concurrency=self.concurrency)
+        try:
+            while not stop.is_set():
+                free = self.concurrency - len(self._tasks)
+                if free <= 0:
+                    await asyncio.wait(self._tasks, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await sub.fetch(free, timeout=1)
+                except (NatsTimeout, asyncio.TimeoutError):
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            # Stopping: hand running generations back to the queue for another worker, now.
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancels.unsubscribe()
+            await advisories.unsubscribe()
+            await sub.unsubscribe()
+            await self.engines.close()
+
+    async def _on_cancel(self, msg: Any) -> None:
+        generation_id = msg.subject.rsplit(".", 1)[-1]
+        event = self._cancels.get(generation_id)
+        if event is not None:
+            event.set()
+
+    async def _on_given_up(self, msg: Any) -> None:
+        """JetStream stopped redelivering a job: record the generation as failed."""
+        try:
+            advisory = msgspec.json.decode(msg.data)
+            stored = await self.js.get_msg(self.subjects.jobs_stream, int(advisory["stream_seq"]))
+            job = decode_job(stored.data)
+        except Exception as exc:  # the job may already be gone; nothing to record then
+            log.warning("max_deliveries_advisory_unreadable", error=str(exc))
+            return
+        ctx = CommandContext(tenant_id=job.tenant_id, actor=f"worker:{self.name}")
+        outcome = Outcome(
+            status="failed",
+            text="",
+            prompt_tokens=0,
+            completion_tokens=0,
+            attempt=self.max_deliver,
+            error_code="MAX_ATTEMPTS",
+            error_message=f"gave up after {self.max_deliver} attempts",
+        )
+        with contextlib.suppress(Exception):
+            if await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome):
+                await self._publish_done(job.generation_id, outcome)
+        with contextlib.suppress(Exception):
+            await self.js.delete_msg(self.subjects.jobs_stream, int(advisory["stream_seq"]))
+
+    async def _heartbeat(self, msg: Any, generation_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+            # Fallback for a cancel signal that was missed (sent before this worker subscribed).
+            g = await self.c.store.call(self.c.store.find, Generation, uuid.UUID(generation_id))
+            if g is not None and g.cancel_requested and generation_id in self._cancels:
+                self._cancels[generation_id].set()
+
+    async def _handle(self, msg: Any) -> None:
+        job = decode_job(msg.data)
+        attempt = int(msg.metadata.num_delivered)
+        ctx = CommandContext(tenant_id=job.tenant_id, actor=f"worker:{self.name}")
+        structlog.contextvars.bind_contextvars(generation_id=job.generation_id)
+        cancel = self._cancels.setdefault(job.generation_id, asyncio.Event())
+        heartbeat = asyncio.create_task(self._heartbeat(msg, job.generation_id))
+        try:
+            started = await self.c.generations.start(
+                ctx, uuid.UUID(job.generation_id), attempt=attempt, worker=self.name
+            )
+            if started is None:  # finished already (a duplicate delivery)
+                await msg.ack()
+                return
+            generation, target, request = started
+            if generation.cancel_requested:
+                cancel.set()
+            outcome = await self._generate(job.generation_id, attempt, target, request, cancel)
+            if await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome):
+                await self._publish_done(job.generation_id, outcome)
+            await msg.ack()
+            log.info(
+                "generation_finished",
+                status=outcome.status,
+                attempt=attempt,
+                completion_tokens=outcome.completion_tokens,
+                tokens_per_s=round(outcome.tokens_per_s, 1),
+            )
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await msg.nak()  # this worker is stopping: another takes the job now
+            raise
+        except Exception as exc:
+            log.exception("generation_crashed", attempt=attempt, error_type=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1)
+        finally:
+            heartbeat.cancel()
+            self._cancels.pop(job.generation_id, None)
+            structlog.contextvars.unbind_contextvars("generation_id")
+
+    async def _generate(
+        self, generation_id: str, attempt: int, target: EngineTarget, request: Any, cancel: asyncio.Event
+    ) -> Outcome:
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        text: list[str] = []
+        thinking: list[str] = []
+        pending_text: list[str] = []
+        pending_thinking: list[str] = []
+        seq = 0
+        completion_tokens = 0
+        prompt_tokens = 0
+        finish_reason = "stop"
+        last_flush = time.perf_counter()
+
+        async def flush() -> None:
+            nonlocal seq, last_flush
+            if not pending_text and not pending_thinking:
+                return
+            seq += 1
+            chunk = TokenChunk(
+                generation_id=generation_id,
+                attempt=attempt,
+                seq=seq,
+                text="".join(pending_text),
+                thinking="".join(pending_thinking),
+                completion_tokens=completion_tokens,
+            )
+            pending_text.clear()
+            pending_thinking.clear()
+            await self._publish(chunk)
+            last_flush = time.perf_counter()
+
+        def outcome(status: str, **extra: Any) -> Outcome:
+            elapsed = time.perf_counter() - started
+            decode_s = elapsed - ((first_token_at or started) - started)
+            return Outcome(
+                status=status,
+                text="".join(text),
+                thinking="".join(thinking),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                attempt=attempt,
+                finish_reason=finish_reason,
+                ttft_ms=((first_token_at or started) - started) * 1000,
+                tokens_per_s=completion_tokens / decode_s if decode_s > 0 and completion_tokens else 0.0,
+                duration_ms=elapsed * 1000,
+                **extra,
+            )
+
+        if cancel.is_set():
+            return outcome("cancelled")
+        engine = await self.engines.get(target)
+        stream = engine.stream(request)
+        cancel_wait = asyncio.create_task(cancel.wait())
+        try:
+            while True:
+                next_chunk = asyncio.ensure_future(stream.__anext__())
+                done, _ = await asyncio.wait({next_chunk, cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if next_chunk not in done:
+                    next_chunk.cancel()
+                    with contextlib.suppress(BaseException):
+                        await next_chunk
+                    await flush()
+                    return outcome("cancelled")
+                try:
+                    chunk = next_chunk.result()
+                except StopAsyncIteration:
+                    break
+                if chunk.text or chunk.thinking:
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    text.append(chunk.text)
+                    thinking.append(chunk.thinking)
+                    pending_text.append(chunk.text)
+                    pending_thinking.append(chunk.thinking)
+                if chunk.completion_tokens is not None:
+                    completion_tokens = chunk.completion_tokens
+                if chunk.prompt_tokens is not None:
+                    prompt_tokens = chunk.prompt_tokens
+                if chunk.finish_reason:
+                    finish_reason = chunk.finish_reason
+                if time.perf_counter() - last_flush >= CHUNK_INTERVAL_S:
+                    await flush()
+            await flush()
+            return outcome("completed")
+        except EngineError as exc:
+            await flush()
+            return outcome("failed", error_code=exc.code, error_message=exc.message)
+        finally:
+            cancel_wait.cancel()
+            with contextlib.suppress(BaseException):
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _publish(self, chunk: TokenChunk) -> None:
+        await self.js.publish(
+            self.subjects.tokens(chunk.generation_id),
+            encode_chunk(chunk),
+            headers={"Nats-Msg-Id": f"{chunk.generation_id}:{chunk.attempt}:{chunk.seq}"},
+        )
+
+    async def _publish_done(self, generation_id: str, outcome: Outcome) -> None:
+        await self._publish(
+            TokenChunk(
+                generation_id=generation_id,
+                attempt=outcome.attempt,
+                seq=1_000_000,  # after every chunk of the attempt
+                done=True,
+                status=outcome.status,
+                finish_reason=outcome.finish_reason,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                error_code=outcome.error_code or None,
+                error_message=outcome.error_message or None,
+            )
+        )
