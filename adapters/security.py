@@ -10,8 +10,8 @@ import time
 import uuid
 
 from argon2 import PasswordHasher as Argon2Hasher
-from cryptography.fernet import Fernet, InvalidToken
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet, InvalidToken
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import OctKey

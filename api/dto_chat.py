@@ -166,10 +166,13 @@ class ChatDetail(msgspec.Struct, kw_only=True):
 
 
 class MessageSend(_Body):
+    """``parent_id``: the message this one follows; absent, the chat's newest message; null, none (a new
+    first message beside the old one, as when the first question is edited)."""
+
     content: str
     model: ModelName
     params: Params | None = None
-    parent_id: MessageId | None = None
+    parent_id: MessageId | None | UnsetType = UNSET
 
 
 class RegenerateBody(_Body):

@@ -178,8 +178,8 @@ async def read_generation(
     heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
     js = await connect(c)
     generation_id = str(generation.id)
+    # The attempt whose text the client holds (0: none yet), and the last seq of it that it has.
     attempt, seq = after or (0, 0)
-    """The attempt whose text the client holds (0: none yet) and the last seq of it that it has."""
 
     if generation.finished:
         last = await _last_chunk(c, js, generation_id)

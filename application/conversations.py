@@ -20,9 +20,21 @@ from domain.errors import Conflict, Invalid, NotFound
 from domain.identity import check_role
 from domain.models import PROVIDER_KINDS, Model, Provider, check_model_name, check_params, model_id_for, provider_id_for
 
-__all__ = ["Models", "Chats", "Generations", "SecretBox", "EngineTarget", "Sent", "Outcome", "LOCAL_MODEL"]
+__all__ = [
+    "Models",
+    "Chats",
+    "Generations",
+    "SecretBox",
+    "EngineTarget",
+    "Sent",
+    "Outcome",
+    "LOCAL_MODEL",
+    "ROOT",
+]
 
 LOCAL_MODEL = "smollm2"
+ROOT = ""
+"""``parent_id`` of a message that starts the chat anew, beside its first message."""
 DEFAULT_MAX_TOKENS = 512
 
 
@@ -334,7 +346,9 @@ class Chats:
         params: dict[str, Any] | None = None,
         parent_id: str | None = None,
     ) -> Sent:
-        """Append the user's message and request an answer, in one transaction."""
+        """Append the user's message and request an answer, in one transaction. The message follows
+        ``parent_id``, or the chat's newest message when it is None; ``ROOT`` starts a new first message
+        (the first question, edited)."""
         check_can_generate(principal.role)
         check_content(content)
         checked = check_params(params)
@@ -343,7 +357,8 @@ class Chats:
         def command() -> Sent:
             chat = self._chat(principal, chat_id)
             m = self.models.usable(principal, model)
-            chat.post(message_id, "user", content, parent_id if parent_id is not None else chat.head)
+            parent = chat.head if parent_id is None else (None if parent_id == ROOT else parent_id)
+            chat.post(message_id, "user", content, parent)
             generation = self._request(principal, chat, message_id, m, checked)
             self.store.save(chat, generation)
             return Sent(chat.id, message_id, generation.id, generation.answer_message_id)

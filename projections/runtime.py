@@ -157,7 +157,7 @@ class ProjectorRunner:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.batch_size, timeout=self.idle_check_s)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 # Idle: anything committed that never reached us (relay down, late consumer)?
                 if await self.store.call(self.store.max_id) > self.position:
                     await self.catch_up()

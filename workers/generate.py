@@ -126,7 +126,7 @@ class GenerationWorker:
                     continue
                 try:
                     msgs = await sub.fetch(free, timeout=1)
-                except (NatsTimeout, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeout):
                     continue
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))

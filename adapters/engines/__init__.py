@@ -15,7 +15,13 @@ from application.engines import Engine
 
 __all__ = [
     "DEFAULT_LOCAL_MODEL",
-    "ENGINE_KINDS", "EchoEngine", "LocalEngine", "OllamaEngine", "OpenAIEngine", "build_engine"]
+    "ENGINE_KINDS",
+    "EchoEngine",
+    "LocalEngine",
+    "OllamaEngine",
+    "OpenAIEngine",
+    "build_engine",
+]
 
 ENGINE_KINDS = ("local", "openai", "ollama", "echo")
 
@@ -41,4 +47,3 @@ def build_engine(
     if kind == "echo":
         return EchoEngine()
     raise ValueError(f"unknown engine kind {kind!r}; expected one of {', '.join(ENGINE_KINDS)}")
-

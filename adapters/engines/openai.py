@@ -120,9 +120,7 @@ class OpenAIEngine:
             if choice.get("finish_reason"):
                 finish = _finish(choice["finish_reason"])
         if not done and finish is None:
-            raise EngineError(
-                "UPSTREAM_DISCONNECTED", f"{self.url} ended the stream before it finished the completion"
-            )
+            raise EngineError("UPSTREAM_DISCONNECTED", f"{self.url} ended the stream before it finished the completion")
         prompt_tokens = completion_tokens = None
         if usage is not None:
             prompt_tokens = usage.get("prompt_tokens")

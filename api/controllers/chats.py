@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_
 
 from api import dto, dto_chat
 from api.deps import App, Caller, command_context
-from application.conversations import Sent
+from application.conversations import ROOT, Sent
 from domain.chats import Chat as ChatAggregate
 from projections.conversations import MAX_PAGE, get_chat, list_chats
 
@@ -157,7 +157,7 @@ class ChatController(Controller):
             content=data.content,
             model=data.model,
             params=data.params,
-            parent_id=data.parent_id,
+            parent_id=None if data.parent_id is msgspec.UNSET else (data.parent_id or ROOT),
         )
         return accepted(sent)
 

@@ -134,7 +134,7 @@ class GenerationController(Controller):
         finish_reason, usage}. Leaving does not stop the generation."""
         generation = await c.generations.get(caller, generation_id)
         events = read_generation(c, generation, after=parse_event_id(last_event_id))
-        return ServerSentEvent(sse_messages(events), headers={"Cache-Control": "no-cache"})
+        return ServerSentEvent(sse_messages(events))
 
     @post("/{generation_id:uuid}/cancel", operation_id="CancelGeneration", status_code=HTTP_202_ACCEPTED)
     async def cancel(

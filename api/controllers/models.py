@@ -34,6 +34,7 @@ def provider_dto(p: ProviderAggregate | dict[str, Any]) -> dto.Provider:
         kind=p.kind,
         base_url=p.base_url,
         has_api_key=p.api_key_encrypted is not None,
+        created_at=p.created_on,
     )
 
 

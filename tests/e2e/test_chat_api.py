@@ -29,7 +29,9 @@ async def sign_up(client: httpx.AsyncClient, email: str, tenant: str | None = No
     """Registers and signs in; the tokens, with the user's ``id`` added."""
     headers = {"X-Tenant": tenant} if tenant else {}
     r = await client.post(
-        "/api/v1/auths/register", json={"email": email, "password": PASSWORD, "name": "Someone"}, headers=headers
+        "/api/v1/auths/register",
+        json={"email": email, "password": PASSWORD, "name": "Someone"},
+        headers=headers,
     )
     assert r.status_code == 201, r.text
     user_id = r.json()["id"]
@@ -38,7 +40,9 @@ async def sign_up(client: httpx.AsyncClient, email: str, tenant: str | None = No
     return {**r.json(), "id": user_id}
 
 
-async def add_echo_model(client: httpx.AsyncClient, admin: dict[str, Any], name: str = "echo", **extra: Any) -> None:
+async def add_echo_model(
+    client: httpx.AsyncClient, admin: dict[str, Any], name: str = "echo", **extra: Any
+) -> None:
     r = await client.post("/api/v1/providers", json={"name": "echoes", "kind": "echo"}, headers=bearer(admin))
     assert r.status_code in (201, 409), r.text
     r = await client.post(
@@ -67,7 +71,9 @@ async def send(
     client: httpx.AsyncClient, tokens: dict[str, Any], chat_id: str, content: str, **extra: Any
 ) -> httpx.Response:
     return await client.post(
-        f"/api/v1/chats/{chat_id}/messages", json={"content": content, "model": "echo", **extra}, headers=bearer(tokens)
+        f"/api/v1/chats/{chat_id}/messages",
+        json={"content": content, "model": "echo", **extra},
+        headers=bearer(tokens),
     )
 
 
@@ -95,14 +101,21 @@ async def test_admin_registers_a_provider_and_a_model_that_users_then_list(
     admin, user = await echo_tenant(client)
     r = await client.post(
         "/api/v1/providers",
-        json={"name": "vllm", "kind": "openai", "base_url": "http://vllm.internal:8000/v1", "api_key": "sk-secret"},
+        json={
+            "name": "vllm",
+            "kind": "openai",
+            "base_url": "http://vllm.internal:8000/v1",
+            "api_key": "sk-secret",
+        },
         headers=bearer(admin),
     )
     assert r.status_code == 201, r.text
     assert r.json()["has_api_key"] is True and "api_key" not in r.json()
     r = await client.post("/api/v1/providers", json={"name": "mine", "kind": "echo"}, headers=bearer(user))
     assert r.status_code == 403 and error_code(r) == "ADMIN_REQUIRED"
-    r = await client.post("/api/v1/providers", json={"name": "bad", "kind": "telepathy"}, headers=bearer(admin))
+    r = await client.post(
+        "/api/v1/providers", json={"name": "bad", "kind": "telepathy"}, headers=bearer(admin)
+    )
     assert r.status_code == 422 and error_code(r) == "INVALID_PROVIDER_KIND"
     r = await client.post(
         "/api/v1/models",
@@ -133,7 +146,9 @@ async def test_admin_registers_a_provider_and_a_model_that_users_then_list(
         ("echo", "echoes", True),
         ("smollm2", "local", True),
     ]
-    assert (await client.get("/api/v1/models", params={"all": "true"}, headers=bearer(user))).status_code == 403
+    assert (
+        await client.get("/api/v1/models", params={"all": "true"}, headers=bearer(user))
+    ).status_code == 403
 
 
 async def test_a_closed_model_serves_only_those_granted_it(
@@ -154,7 +169,9 @@ async def test_a_closed_model_serves_only_those_granted_it(
     await pipeline.settle()
     assert "echo" in [m["name"] for m in (await client.get("/api/v1/models", headers=bearer(user))).json()]
 
-    r = await client.delete("/api/v1/models/echo/grants", params={"user_id": user["id"]}, headers=bearer(admin))
+    r = await client.delete(
+        "/api/v1/models/echo/grants", params={"user_id": user["id"]}, headers=bearer(admin)
+    )
     assert r.status_code == 200 and r.json()["granted_users"] == []
     r = await client.post("/api/v1/models/echo/grants", json={"role": "user"}, headers=bearer(admin))
     assert r.status_code == 200 and r.json()["granted_roles"] == ["user"]
@@ -185,7 +202,9 @@ async def test_a_message_is_answered_and_the_chat_holds_both(
     assert generation["usage"]["completion_tokens"] == 3
     assert generation["usage"]["total_tokens"] == generation["usage"]["prompt_tokens"] + 3
     await pipeline.settle()
-    generation = (await client.get(f"/api/v1/generations/{sent['generation_id']}", headers=bearer(user))).json()
+    generation = (
+        await client.get(f"/api/v1/generations/{sent['generation_id']}", headers=bearer(user))
+    ).json()
     assert generation["finish_reason"] == "stop" and generation["timings"]["duration_ms"] is not None
 
     r = await client.get(f"/api/v1/chats/{chat}", headers=bearer(user))
@@ -233,7 +252,9 @@ async def test_regenerating_and_editing_keep_every_branch(
     )
     assert r.status_code == 422 and error_code(r) == "NOT_A_USER_MESSAGE"
     r = await client.post(
-        f"/api/v1/chats/{chat}/messages/nosuchmessage/regenerate", json={"model": "echo"}, headers=bearer(user)
+        f"/api/v1/chats/{chat}/messages/nosuchmessage/regenerate",
+        json={"model": "echo"},
+        headers=bearer(user),
     )
     assert r.status_code == 404 and error_code(r) == "MESSAGE_NOT_FOUND"
 
@@ -246,18 +267,29 @@ async def test_regenerating_and_editing_keep_every_branch(
     assert r.status_code == 404 and error_code(r) == "MESSAGE_NOT_FOUND"
     await pipeline.settle()
 
-    messages = {m["id"]: m for m in (await client.get(f"/api/v1/chats/{chat}", headers=bearer(user))).json()["messages"]}
+    messages = {
+        m["id"]: m
+        for m in (await client.get(f"/api/v1/chats/{chat}", headers=bearer(user))).json()["messages"]
+    }
     assert len(messages) == 7
     answers = sorted(m["content"] for m in messages.values() if m["parent_id"] == first["message_id"])
     assert answers == ["one", "one two"]
     assert messages[follow["message_id"]]["parent_id"] == first["answer_message_id"]
-    assert messages[edited["message_id"]]["content"] == "three four"
+    assert (messages[edited["message_id"]]["content"], messages[edited["message_id"]]["parent_id"]) == (
+        "three four",
+        None,
+    )
+    assert messages[edited["answer_message_id"]]["parent_id"] == edited["message_id"]
 
 
 async def test_chats_are_listed_newest_first_searched_archived_renamed_and_deleted(
     client: httpx.AsyncClient, container: Container, pipeline: Pipeline
 ) -> None:
     _, user = await echo_tenant(client)
+    r = await client.post("/api/v1/chats", headers=bearer(user))
+    assert r.status_code == 201 and r.json()["title"] == "New chat"
+    untitled = r.json()["id"]
+    assert (await client.delete(f"/api/v1/chats/{untitled}", headers=bearer(user))).status_code == 204
     ids = [await new_chat(client, user, title) for title in ("Alpha plans", "Beta notes", "alpha review")]
     r = await client.patch(f"/api/v1/chats/{ids[1]}", json={"archived": True}, headers=bearer(user))
     assert r.status_code == 200 and r.json()["archived"] is True
@@ -303,7 +335,9 @@ async def test_every_bad_message_is_refused_and_writes_nothing(
             headers=bearer(admin),
         )
         assert r.status_code == 201, r.text
-    guest = (await client.post("/api/v1/auths/login", json={"email": "guest@example.com", "password": PASSWORD})).json()
+    guest = (
+        await client.post("/api/v1/auths/login", json={"email": "guest@example.com", "password": PASSWORD})
+    ).json()
     guest_chat = await new_chat(client, guest)
     r = await client.post("/api/v1/auths/login", json={"email": "pending@example.com", "password": PASSWORD})
     pending = r.json() if r.status_code == 200 else None
@@ -324,7 +358,9 @@ async def test_every_bad_message_is_refused_and_writes_nothing(
     await refused(user, chat, {"content": " \n\t ", "model": "echo"}, 422, "EMPTY_MESSAGE")
     await refused(user, chat, {"content": "a\x00b", "model": "echo"}, 422, "INVALID_CONTENT")
     await refused(user, chat, {"content": "x" * 100_001, "model": "echo"}, 413, "MESSAGE_TOO_LARGE")
-    await refused(user, chat, {"content": "\U0001f600" * 300_000, "model": "echo"}, 413, None)  # over the body limit
+    await refused(
+        user, chat, {"content": "\U0001f600" * 300_000, "model": "echo"}, 413, None
+    )  # over the body limit
     for params in (
         {"temperature": 3},
         {"temperature": "hot"},
@@ -335,7 +371,9 @@ async def test_every_bad_message_is_refused_and_writes_nothing(
         {"stop": ["a", "b", "c", "d", "e"]},
         {"frequency_penalty": 1},
     ):
-        await refused(user, chat, {"content": "hi", "model": "echo", "params": params}, 422, "INVALID_PARAMETER")
+        await refused(
+            user, chat, {"content": "hi", "model": "echo", "params": params}, 422, "INVALID_PARAMETER"
+        )
     await refused(user, chat, {"content": "hi"}, 400, None)
     await refused(user, chat, {"content": "hi", "model": "echo", "colour": "red"}, 400, None)
     await refused(user, chat, {"content": 42, "model": "echo"}, 400, None)
@@ -353,7 +391,9 @@ async def test_every_bad_message_is_refused_and_writes_nothing(
     # The largest message there may be is taken.
     r = await send(client, user, chat, "y" * 100_000, params={"max_tokens": 1})
     assert r.status_code == 202, r.text[:300]
-    assert (await finished(client, user, r.json()["generation_id"]))["text"] == "y" * 100_000  # one echoed word
+    assert (await finished(client, user, r.json()["generation_id"]))[
+        "text"
+    ] == "y" * 100_000  # one echoed word
 
 
 # --- access ----------------------------------------------------------------------------------------------
@@ -381,7 +421,9 @@ async def test_only_the_owner_sees_or_touches_a_chat_and_its_generation(
             await client.delete(f"/api/v1/chats/{chat}", headers=h),
             await send(client, intruder, chat, "let me in"),
             await client.post(
-                f"/api/v1/chats/{chat}/messages/{sent['message_id']}/regenerate", json={"model": "echo"}, headers=h
+                f"/api/v1/chats/{chat}/messages/{sent['message_id']}/regenerate",
+                json={"model": "echo"},
+                headers=h,
             ),
             await client.get(f"/api/v1/generations/{sent['generation_id']}", headers=h),
             await client.get(f"/api/v1/generations/{sent['generation_id']}/stream", headers=h),

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["FakeUpstreams", "RecordedRequest", "fake_upstreams"]
 
@@ -130,7 +130,7 @@ class FakeUpstreams:
         loop.close()
         self._loop = None
 
-    def __enter__(self) -> FakeUpstreams:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -186,11 +186,14 @@ class FakeUpstreams:
         )
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+            + payload
         )
         await writer.drain()
 
-    async def _route(self, request: RecordedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _route(
+        self, request: RecordedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         match request.method, request.path:
             case "GET", "/v1/models":
                 data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in MODELS]
@@ -305,13 +308,17 @@ class FakeUpstreams:
 
     # -- OpenAI ---------------------------------------------------------------------------------------
 
-    async def _openai_chat(self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _openai_chat(
+        self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         model = str(body.get("model", ""))
         if await self._failure(model, writer, ollama=False):
             return
         stop = body.get("stop") or []
         reply = self._reply(
-            body, body.get("max_completion_tokens", body.get("max_tokens")), [stop] if isinstance(stop, str) else stop
+            body,
+            body.get("max_completion_tokens", body.get("max_tokens")),
+            [stop] if isinstance(stop, str) else stop,
         )
         usage = {
             "prompt_tokens": reply.prompt_tokens,
@@ -352,7 +359,9 @@ class FakeUpstreams:
 
     # -- Ollama ---------------------------------------------------------------------------------------
 
-    async def _ollama_chat(self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _ollama_chat(
+        self, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         model = str(body.get("model", ""))
         if await self._failure(model, writer, ollama=True):
             return

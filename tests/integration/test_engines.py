@@ -104,7 +104,13 @@ async def test_remote_request_carries_the_parameters(upstream: FakeUpstreams) ->
     assert sent.path == "/api/chat"
     assert "authorization" not in sent.headers
     assert sent.body["stream"] is True
-    assert sent.body["options"] == {"temperature": 0.2, "top_p": 0.9, "num_predict": 7, "stop": ["END"], "seed": 11}
+    assert sent.body["options"] == {
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "num_predict": 7,
+        "stop": ["END"],
+        "seed": 11,
+    }
 
 
 async def test_remote_max_tokens_finishes_with_length(remote: Engine) -> None:
@@ -232,7 +238,11 @@ async def test_echo_repeats_the_last_user_message() -> None:
     text, chunks = await collect(engine, request)
     assert text == "the quick brown fox"
     assert [c.text for c in chunks] == ["the", " quick", " brown", " fox"]
-    assert (chunks[-1].finish_reason, chunks[-1].completion_tokens, chunks[-1].prompt_tokens) == ("stop", 4, 10)
+    assert (chunks[-1].finish_reason, chunks[-1].completion_tokens, chunks[-1].prompt_tokens) == (
+        "stop",
+        4,
+        10,
+    )
 
 
 async def test_echo_honours_max_tokens_stop_and_repeat() -> None:
@@ -242,6 +252,12 @@ async def test_echo_honours_max_tokens_stop_and_repeat() -> None:
     assert (text, chunks[-1].finish_reason) == ("alpha beta ", "stop")
     text, chunks = await collect(EchoEngine(repeat=True), ask("x y", max_tokens=5))
     assert (text, chunks[-1].finish_reason, chunks[-1].completion_tokens) == ("x y x y x", "length", 5)
+    text, chunks = await collect(EchoEngine(), ask("x y", model="echo-repeat", max_tokens=4))
+    assert (text, chunks[-1].finish_reason) == ("x y x y", "length")
+    started = time.monotonic()
+    text, chunks = await collect(EchoEngine(), ask("x", model="echo-slow", max_tokens=4))
+    assert (text, chunks[-1].completion_tokens) == ("x x x x", 4)
+    assert time.monotonic() - started >= 0.15
 
 
 async def test_echo_stops_when_the_consumer_cancels() -> None:
@@ -330,40 +346,48 @@ async def test_local_seeded_sampling_repeats(local: LocalEngine) -> None:
     assert first == again and first
 
 
-async def test_local_cancel_stops_decoding_within_a_second(local: LocalEngine) -> None:
+async def drained_within(engine: LocalEngine, seconds: float) -> bool:
+    started = time.monotonic()
+    while engine.active_streams and time.monotonic() - started < seconds:  # noqa: ASYNC110 - a count
+        await asyncio.sleep(0.01)  # kept by the decode thread, which has no event to wait on
+    return engine.active_streams == 0
+
+
+async def test_local_closing_the_stream_stops_decoding_within_a_second(local: LocalEngine) -> None:
     stream = local.stream(ask(PROMPTS[3], model="", temperature=0, max_tokens=200))
     await anext(stream)
     assert local.active_streams == 1
     await stream.aclose()  # type: ignore[attr-defined]
-    started = time.monotonic()
-    while local.active_streams and time.monotonic() - started < 1:
-        await asyncio.sleep(0.01)
-    assert local.active_streams == 0
+    assert await drained_within(local, 1.0)
 
-    async def consume() -> None:
-        async for _ in local.stream(ask(PROMPTS[3], model="", temperature=0, max_tokens=200)):
+
+async def test_local_cancelling_the_task_stops_decoding_within_a_second(local: LocalEngine) -> None:
+    async def consume(request: EngineRequest) -> None:
+        async for _ in local.stream(request):
             pass
 
-    task = asyncio.create_task(consume())
-    while not local.active_streams:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)
-    task.cancel()
-    started = time.monotonic()
-    while local.active_streams and time.monotonic() - started < 1:
-        await asyncio.sleep(0.01)
-    assert local.active_streams == 0
+    for request, after_s in [
+        (ask(PROMPTS[3], model="", temperature=0, max_tokens=200), 0.3),  # mid-decode
+        (ask("Summarise: " + "the cat sat on the mat. " * 250, model="", max_tokens=5), 0.1),  # mid-prefill
+    ]:
+        task = asyncio.create_task(consume(request))
+        while not local.active_streams:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(after_s)
+        task.cancel()
+        assert await drained_within(local, 1.0)
 
 
 async def test_local_concurrent_streams_each_match_their_single_stream_answer(local: LocalEngine) -> None:
-    requests = [ask(p, model="", temperature=0, max_tokens=16) for p in PROMPTS]
+    requests = [ask(p, model="", temperature=0, max_tokens=10) for p in PROMPTS]
     alone = [await collect(local, r) for r in requests]
 
     async def staggered(i: int, request: EngineRequest) -> tuple[str, list[EngineChunk]]:
-        await asyncio.sleep(0.15 * i)  # join the running batch at different steps
+        await asyncio.sleep(0.05 * i)  # join the running batch at different steps
         return await collect(local, request)
 
     together = await asyncio.gather(*(staggered(i, r) for i, r in enumerate(requests)))
+    assert local.peak_batch >= 3, "the streams were decoded together"
     for (text, chunks), (single_text, single_chunks) in zip(together, alone, strict=True):
         assert text == single_text
         assert chunks[-1] == single_chunks[-1]
@@ -373,13 +397,18 @@ async def test_local_second_start_loads_the_cached_conversion(local: LocalEngine
     cached = MODEL_HOME / "models" / DEFAULT_LOCAL_MODEL
     assert (cached / "model.safetensors").is_file()
     assert "quantization_config" not in json.loads((cached / "config.json").read_text())
-    again = LocalEngine(home=MODEL_HOME, device="cpu")
+    # Without batching, concurrent requests take turns, each with a KV cache of its own.
+    again = LocalEngine(home=MODEL_HOME, device="cpu", batching=False)
     started = time.monotonic()
     await again.warmup()
     assert time.monotonic() - started < 10
-    text, _ = await collect(again, ask(FRANCE, model="", temperature=0, max_tokens=12))
+    (france, _), (colors, _) = await asyncio.gather(
+        collect(again, ask(FRANCE, model="", temperature=0, max_tokens=12)),
+        collect(again, ask(PROMPTS[1], model="", temperature=0, max_tokens=6)),
+    )
+    assert again.peak_batch == 1
     await again.close()
-    assert "Paris" in text
+    assert "Paris" in france and colors
 
 
 async def test_local_unknown_model_is_unavailable(local: LocalEngine) -> None:
