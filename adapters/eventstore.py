@@ -25,6 +25,7 @@ from eventsourcing.persistence import IntegrityError, Notification
 from psycopg.conninfo import conninfo_to_dict
 
 from application.context import CommandContext, current_command
+from domain.chats import Chat
 from domain.errors import Conflict, NotFound
 from schema.events import SECRET_SUFFIXES, EventEnvelope
 
@@ -38,6 +39,8 @@ R = TypeVar("R")
 
 class ParleyApplication(Application[uuid.UUID]):
     name = "parley"
+    # A chat with thousands of messages loads from its latest snapshot plus < 100 events.
+    snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {Chat: 100}
     env: ClassVar[dict[str, str]] = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_ENABLE_DB_FUNCTIONS": "no",
