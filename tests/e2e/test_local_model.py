@@ -1,0 +1,67 @@
+"""End to end on the embedded engines with the real SmolLM2-135M-Instruct on CPU: a user asks, the worker
+answers with the local model, the answer streams over SSE, and the chat read model holds both messages."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.conftest import Pipeline
+
+PASSWORD = "correct horse 9"
+
+
+def _events(body: str) -> list[tuple[str, dict]]:
+    """Parse an SSE body: fields until a blank line make one event."""
+    events: list[tuple[str, dict]] = []
+    name, data = "message", []
+    for line in [*body.splitlines(), ""]:
+        if not line:
+            if data:
+                events.append((name, json.loads("\n".join(data))))
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+    return events
+
+
+async def test_the_local_model_answers_paris_and_the_chat_keeps_both_messages(
+    client: httpx.AsyncClient, pipeline: Pipeline
+) -> None:
+    await client.post("/api/v1/auths/register", json={"email": "ann@example.com", "password": PASSWORD, "name": "Ann"})
+    tokens = (await client.post("/api/v1/auths/login", json={"email": "ann@example.com", "password": PASSWORD})).json()
+    auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+
+    models = (await client.get("/api/v1/models", headers=auth)).json()
+    assert "smollm2" in json.dumps(models)
+
+    chat = (await client.post("/api/v1/chats", json={"title": "geography"}, headers=auth)).json()
+    r = await client.post(
+        f"/api/v1/chats/{chat['id']}/messages",
+        json={"content": "What is the capital of France?", "model": "smollm2", "params": {"temperature": 0, "max_tokens": 40}},
+        headers=auth,
+    )
+    assert r.status_code == 202, r.text
+    generation_id = r.json()["generation_id"]
+
+    r = await client.get(f"/api/v1/generations/{generation_id}/stream", headers=auth, timeout=300)
+    assert r.status_code == 200, r.text
+    events = _events(r.text)
+    streamed = "".join(data.get("text", "") for name, data in events if name == "token")
+    done = [data for name, data in events if name == "done"]
+    assert "Paris" in streamed, streamed
+    assert done and done[-1]["status"] == "completed"
+    assert done[-1]["usage"]["completion_tokens"] > 0 and done[-1]["usage"]["prompt_tokens"] > 0
+
+    await pipeline.settle()
+    full = (await client.get(f"/api/v1/chats/{chat['id']}", headers=auth)).json()
+    roles = [m["role"] for m in full["messages"]]
+    assert roles == ["user", "assistant"]
+    answer = full["messages"][1]
+    assert answer["content"] == streamed and "Paris" in answer["content"]
+    assert answer["completion_tokens"] == done[-1]["usage"]["completion_tokens"]
+    assert answer["prompt_tokens"] == done[-1]["usage"]["prompt_tokens"]
+    assert answer["model"] == "smollm2"
