@@ -15,7 +15,9 @@ that way, so each of its requests keeps a batch of its own and the thread runs t
 
 Tokens reach the asyncio consumer through an ``asyncio.Queue`` fed with ``loop.call_soon_threadsafe``.
 Cancelling (closing the async iterator, or cancelling the task that iterates it) sets a flag that the
-decode thread reads before each step, so the request's KV cache is dropped within one step.
+decode thread reads before each step, so the request's KV cache is dropped within one step; a forward pass
+whose every request has been cancelled (a long prefill, a slow step on a loaded CPU) is abandoned at the
+next decoder layer.
 """
 
 from __future__ import annotations

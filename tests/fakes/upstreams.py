@@ -19,6 +19,7 @@ model                behaviour
 ``fake-cut``         sends ``cut_after`` chunks, then drops the connection (an incomplete chunked body)
 ``fake-truncate``    sends ``cut_after`` chunks, then ends the body cleanly, with no finish nor [DONE]
 ``fake-badjson``     sends one chunk, then a line that is not JSON
+``fake-nostream``    OpenAI only: ignores ``stream: true`` and answers with one chat.completion object
 ===================  =================================================================================
 
 ``max_tokens`` (Ollama: ``options.num_predict``) and ``stop`` are honoured the way providers do: a
@@ -44,7 +45,7 @@ __all__ = ["FakeUpstreams", "RecordedRequest", "fake_upstreams"]
 
 MODELS = (
     "fake-ok", "fake-think", "fake-slow", "fake-401", "fake-500", "fake-hang", "fake-stall", "fake-cut",
-    "fake-truncate", "fake-badjson",
+    "fake-truncate", "fake-badjson", "fake-nostream",
 )  # fmt: skip
 _REASONING = "Let me think about what they said."
 
@@ -326,7 +327,7 @@ class FakeUpstreams:
             "total_tokens": reply.prompt_tokens + len(reply.words) + len(reply.thinking),
         }
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if not body.get("stream"):
+        if not body.get("stream") or model == "fake-nostream":
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}
             if reply.thinking:
                 message["reasoning_content"] = "".join(reply.thinking)

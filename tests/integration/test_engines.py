@@ -113,6 +113,14 @@ async def test_remote_request_carries_the_parameters(upstream: FakeUpstreams) ->
     }
 
 
+async def test_openai_server_that_ignores_stream_still_answers(upstream: FakeUpstreams) -> None:
+    engine = OpenAIEngine(upstream.openai_url)
+    text, chunks = await collect(engine, ask("hi there", model="fake-nostream"))
+    await engine.close()
+    assert text == "You said: hi there"
+    assert (chunks[-1].finish_reason, chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == ("stop", 2, 4)
+
+
 async def test_remote_max_tokens_finishes_with_length(remote: Engine) -> None:
     text, chunks = await collect(remote, ask("one two three four", max_tokens=3))
     assert text == "You said: one"
