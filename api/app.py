@@ -16,7 +16,7 @@ from api.controllers.audit import AuditController
 from api.controllers.auths import AuthController
 from api.controllers.chats import ChatController
 from api.controllers.generations import GenerationController
-from api.controllers.health import HealthController
+from api.controllers.health import HealthController, MetricsController
 from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
 from api.controllers.users import TenantController, UserController
@@ -54,12 +54,18 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_wrapper)
         finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("path_template") or "unmatched"  # the template, so ids don't explode labels
+            metrics = getattr(scope.get("app"), "state", None)
+            container = getattr(metrics, "container", None) if metrics is not None else None
+            if container is not None:
+                container.metrics.observe(str(scope.get("method")), str(route), status, elapsed)
             log.info(
                 "request",
                 method=scope.get("method"),
                 path=scope.get("path"),
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
                 actor=scope["state"].get("actor", "anonymous"),
             )
             structlog.contextvars.unbind_contextvars("correlation_id")
@@ -75,6 +81,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             TenantController,
             AuditController,
             HealthController,
+            MetricsController,
             ProviderController,
             ModelController,
             ChatController,

@@ -14,6 +14,7 @@ from adapters import nats as nats_adapter
 from adapters import redis as redis_adapter
 from adapters.database import create_engine, create_tables
 from adapters.eventstore import EventStore
+from adapters.metrics import Metrics
 from adapters.security import AccessTokens, FernetBox, Passwords
 from adapters.settings import Settings
 from application.audit import Audit
@@ -47,6 +48,7 @@ class Container:
     subjects: Subjects
     nc: Any = None
     js: Any = None
+    metrics: Metrics = field(default_factory=Metrics)
     _closed: bool = field(default=False, repr=False)
 
     async def connect_nats(self, name: str) -> Any:

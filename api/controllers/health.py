@@ -1,4 +1,4 @@
-"""Liveness and readiness. Ready means the event store, NATS and Redis all answer."""
+"""Liveness, readiness (the event store, NATS and Redis all answer) and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Controller, Response, get
 
+from adapters.metrics import CONTENT_TYPE
 from api.deps import App
 
 
@@ -44,3 +45,13 @@ class HealthController(Controller):
         )
         ok = all(v == "ok" for v in checks.values())
         return Response({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+
+class MetricsController(Controller):
+    path = "/metrics"
+    tags = ["operations"]
+
+    @get("/", operation_id="Metrics", media_type=CONTENT_TYPE)
+    async def metrics(self, c: App) -> Response[bytes]:
+        head = await c.store.call(c.store.max_id)
+        return Response(await c.metrics.render(c.engine, head), media_type=CONTENT_TYPE)

@@ -304,3 +304,17 @@ async def test_health_and_readiness_report_ok(client, container) -> None:
     assert r.status_code == 200, r.text
     assert r.json() == {"status": "ready", "checks": {"event_store": "ok", "nats": "ok", "redis": "ok"}}
     assert r.headers.get("x-request-id")
+
+
+async def test_metrics_count_requests_by_route_and_report_pipeline_lag(client, pipeline) -> None:
+    await client.get("/health")
+    await client.get("/api/v1/users/00000000-0000-0000-0000-000000000000")
+    await pipeline.settle()
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'parley_http_requests_total{method="GET",route="/health",status="200"} 1.0' in text
+    assert 'route="/api/v1/users/{user_id}",status="401"' in text, "ids are not labels"
+    assert "parley_event_store_head " in text
+    assert 'parley_consumer_lag_events{consumer="relay:relay"} 0.0' in text
+    assert 'parley_consumer_lag_events{consumer="projector:audit"} 0.0' in text
