@@ -26,15 +26,15 @@ def test_compose_runs_the_engines_parley_needs() -> None:
 
 
 def test_compose_runs_each_parley_process() -> None:
-    assert {"api", "relay", "projector"} <= set(PARLEY)
+    assert {"api", "relay", "projector", "worker"} <= set(PARLEY)
     assert SERVICES["relay"]["deploy"]["replicas"] >= 2, "a standby relay must be described"
 
 
-@pytest.mark.parametrize("name", ["api", "relay", "projector"])
+@pytest.mark.parametrize("name", ["api", "relay", "projector", "worker"])
 def test_each_parley_service_runs_a_real_cli_command_against_the_engines(name: str) -> None:
     service = PARLEY[name]
     args = build_parser().parse_args(service["command"])
-    assert args.command in ("api", "relay", "project")
+    assert args.command in ("api", "relay", "project", "worker")
     env = service["environment"]
     assert "@postgres:5432/" in env["PARLEY_DATABASE_URL"]
     assert env["PARLEY_NATS_URL"] == "nats://nats:4222"
@@ -48,3 +48,10 @@ def test_the_image_copies_every_package_the_processes_import() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("domain", "application", "schema", "projections", "adapters", "api", "workers"):
         assert f"COPY {package} ./{package}" in dockerfile
+
+
+def test_workers_get_a_gpu_each() -> None:
+    worker = PARLEY["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert worker["environment"]["PARLEY_LOCAL_DEVICE"] == "cuda"
