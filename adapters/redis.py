@@ -7,8 +7,13 @@ import redis.asyncio as aioredis
 __all__ = ["connect", "RedisTokenVersions"]
 
 
-def connect(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url, decode_responses=True, health_check_interval=30)
+def connect(url: str, *, max_connections: int = 100) -> aioredis.Redis:
+    """A pool that waits for a free connection instead of failing: every authenticated request touches
+    Redis, and a burst of more requests than connections must queue, not answer 500."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, health_check_interval=30, max_connections=max_connections, timeout=20
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class RedisTokenVersions:

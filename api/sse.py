@@ -53,6 +53,8 @@ class StreamEvent:
     finish_reason: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    published_at: float = 0.0
+    """On a token from the token stream: when the worker published it (``TokenChunk.published_at``)."""
 
     @property
     def event_id(self) -> str:
@@ -239,6 +241,7 @@ async def read_generation(
                 text=chunk.text,
                 thinking=chunk.thinking,
                 completion_tokens=chunk.completion_tokens,
+                published_at=chunk.published_at,
             )
     finally:
         # Runs also when the client went away and the response task is being cancelled: shield it, or

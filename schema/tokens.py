@@ -30,6 +30,8 @@ class TokenChunk(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int | None = None
     error_code: str | None = None
     error_message: str | None = None
+    published_at: float = 0.0
+    """``time.time()`` when the worker published the chunk (0 when unknown): for measuring delivery lag."""
 
     @property
     def event_id(self) -> str:

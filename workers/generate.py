@@ -319,6 +319,7 @@ class GenerationWorker:
                 await stream.aclose()  # type: ignore[attr-defined]
 
     async def _publish(self, chunk: TokenChunk) -> None:
+        chunk = msgspec.structs.replace(chunk, published_at=time.time())
         await self.js.publish(
             self.subjects.tokens(chunk.generation_id),
             encode_chunk(chunk),

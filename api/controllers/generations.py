@@ -87,7 +87,12 @@ async def sse_messages(events: AsyncIterator[StreamEvent]) -> AsyncIterator[Serv
     async for e in events:
         match e.kind:
             case "token":
-                data = {"text": e.text, "thinking": e.thinking, "completion_tokens": e.completion_tokens}
+                data = {
+                    "text": e.text,
+                    "thinking": e.thinking,
+                    "completion_tokens": e.completion_tokens,
+                    "published_at": e.published_at,
+                }
                 yield ServerSentEventMessage(event="token", id=e.event_id, data=_json(data))
             case "restart":
                 yield ServerSentEventMessage(
@@ -129,7 +134,8 @@ class GenerationController(Controller):
             ),
         ] = None,
     ) -> ServerSentEvent:
-        """Server-sent events: ``token`` {text, thinking, completion_tokens} with id ``attempt:seq``;
+        """Server-sent events: ``token`` {text, thinking, completion_tokens, published_at (the worker's
+        clock, epoch seconds; 0 when replayed)} with id ``attempt:seq``;
         ``restart`` {attempt} (drop the text so far); ``error`` {code, message}; ``done`` {status,
         finish_reason, usage}. Leaving does not stop the generation."""
         generation = await c.generations.get(caller, generation_id)

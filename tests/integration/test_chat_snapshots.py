@@ -35,3 +35,4 @@ async def test_a_long_chat_loads_from_a_snapshot_not_from_every_event(container)
     # Loading reads the snapshot plus the events after it (not 1,501 events).
     tail = list(store.app.events.get(chat_id, gt=snapshots[-1].originator_version))
     assert len(tail) < 100
+
