@@ -110,7 +110,14 @@ class EventStore:
             "POSTGRES_MAX_OVERFLOW": str(max_overflow),
         }
         self.database_url = database_url
-        self.app = ParleyApplication(env=env)
+        # The library creates its tables (and their indexes) when the application is built; processes
+        # starting together would race on the catalog ("tuple concurrently updated"): take turns.
+        with connect(database_url) as lock:
+            lock.execute("SELECT pg_advisory_lock(7261002)")
+            try:
+                self.app = ParleyApplication(env=env)
+            finally:
+                lock.execute("SELECT pg_advisory_unlock(7261002)")
         self.recorder = self.app.recorder
         self.events_table = "parley_events"
         self._executor = ThreadPoolExecutor(max_workers=pool_size + max_overflow, thread_name_prefix="es")
