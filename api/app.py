@@ -19,6 +19,8 @@ from api.controllers.generations import GenerationController
 from api.controllers.health import HealthController, MetricsController
 from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
+from api.controllers.quotas import QuotaController
+from api.controllers.usage import UsageController
 from api.controllers.users import TenantController, UserController
 from api.deps import container, optional_principal, principal, request_tenant
 from api.errors import exception_handlers
@@ -87,6 +89,8 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             ChatController,
             GenerationController,
             OpenAIController,
+            UsageController,
+            QuotaController,
         ],
         dependencies={
             "c": Provide(container, sync_to_thread=False),

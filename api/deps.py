@@ -10,14 +10,26 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
+from adapters.rate_limit import SlidingWindowLimiter, TtlCache
 from application.context import CommandContext
 from application.identity import Principal
-from domain.errors import Forbidden, Unauthenticated
+from domain.errors import Forbidden, RateLimited, Unauthenticated
 from domain.identity import tenant_id_for
+from domain.quotas import DEFAULT_RATE_LIMITS, QuotaPolicy, policy_id_for
 from projections.identity import tenant_for_host
 from workers.bootstrap import Container
 
-__all__ = ["container", "principal", "optional_principal", "command_context", "request_tenant", "App", "Caller", "TenantSlug"]
+__all__ = [
+    "container",
+    "principal",
+    "optional_principal",
+    "command_context",
+    "request_tenant",
+    "check_rate",
+    "App",
+    "Caller",
+    "TenantSlug",
+]
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _HOST_CACHE: dict[str, tuple[float, str | None]] = {}
@@ -80,10 +92,49 @@ async def optional_principal(request: Request[Any, Any, Any], state: State) -> P
     return p
 
 
+class _RateLimits:
+    """The shared limiter, and each tenant's limits from its quota policy, cached a few seconds."""
+
+    def __init__(self, c: Container) -> None:
+        self._c = c
+        self.limiter = SlidingWindowLimiter(c.redis, c.settings.namespace)
+        self.policies: TtlCache[dict[str, int]] = TtlCache(self._load, ttl_s=5.0)
+
+    async def _load(self, tenant_id: str) -> dict[str, int]:
+        policy = await self._c.store.call(self._c.store.find, QuotaPolicy, policy_id_for(tenant_id))
+        return dict(policy.rate_limits) if policy is not None else dict(DEFAULT_RATE_LIMITS)
+
+
+def _rate_limits(state: State) -> _RateLimits:
+    limits: _RateLimits | None = getattr(state, "rate_limits", None)
+    if limits is None:
+        limits = _RateLimits(state.container)
+        state.rate_limits = limits
+    return limits
+
+
+async def check_rate(state: State, tenant_id: str, key: str, limit_name: str) -> None:
+    """Count one request against ``key`` under the tenant's ``limit_name`` per minute; 429 when over."""
+    limits = _rate_limits(state)
+    per_minute = (await limits.policies.get(tenant_id)).get(limit_name, DEFAULT_RATE_LIMITS[limit_name])
+    decision = await limits.limiter.hit(key, per_minute)
+    if not decision.allowed:
+        raise RateLimited(
+            "RATE_LIMITED",
+            f"too many requests: at most {decision.limit} a minute; retry in {decision.retry_after_s}s",
+            retry_after_s=decision.retry_after_s,
+            limit=decision.limit,
+        )
+
+
 async def principal(request: Request[Any, Any, Any], state: State) -> Principal:
     p = await optional_principal(request, state)
     if p is None:
         raise Unauthenticated("UNAUTHENTICATED", "sign in, or send an API key")
+    if p.via == "api_key":
+        await check_rate(state, p.tenant_id, f"apikey:{p.api_key_id}", "api_key_per_minute")
+    else:
+        await check_rate(state, p.tenant_id, f"user:{p.user_id}", "user_per_minute")
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         p.require_scope("write")
     else:

@@ -3,6 +3,7 @@ code and the right status. Never a stack trace; never a 500 for bad input."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -65,6 +66,8 @@ def _parley_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     assert isinstance(exc, ParleyError)
     status = next((s for cls, s in STATUS_OF.items() if isinstance(exc, cls)), 400)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc.detail, dict) and isinstance(exc.detail.get("retry_after_s"), int | float):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.detail["retry_after_s"])))}
     return _respond(status, error_body(exc.code, exc.message, exc.detail), headers)
 
 

@@ -6,10 +6,12 @@ relay turns the latter into a job; a worker calls ``Generations.start`` / ``fini
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from application.context import CommandContext
 from application.engines import ChatTurn, EngineRequest
@@ -19,6 +21,9 @@ from domain.chats import Chat, Generation, check_can_generate, check_content, ch
 from domain.errors import Conflict, Invalid, NotFound
 from domain.identity import check_role
 from domain.models import PROVIDER_KINDS, Model, Provider, check_model_name, check_params, model_id_for, provider_id_for
+
+if TYPE_CHECKING:
+    from application.quotas import Quotas
 
 __all__ = [
     "Models",
@@ -265,9 +270,29 @@ class Models:
 
 
 class Chats:
-    def __init__(self, *, store: EventStorePort, models: Models) -> None:
+    def __init__(self, *, store: EventStorePort, models: Models, quotas: Quotas | None = None) -> None:
         self.store = store
         self.models = models
+        self.quotas = quotas
+
+    @contextmanager
+    def _reserved(self, loop: asyncio.AbstractEventLoop, principal: Principal, generation: Generation) -> Iterator[None]:
+        """Reserve the generation's tokens before its events are saved (a refused request writes nothing),
+        and release them if the save fails. Runs inside the command, on the store's worker thread: the
+        reservation itself (Redis) runs on the event loop, which is free while the command runs."""
+        if self.quotas is None:
+            yield
+            return
+        policy = self.quotas.policy(principal.tenant_id)
+        reserve = self.quotas.reserve_for(
+            principal, generation.model, generation.reserved_tokens, generation.id, policy=policy
+        )
+        asyncio.run_coroutine_threadsafe(reserve, loop).result()
+        try:
+            yield
+        except BaseException:
+            asyncio.run_coroutine_threadsafe(self.quotas.release(generation.id), loop).result()
+            raise
 
     def _chat(self, principal: Principal, chat_id: uuid.UUID) -> Chat:
         chat = self.store.find(Chat, chat_id)
@@ -353,6 +378,7 @@ class Chats:
         check_content(content)
         checked = check_params(params)
         message_id = _new_id()
+        loop = asyncio.get_running_loop()
 
         def command() -> Sent:
             chat = self._chat(principal, chat_id)
@@ -360,7 +386,8 @@ class Chats:
             parent = chat.head if parent_id is None else (None if parent_id == ROOT else parent_id)
             chat.post(message_id, "user", content, parent)
             generation = self._request(principal, chat, message_id, m, checked)
-            self.store.save(chat, generation)
+            with self._reserved(loop, principal, generation):
+                self.store.save(chat, generation)
             return Sent(chat.id, message_id, generation.id, generation.answer_message_id)
 
         return await self.store.execute(ctx, command)
@@ -378,6 +405,7 @@ class Chats:
         """A new answer to an existing user message: a new branch beside the old answer."""
         check_can_generate(principal.role)
         checked = check_params(params)
+        loop = asyncio.get_running_loop()
 
         def command() -> Sent:
             chat = self._chat(principal, chat_id)
@@ -387,7 +415,8 @@ class Chats:
                 raise Invalid("NOT_A_USER_MESSAGE", "answers are regenerated from the user message they answer")
             m = self.models.usable(principal, model)
             generation = self._request(principal, chat, message_id, m, checked)
-            self.store.save(generation)
+            with self._reserved(loop, principal, generation):
+                self.store.save(generation)
             return Sent(chat.id, message_id, generation.id, generation.answer_message_id)
 
         return await self.store.execute(ctx, command)
@@ -407,6 +436,7 @@ class Chats:
         checked = check_params(params)
         if not turns or turns[-1].role != "user":
             raise Invalid("LAST_MESSAGE_NOT_USER", "the last message must come from the user", field="messages")
+        loop = asyncio.get_running_loop()
 
         def command() -> Sent:
             m = self.models.usable(principal, model)
@@ -420,7 +450,8 @@ class Chats:
                 parent = message_id
             assert parent is not None
             generation = self._request(principal, chat, parent, m, checked)
-            self.store.save(chat, generation)
+            with self._reserved(loop, principal, generation):
+                self.store.save(chat, generation)
             return Sent(chat.id, parent, generation.id, generation.answer_message_id)
 
         return await self.store.execute(ctx, command)

@@ -7,6 +7,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Double,
     Index,
@@ -228,4 +229,56 @@ generations = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
     Index("ix_rm_generations_chat", "tenant_id", "chat_id"),
+)
+
+
+# --- usage (projector "usage"): tokens per tenant-local day, user and model, pre-aggregated for reports ---
+__all__ += ["usage_daily", "usage_generations", "usage_roles", "usage_timezones"]
+
+usage_daily = Table(
+    "rm_usage_daily",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=False), primary_key=True),
+    Column("day", Date, primary_key=True),  # the tenant-local day the generation was requested
+    Column("user_id", UUID(as_uuid=False), primary_key=True),
+    Column("model", String(100), primary_key=True),
+    Column("role", String(20), nullable=False),  # the user's role at their latest request that day
+    Column("prompt_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("completion_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("total_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("requests", Integer, nullable=False, server_default="0"),  # generations requested
+    Column("completed", Integer, nullable=False, server_default="0"),
+    Column("failed", Integer, nullable=False, server_default="0"),
+    Column("cancelled", Integer, nullable=False, server_default="0"),
+    # The primary key serves ranges by (tenant_id, day); this one ranges of one user.
+    Index("ix_rm_usage_daily_tenant_user_day", "tenant_id", "user_id", "day"),
+)
+
+# Open generations: the outcome events carry neither user nor model, so the request leaves them here.
+usage_generations = Table(
+    "rm_usage_generations",
+    metadata,
+    Column("generation_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("user_id", UUID(as_uuid=False), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("reserved_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+)
+
+usage_roles = Table(
+    "rm_usage_roles",
+    metadata,
+    Column("user_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("role", String(20), nullable=False),
+)
+
+usage_timezones = Table(
+    "rm_usage_timezones",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=False), primary_key=True),
+    Column("policy_id", UUID(as_uuid=False), nullable=False, unique=True),
+    Column("timezone", String(64), nullable=False),
 )

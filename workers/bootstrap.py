@@ -15,11 +15,13 @@ from adapters import redis as redis_adapter
 from adapters.database import create_engine, create_tables
 from adapters.eventstore import EventStore
 from adapters.metrics import Metrics
+from adapters.quota_ledger import QuotaLedger
 from adapters.security import AccessTokens, FernetBox, Passwords
 from adapters.settings import Settings
 from application.audit import Audit
 from application.conversations import Chats, Generations, Models
 from application.identity import Identity
+from application.quotas import Quotas
 from projections.audit import AuditProjector
 from projections.identity import IdentityProjector
 from projections.runtime import Projector
@@ -30,8 +32,9 @@ __all__ = ["Container", "bootstrap", "all_projectors"]
 
 def all_projectors() -> list[Projector]:
     from projections.conversations import ChatsProjector, ModelsProjector
+    from projections.usage import UsageProjector
 
-    return [IdentityProjector(), AuditProjector(), ModelsProjector(), ChatsProjector()]
+    return [IdentityProjector(), AuditProjector(), ModelsProjector(), ChatsProjector(), UsageProjector()]
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Container:
     models: Models
     chats: Chats
     generations: Generations
+    quotas: Quotas
     subjects: Subjects
     nc: Any = None
     js: Any = None
@@ -85,11 +89,15 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         platform_tenant=settings.default_tenant,
     )
     models = Models(store=store, secrets=FernetBox(settings.secret_key), allow_echo=settings.enable_echo_engine)
+    quotas = Quotas(
+        store=store, ledger=QuotaLedger(redis, settings.namespace), engine=engine, read_events=store.read
+    )
     return Container(
         settings=settings,
         models=models,
-        chats=Chats(store=store, models=models),
+        chats=Chats(store=store, models=models, quotas=quotas),
         generations=Generations(store=store, models=models),
+        quotas=quotas,
         store=store,
         engine=engine,
         redis=redis,

@@ -261,6 +261,48 @@ def cmd_admin_create_user(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def cmd_usage_report(args: argparse.Namespace) -> None:
+    from datetime import date
+
+    from projections.usage import check_report, report_csv, usage_report
+    from workers.bootstrap import bootstrap
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "redis_url")
+    try:
+        start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    except ValueError as exc:
+        raise SystemExit(f"parley: dates are YYYY-MM-DD: {exc}") from None
+    check_report(start, end, args.group_by)
+
+    async def main() -> None:
+        c = await bootstrap(settings, pool_size=2)
+        try:
+            tenant = await c.identity.tenant(args.tenant)
+            report = await usage_report(
+                c.engine, str(tenant.id), start=start, end=end, group_by=args.group_by, limit=None
+            )
+        finally:
+            await c.close()
+        if args.csv:
+            sys.stdout.write(report_csv(report, args.group_by))
+            return
+        metrics = ("prompt_tokens", "completion_tokens", "total_tokens", "requests")
+        key = "user_id" if args.group_by == "user" else args.group_by
+        table = [[args.group_by, "prompt", "completion", "total", "requests"]]
+        for item in report.items:
+            label = item.get("email") or item[key]
+            table.append([str(label), *(f"{item[m]:,}" for m in metrics)])
+        table.append(["TOTAL", *(f"{report.totals[m]:,}" for m in metrics)])
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        print(f"usage of {tenant.slug} from {start} to {end}, by {args.group_by} ({report.total} groups)")
+        for row in table:
+            cells = [row[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True))]
+            print("  ".join(cells))
+
+    asyncio.run(main())
+
+
 # --- serve: everything, one process tree ----------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> None:
     from adapters.embedded import EmbeddedEngines
@@ -360,6 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("--name", required=True)
     cu.add_argument("--role", default="user")
     cu.set_defaults(func=cmd_admin_create_user)
+
+    usage = sub.add_parser("usage", help="token usage").add_subparsers(dest="usage_command", required=True)
+    ur = usage.add_parser("report", help="usage of a tenant over a date range (tenant-local days)")
+    ur.add_argument("--tenant", required=True, help="tenant slug")
+    ur.add_argument("--from", dest="start", required=True, help="first day, YYYY-MM-DD")
+    ur.add_argument("--to", dest="end", required=True, help="last day, YYYY-MM-DD")
+    ur.add_argument("--group-by", choices=("user", "model", "role", "day"), default="user")
+    ur.add_argument("--csv", action="store_true", help="CSV on stdout")
+    ur.set_defaults(func=cmd_usage_report)
     return parser
 
 

@@ -83,6 +83,8 @@ class GenerationWorker:
         ack_wait_s: float = 10.0,
         heartbeat_s: float = 2.0,
         max_deliver: int = 3,
+        sweep_every_s: float = 30.0,
+        sweep_after_s: float | None = None,
     ) -> None:
         self.c = c
         self.js = js
@@ -93,6 +95,8 @@ class GenerationWorker:
         self.ack_wait_s = ack_wait_s
         self.heartbeat_s = heartbeat_s
         self.max_deliver = max_deliver
+        self.sweep_every_s = sweep_every_s
+        self.sweep_after_s = sweep_after_s
         self.engines = EngineRegistry(c)
         self._cancels: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -118,6 +122,7 @@ class GenerationWorker:
             cb=self._on_given_up,
         )
         log.info("worker_started", worker=self.name, concurrency=self.concurrency)
+        sweeper = asyncio.create_task(self._sweep_reservations(stop))
         try:
             while not stop.is_set():
                 free = self.concurrency - len(self._tasks)
@@ -137,10 +142,38 @@ class GenerationWorker:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await cancels.unsubscribe()
             await advisories.unsubscribe()
             await sub.unsubscribe()
             await self.engines.close()
+
+    async def _sweep_reservations(self, stop: asyncio.Event) -> None:
+        """Quota reservations of generations that never finished are released after a timeout (those that
+        did finish, but whose worker died before settling, are settled), so nothing stays blocked."""
+        from application.quotas import SWEEP_AFTER_S
+
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.sweep_every_s)
+            if stop.is_set():
+                return
+            try:
+                await self.c.quotas.sweep(self.sweep_after_s or SWEEP_AFTER_S)
+            except Exception as exc:
+                log.warning("quota_sweep_failed", error=str(exc))
+
+    async def _settle(self, generation_id: str, outcome: Outcome | None) -> None:
+        """Settle the generation's quota reservation with its actual usage (idempotent). ``outcome`` is the
+        one just recorded; ``None`` when another attempt recorded it (the event store has the usage)."""
+        try:
+            if outcome is not None:
+                await self.c.quotas.settle(generation_id, outcome.prompt_tokens + outcome.completion_tokens)
+            else:
+                await self.c.quotas.settle_finished(generation_id)
+        except Exception as exc:  # the sweeper settles it later
+            log.warning("quota_settle_failed", generation_id=generation_id, error=str(exc))
 
     async def _on_cancel(self, msg: Any) -> None:
         generation_id = msg.subject.rsplit(".", 1)[-1]
@@ -168,7 +201,9 @@ class GenerationWorker:
             error_message=f"gave up after {self.max_deliver} attempts",
         )
         with contextlib.suppress(Exception):
-            if await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome):
+            recorded = await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome)
+            await self._settle(job.generation_id, outcome if recorded else None)
+            if recorded:
                 await self._publish_done(job.generation_id, outcome)
         with contextlib.suppress(Exception):
             await self.js.delete_msg(self.subjects.jobs_stream, int(advisory["stream_seq"]))
@@ -194,14 +229,17 @@ class GenerationWorker:
             started = await self.c.generations.start(
                 ctx, uuid.UUID(job.generation_id), attempt=attempt, worker=self.name
             )
-            if started is None:  # finished already (a duplicate delivery)
+            if started is None:  # finished already (a duplicate delivery, or a crash before the ack)
+                await self._settle(job.generation_id, None)
                 await msg.ack()
                 return
             generation, target, request = started
             if generation.cancel_requested:
                 cancel.set()
             outcome = await self._generate(job.generation_id, attempt, target, request, cancel)
-            if await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome):
+            recorded = await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome)
+            await self._settle(job.generation_id, outcome if recorded else None)
+            if recorded:
                 await self._publish_done(job.generation_id, outcome)
             await msg.ack()
             log.info(

@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from api import dto
-from api.deps import App, Caller, TenantSlug, command_context
+from api.deps import App, Caller, TenantSlug, check_rate, command_context
 from application.identity import TokenPair, UserInfo
 from projections.identity import get_user_row, list_api_keys
 
@@ -48,6 +48,8 @@ class AuthController(Controller):
     @post("/login", operation_id="Login", status_code=HTTP_200_OK)
     async def login(self, request: Request[Any, Any, Any], data: JSONBody[dto.LoginBody], c: App, tenant: TenantSlug) -> dto.Tokens:
         t = await c.identity.tenant(tenant)
+        ip = request.client.host if request.client else "unknown"
+        await check_rate(request.app.state, str(t.id), f"sign-in:{t.id}:{ip}", "sign_in_per_ip_per_minute")
         pair = await c.identity.login(
             command_context(request, tenant_id=str(t.id)), tenant=str(t.id), email=data.email, password=data.password
         )
