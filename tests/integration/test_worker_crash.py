@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js.api import DeliverPolicy
@@ -120,6 +121,13 @@ async def test_killed_worker_s_generation_is_redelivered_and_completes_once(
         async with c.engine.connect() as conn:
             rows = (await conn.execute(select(rm_messages.c.message_id).where(rm_messages.c.chat_id == str(chat.id)))).all()
         assert len(rows) == 2
+
+        # The quota reservation was settled by the surviving worker with the actual usage, not leaked.
+        ledger = c.quotas.ledger
+        assert await ledger.reservation(generation_id) is None
+        day = datetime.now(UTC).date().isoformat()
+        used = await ledger.used(admin.tenant_id, day, "tenant")
+        assert used == generation.prompt_tokens + generation.completion_tokens
     finally:
         for part in (first, second, projector, relay):
             if part is not None and part.alive():
