@@ -15,17 +15,25 @@ import io
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Table, func, literal_column, select
+from sqlalchemy import Table, func, literal_column, over, select, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.errors import Invalid
 from domain.quotas import day_of
 from schema.events import EventEnvelope
-from schema.tables import models, usage_daily, usage_generations, usage_roles, usage_timezones, users
+from schema.tables import (
+    models,
+    usage_daily,
+    usage_generations,
+    usage_monthly,
+    usage_roles,
+    usage_timezones,
+    users,
+)
 
 __all__ = [
     "GROUPINGS",
@@ -63,7 +71,7 @@ def _tokens(value: Any) -> int:
 # --- projector -----------------------------------------------------------------------------------------
 class UsageProjector:
     name = "usage"
-    tables: Sequence[Table] = (usage_daily, usage_generations, usage_roles, usage_timezones)
+    tables: Sequence[Table] = (usage_daily, usage_monthly, usage_generations, usage_roles, usage_timezones)
     _types = frozenset(
         {
             "UserRegistered",
@@ -152,6 +160,16 @@ class UsageProjector:
                 set_={"requests": usage_daily.c.requests + 1, "role": stmt.excluded.role},
             )
         )
+        # The monthly rollup takes the same delta in the same transaction (role: the latest, as daily's).
+        monthly = insert(usage_monthly).values(
+            tenant_id=tenant, month=day.replace(day=1), user_id=user, model=model, role=role, requests=1
+        )
+        await conn.execute(
+            monthly.on_conflict_do_update(
+                index_elements=["tenant_id", "month", "user_id", "model"],
+                set_={"requests": usage_monthly.c.requests + 1, "role": monthly.excluded.role},
+            )
+        )
 
     async def _finished(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         # The generation leaves the open set as it is billed: a generation finishes once.
@@ -184,6 +202,25 @@ class UsageProjector:
                 }
             )
         )
+        mo = usage_monthly.c
+        monthly_outcome = mo[_OUTCOMES[e.type]]
+        await conn.execute(
+            usage_monthly.update()
+            .where(
+                mo.tenant_id == row.tenant_id,
+                mo.month == row.day.replace(day=1),
+                mo.user_id == row.user_id,
+                mo.model == row.model,
+            )
+            .values(
+                {
+                    mo.prompt_tokens: mo.prompt_tokens + prompt,
+                    mo.completion_tokens: mo.completion_tokens + completion,
+                    mo.total_tokens: mo.total_tokens + prompt + completion,
+                    monthly_outcome: monthly_outcome + 1,
+                }
+            )
+        )
 
 
 # --- queries -------------------------------------------------------------------------------------------
@@ -206,8 +243,21 @@ class UsageReport:
     """Sums over every matching group, not just this page."""
 
 
-def _sums() -> list[Any]:
-    return [func.coalesce(func.sum(usage_daily.c[m]), 0).label(m) for m in METRICS]
+def _whole_months(start: date, end: date) -> tuple[date, date] | None:
+    """The first day of the first and of the last calendar month lying wholly inside [start, end], if any."""
+    first = start if start.day == 1 else (start.replace(day=1) + timedelta(days=32)).replace(day=1)
+    after_end = end + timedelta(days=1)
+    last_end = after_end.replace(day=1) - timedelta(days=1)  # the last day of the last whole month
+    if first > last_end:
+        return None
+    return first, last_end.replace(day=1)
+
+
+def _rows(table: Table, period: Any, group_by: str, where: list[Any], ranges: list[Any]) -> Any:
+    """The report's key and metrics of the rows of ``table`` that the filters and ``ranges`` select."""
+    c = table.c
+    key = {"user": c.user_id, "model": c.model, "role": c.role, "day": period}[group_by]
+    return select(key.label("key"), *[c[m] for m in METRICS]).where(*[w(c) for w in where], *ranges)
 
 
 async def usage_report(
@@ -224,24 +274,46 @@ async def usage_report(
 ) -> UsageReport:
     """Usage of the tenant from ``start`` to ``end`` (tenant-local days, inclusive), one item per group:
     by user (most tokens first, with email and name), by model (most tokens first), by role, or by day
-    (oldest first). ``limit`` None gives every group (exports)."""
+    (oldest first). ``limit`` None gives every group (exports).
+
+    Whole months inside the range are read from the monthly rollup, the partial months at its edges from
+    the daily rows. By day and by role read daily rows only: a day needs its own row, and a role is the
+    user's at their latest request of the *day* (the monthly row keeps only the month's latest). The page
+    and the totals (window functions over the grouped rows) come from one query."""
     check_report(start, end, group_by)
     tenant = _uuid(tenant_id)
     if tenant is None:
         return UsageReport([], 0, dict.fromkeys(METRICS, 0))
-    u = usage_daily.c
-    where = [u.tenant_id == tenant, u.day >= start, u.day <= end]
+    where: list[Any] = [lambda c: c.tenant_id == tenant]
     if user_id is not None:
         wanted = _uuid(user_id)
         if wanted is None:
             return UsageReport([], 0, dict.fromkeys(METRICS, 0))
-        where.append(u.user_id == wanted)
+        where.append(lambda c: c.user_id == wanted)
     if model is not None:
-        where.append(u.model == model)
-    key = {"user": u.user_id, "model": u.model, "role": u.role, "day": u.day}[group_by]
-    grouped = select(key.label("key"), *_sums()).where(*where).group_by(key).subquery("g")
+        where.append(lambda c: c.model == model)
+    d, mo = usage_daily.c, usage_monthly.c
+    months = _whole_months(start, end) if group_by in ("user", "model") else None
+    if months is None:
+        rows: Any = _rows(usage_daily, d.day, group_by, where, [d.day >= start, d.day <= end]).subquery("r")
+    else:
+        first, last = months
+        after = (last + timedelta(days=32)).replace(day=1)  # the day after the last whole month
+        parts = [_rows(usage_monthly, mo.month, group_by, where, [mo.month >= first, mo.month <= last])]
+        if start < first:
+            parts.append(_rows(usage_daily, d.day, group_by, where, [d.day >= start, d.day < first]))
+        if after <= end:
+            parts.append(_rows(usage_daily, d.day, group_by, where, [d.day >= after, d.day <= end]))
+        rows = (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("r")
+    sums = [func.coalesce(func.sum(rows.c[m]), 0).label(m) for m in METRICS]
+    # Materialized: the groups are computed in full (the window needs them all anyway), so that the planner
+    # does not pick an ordered index scan for the page's ORDER BY ... LIMIT and aggregate the year in order.
+    grouped = select(rows.c.key.label("key"), *sums).group_by(rows.c.key).cte("g").prefix_with("MATERIALIZED")
     order = [grouped.c.key] if group_by in ("day", "role") else [grouped.c.total_tokens.desc(), grouped.c.key]
-    columns: list[Any] = [grouped]
+    window = [over(func.count(literal_column("*"))).label("_groups")] + [
+        over(func.sum(grouped.c[m])).label(f"_total_{m}") for m in METRICS
+    ]
+    columns: list[Any] = [grouped, *window]
     source: Any = grouped
     if group_by == "user":
         source = grouped.outerjoin(users, (users.c.user_id == grouped.c.key) & (users.c.tenant_id == tenant))
@@ -249,21 +321,30 @@ async def usage_report(
     page = select(*columns).select_from(source).order_by(*order).offset(max(0, offset))
     if limit is not None:
         page = page.limit(limit)
-    totals_stmt = select(
-        func.count(literal_column("*")).label("groups"),
-        *[func.coalesce(func.sum(grouped.c[m]), 0).label(m) for m in METRICS],
-    ).select_from(grouped)
     async with engine.connect() as conn:
-        summary = (await conn.execute(totals_stmt)).one()
-        rows = (await conn.execute(page)).all()
+        result = (await conn.execute(page)).all()
+        if result:
+            first_row = result[0]
+            total = int(first_row._groups)
+            totals = {m: int(getattr(first_row, f"_total_{m}")) for m in METRICS}
+        elif offset > 0 or limit == 0:  # an empty page, but groups may exist: count them apart
+            totals_stmt = select(
+                func.count(literal_column("*")).label("groups"),
+                *[func.coalesce(func.sum(grouped.c[m]), 0).label(m) for m in METRICS],
+            ).select_from(grouped)
+            summary = (await conn.execute(totals_stmt)).one()
+            total = int(summary.groups)
+            totals = {m: int(getattr(summary, m)) for m in METRICS}
+        else:
+            total, totals = 0, dict.fromkeys(METRICS, 0)
     items = []
-    for r in rows:
+    for r in result:
         item: dict[str, Any] = {group_by if group_by != "user" else "user_id": r.key}
         if group_by == "user":
             item.update(email=r.email, name=r.name)
         item.update({m: int(getattr(r, m)) for m in METRICS})
         items.append(item)
-    return UsageReport(items, int(summary.groups), {m: int(getattr(summary, m)) for m in METRICS})
+    return UsageReport(items, total, totals)
 
 
 def report_csv(report: UsageReport, group_by: str) -> str:

@@ -282,3 +282,24 @@ usage_timezones = Table(
     Column("policy_id", UUID(as_uuid=False), nullable=False, unique=True),
     Column("timezone", String(64), nullable=False),
 )
+
+# Monthly rollup of rm_usage_daily, kept by the same projector in the same transaction, so that reports over
+# whole months read one row per user and model instead of one per day.
+__all__ += ["usage_monthly"]
+
+usage_monthly = Table(
+    "rm_usage_monthly",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=False), primary_key=True),
+    Column("month", Date, primary_key=True),  # the first day of the tenant-local month
+    Column("user_id", UUID(as_uuid=False), primary_key=True),
+    Column("model", String(100), primary_key=True),
+    Column("role", String(20), nullable=False),  # the user's role at their latest request that month
+    Column("prompt_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("completion_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("total_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("requests", Integer, nullable=False, server_default="0"),
+    Column("completed", Integer, nullable=False, server_default="0"),
+    Column("failed", Integer, nullable=False, server_default="0"),
+    Column("cancelled", Integer, nullable=False, server_default="0"),
+)

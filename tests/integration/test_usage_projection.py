@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 import uuid
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -24,7 +25,7 @@ from projections.identity import IdentityProjector
 from projections.runtime import ProjectorRunner, rebuild
 from projections.usage import METRICS, UsageProjector, report_csv, usage_of_day, usage_report
 from schema.events import EventEnvelope
-from schema.tables import usage_daily, usage_generations
+from schema.tables import usage_daily, usage_generations, usage_monthly
 from workers.bootstrap import Container
 
 pytestmark = pytest.mark.timeout(180)
@@ -82,6 +83,27 @@ async def daily_rows(c: Container, tenant_id: str) -> list[dict[str, Any]]:
             select(usage_daily).where(usage_daily.c.tenant_id == tenant_id).order_by(*usage_daily.primary_key)
         )
         return [dict(r._mapping) for r in rows]
+
+
+async def monthly_rows(c: Container, tenant_id: str) -> list[dict[str, Any]]:
+    async with c.engine.connect() as conn:
+        rows = await conn.execute(
+            select(usage_monthly).where(usage_monthly.c.tenant_id == tenant_id).order_by(*usage_monthly.primary_key)
+        )
+        return [dict(r._mapping) for r in rows]
+
+
+def rollup(daily: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The monthly rows the daily rows add up to: sums per month, the role of the month's latest day."""
+    months: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in sorted(daily, key=lambda r: r["day"]):
+        month = r["day"].replace(day=1)
+        k = (r["tenant_id"], month, r["user_id"], r["model"])
+        row = months.setdefault(k, {"tenant_id": k[0], "month": month, "user_id": k[2], "model": k[3]})
+        row["role"] = r["role"]
+        for m in METRICS:
+            row[m] = row.get(m, 0) + r[m]
+    return [months[k] for k in sorted(months)]
 
 
 def envelope(n: int, type_: str, aggregate_id: uuid.UUID, at: datetime, tenant: str, **data: Any) -> EventEnvelope:
@@ -184,9 +206,13 @@ async def test_usage_totals_equal_the_usage_recorded_in_the_event_store(containe
     async with c.engine.connect() as conn:  # only the running generation is still open
         assert (await conn.execute(select(usage_generations.c.model))).scalars().all() == ["echo-a"]
 
-    # A rebuild from the event store alone gives the same read model.
+    monthly = await monthly_rows(c, admin.tenant_id)
+    assert monthly and monthly == rollup(rows)
+
+    # A rebuild from the event store alone gives the same read model, the monthly rollup included.
     await rebuild(UsageProjector(), engine=c.engine, store=c.store)
     assert await daily_rows(c, admin.tenant_id) == rows
+    assert await monthly_rows(c, admin.tenant_id) == monthly
 
     today = day_of(datetime.now(UTC), "UTC")
     mine = await usage_of_day(c.engine, user.tenant_id, user.user_id, today)
@@ -322,6 +348,81 @@ async def test_reports_group_total_filter_and_page(container: Container) -> None
 
     # Another tenant's usage never shows.
     assert all(i["total_tokens"] < 10**6 for i in by_user.items)
+
+
+def expected_report(
+    daily: list[dict[str, Any]], start: date, end: date, group_by: str, user: str | None, model: str | None
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The report straight from the daily rows: filter, group, sum, order."""
+    groups: dict[Any, dict[str, int]] = defaultdict(lambda: dict.fromkeys(METRICS, 0))
+    for r in daily:
+        if start <= r["day"] <= end and user in (None, r["user_id"]) and model in (None, r["model"]):
+            key = r[{"user": "user_id"}.get(group_by, group_by)]
+            for m in METRICS:
+                groups[key][m] += r[m]
+    keys = sorted(groups)
+    if group_by in ("user", "model"):
+        keys.sort(key=lambda k: -groups[k]["total_tokens"])  # stable: ties stay in key order
+    label = "user_id" if group_by == "user" else group_by
+    items = [{label: k, **groups[k]} for k in keys]
+    totals = {m: sum(g[m] for g in groups.values()) for m in METRICS}
+    return items, totals
+
+
+async def test_reports_equal_a_plain_aggregation_of_the_daily_rows(container: Container) -> None:
+    """Whole months come from the monthly rollup, edges from the daily rows: the same figures as the days
+    alone, for every grouping, filter and range, roles changing mid-month and mid-day included."""
+    c = container
+    tenant = str(tenant_id_for("rollup"))
+    feed = Feed(c, tenant)
+    rng = random.Random(20240229)
+    people = [await feed.user(role) for role in ("user", "premium", "guest")]
+    first, span = datetime(2023, 11, 20, tzinfo=UTC), (date(2025, 2, 10) - date(2023, 11, 20)).days
+    moments = sorted(first + timedelta(days=rng.randrange(span), hours=rng.randrange(24)) for _ in range(220))
+    roles = ("user", "premium", "guest", "admin")
+    for n, at in enumerate(moments):
+        person = rng.choice(people)
+        if n % 17 == 0:  # a role change between two requests, sometimes the same day
+            await feed.send("RoleChanged", person, at - timedelta(minutes=1), role=rng.choice(roles))
+        status = rng.choice(["Completed", "Completed", "Failed", "Cancelled", ""])
+        await feed.generation(
+            person, rng.choice("abc"), at, status=status, prompt=rng.randint(0, 50), completion=rng.randint(0, 50)
+        )
+
+    daily = await daily_rows(c, tenant)
+    assert await monthly_rows(c, tenant) == rollup(daily)
+    ranges = [
+        (date(2024, 2, 1), date(2024, 2, 29)),  # one whole (leap) month
+        (date(2024, 3, 5), date(2024, 3, 20)),  # inside one month
+        (date(2024, 1, 31), date(2024, 2, 1)),  # across a month's edge
+        (date(2024, 1, 1), date(2024, 12, 31)),  # a whole year
+        (date(2023, 11, 15), date(2024, 11, 14)),  # partial months at both ends
+        (date(2024, 4, 30), date(2024, 7, 1)),
+        (date(2024, 6, 1), date(2024, 8, 15)),
+        (date(2024, 9, 10), date(2024, 11, 30)),
+    ]
+    for _ in range(25):
+        start = date(2023, 11, 1) + timedelta(days=rng.randrange(span + 40))
+        ranges.append((start, start + timedelta(days=rng.choice([0, 1, rng.randrange(40), rng.randrange(366)]))))
+    for start, end in ranges:
+        for group_by in ("user", "model", "role", "day"):
+            for user, model in [(None, None), (str(people[0]), None), (None, "b"), (str(people[1]), "c")]:
+                items, totals = expected_report(daily, start, end, group_by, user, model)
+                got = await usage_report(
+                    c.engine, tenant, start=start, end=end, group_by=group_by, user_id=user, model=model, limit=None
+                )
+                plain = [{k: v for k, v in i.items() if k not in ("email", "name")} for i in got.items]
+                where = (start, end, group_by, user, model)
+                assert plain == items, where
+                assert got.totals == totals and got.total == len(items), where
+                page = await usage_report(
+                    c.engine, tenant, start=start, end=end, group_by=group_by, user_id=user, model=model, limit=2
+                )
+                assert page.items == got.items[:2] and page.totals == totals and page.total == len(items), where
+        # A page past the end still counts and totals every group.
+        past = await usage_report(c.engine, tenant, start=start, end=end, group_by="user", offset=10)
+        assert past.items == [] and past.total == len({r["user_id"] for r in daily if start <= r["day"] <= end})
+        assert past.totals == expected_report(daily, start, end, "user", None, None)[1]
 
 
 async def test_report_csv_is_well_formed(container: Container) -> None:
