@@ -8,24 +8,9 @@ import json
 import httpx
 
 from tests.conftest import Pipeline
+from tests.sse import sse_events
 
 PASSWORD = "correct horse 9"
-
-
-def _events(body: str) -> list[tuple[str, dict]]:
-    """Parse an SSE body: fields until a blank line make one event."""
-    events: list[tuple[str, dict]] = []
-    name, data = "message", []
-    for line in [*body.splitlines(), ""]:
-        if not line:
-            if data:
-                events.append((name, json.loads("\n".join(data))))
-            name, data = "message", []
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-    return events
 
 
 async def test_the_local_model_answers_paris_and_the_chat_keeps_both_messages(
@@ -49,7 +34,7 @@ async def test_the_local_model_answers_paris_and_the_chat_keeps_both_messages(
 
     r = await client.get(f"/api/v1/generations/{generation_id}/stream", headers=auth, timeout=300)
     assert r.status_code == 200, r.text
-    events = _events(r.text)
+    events = sse_events(r.text)
     streamed = "".join(data.get("text", "") for name, data in events if name == "token")
     done = [data for name, data in events if name == "done"]
     assert "Paris" in streamed, streamed

@@ -14,6 +14,7 @@ import pytest
 from domain.chats import Generation
 from tests.conftest import Pipeline
 from tests.fakes.upstreams import FakeUpstreams
+from tests.sse import sse_events
 
 PASSWORD = "correct horse 9"
 
@@ -22,21 +23,6 @@ PASSWORD = "correct horse 9"
 def upstream() -> Iterator[FakeUpstreams]:
     with FakeUpstreams(cut_after=3) as fake:
         yield fake
-
-
-def _events(body: str) -> list[tuple[str, dict]]:
-    events: list[tuple[str, dict]] = []
-    name, data = "message", []
-    for line in [*body.splitlines(), ""]:
-        if not line:
-            if data:
-                events.append((name, json.loads("\n".join(data))))
-            name, data = "message", []
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-    return events
 
 
 async def _admin(client: httpx.AsyncClient) -> dict[str, str]:
@@ -54,7 +40,7 @@ async def _ask(client: httpx.AsyncClient, auth: dict[str, str], model: str, cont
     generation_id = r.json()["generation_id"]
     stream = await client.get(f"/api/v1/generations/{generation_id}/stream", headers=auth, timeout=60)
     assert stream.status_code == 200, stream.text
-    return generation_id, _events(stream.text)
+    return generation_id, sse_events(stream.text)
 
 
 @pytest.mark.parametrize("kind", ["openai", "ollama"])
