@@ -30,15 +30,9 @@ and measures in one run, so the figures it compares share a machine and a moment
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import random
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,13 +44,12 @@ import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.embedded import EmbeddedEngines, EngineUrls
-from adapters.logging import configure_logging
+from adapters.embedded import EngineUrls
 from adapters.quota_ledger import TENANT_SCOPE, QuotaLedger, user_model_scope, user_scope
 from application.context import CommandContext
 from application.conversations import Chats
 from application.identity import Principal
-from bench.spine import Report, load, new_user, percentile, progress, settings_for, start_container, stopwatch
+from bench.spine import Report, cli, new_user, percentile, progress, settings_for, start_container, stopwatch
 from domain.quotas import day_of
 from projections.usage import METRICS, usage_of_day, usage_report
 from schema.tables import usage_daily
@@ -418,27 +411,7 @@ async def run(urls: EngineUrls, home: Path, scale: Scale) -> Report:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.quota", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="scaled down: finishes in under a minute")
-    parser.add_argument("--fast", action="store_true", help="embedded Postgres with fsync off")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the engines on SIGTERM as on Ctrl-C
-    scale = QUICK if args.quick else FULL
-    configure_logging("warning", json=False)
-    command = " ".join(["python -m bench.quota", *(sys.argv[1:] if argv is None else argv)])
-    machine = f"{os.cpu_count()} CPUs, Postgres fsync {'off' if args.fast else 'on'}"
-    progress(f"{command}: {machine}, {'quick' if args.quick else 'full'} scale, {load()}")
-    home = Path(tempfile.mkdtemp(prefix="parley-bench-", dir="/tmp"))
-    try:
-        with stopwatch() as elapsed, EmbeddedEngines(home, fast=args.fast) as engines:
-            urls = engines.start()
-            progress("engines started")
-            report = asyncio.run(run(urls, home, scale))
-            total = elapsed()
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-    print(f"\n{command}  ({machine}, {total:.0f} s; {load()} at the end)")
-    print(report.render(), flush=True)
+    cli("python -m bench.quota", __doc__ or "", run, QUICK, FULL, argv)
 
 
 if __name__ == "__main__":

@@ -520,15 +520,24 @@ async def run(urls: EngineUrls, home: Path, scale: Scale) -> Report:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.spine", description=__doc__.split("\n")[0])
+def cli(
+    prog: str,
+    doc: str,
+    run_all: Callable[[EngineUrls, Path, Any], Awaitable[Report]],
+    quick: Any,
+    full: Any,
+    argv: list[str] | None = None,
+) -> None:
+    """The command line every benchmark shares: ``--quick`` / ``--fast``, its own embedded engines in a
+    temporary folder (stopped on Ctrl-C or SIGTERM), progress lines, then the table and the load."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="scaled down: finishes in under a minute")
     parser.add_argument("--fast", action="store_true", help="embedded Postgres with fsync off")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the engines on SIGTERM as on Ctrl-C
-    scale = QUICK if args.quick else FULL
+    scale = quick if args.quick else full
     configure_logging("warning", json=False)
-    command = " ".join(["python -m bench.spine", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
     machine = f"{os.cpu_count()} CPUs, Postgres fsync {'off' if args.fast else 'on'}"
     progress(f"{command}: {machine}, {'quick' if args.quick else 'full'} scale, {load()}")
     home = Path(tempfile.mkdtemp(prefix="parley-bench-", dir="/tmp"))
@@ -536,12 +545,16 @@ def main(argv: list[str] | None = None) -> None:
         with stopwatch() as elapsed, EmbeddedEngines(home, fast=args.fast) as engines:
             urls = engines.start()
             progress("engines started")
-            report = asyncio.run(run(urls, home, scale))
+            report = asyncio.run(run_all(urls, home, scale))
             total = elapsed()
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print(f"\n{command}  ({machine}, {total:.0f} s; {load()} at the end)")
     print(report.render(), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli("python -m bench.spine", __doc__ or "", run, QUICK, FULL, argv)
 
 
 if __name__ == "__main__":
