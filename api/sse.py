@@ -111,26 +111,9 @@ def _ending(g: Generation, *, client_attempt: int, client_seq: int) -> list[Stre
                     completion_tokens=g.completion_tokens,
                 )
             )
-    if g.status == "failed":
-        events.append(
-            StreamEvent(
-                "error",
-                attempt=g.attempt,
-                error_code=g.error_code or "GENERATION_FAILED",
-                error_message=g.error_message or "the generation failed",
-            )
-        )
-    events.append(
-        StreamEvent(
-            "done",
-            attempt=g.attempt,
-            status=g.status,
-            finish_reason=_finish_reason(g.status, g.finish_reason),
-            prompt_tokens=g.prompt_tokens,
-            completion_tokens=g.completion_tokens,
-        )
+    return events + _final(
+        g.attempt, g.status, g.finish_reason, g.error_code, g.error_message, g.prompt_tokens, g.completion_tokens
     )
-    return events
 
 
 def _finish_reason(status: str | None, reason: str | None) -> str | None:
@@ -141,24 +124,46 @@ def _finish_reason(status: str | None, reason: str | None) -> str | None:
 
 
 def _done(chunk: TokenChunk) -> list[StreamEvent]:
+    return _final(
+        chunk.attempt,
+        chunk.status,
+        chunk.finish_reason,
+        chunk.error_code,
+        chunk.error_message,
+        chunk.prompt_tokens,
+        chunk.completion_tokens,
+    )
+
+
+def _final(
+    attempt: int,
+    status: str | None,
+    finish_reason: str | None,
+    error_code: str | None,
+    error_message: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+) -> list[StreamEvent]:
+    """How a stream ends, whether told by the worker's done chunk or by the event store: an error event
+    for a failed generation, then done with the status and usage."""
     events = []
-    if chunk.status == "failed":
+    if status == "failed":
         events.append(
             StreamEvent(
                 "error",
-                attempt=chunk.attempt,
-                error_code=chunk.error_code or "GENERATION_FAILED",
-                error_message=chunk.error_message or "the generation failed",
+                attempt=attempt,
+                error_code=error_code or "GENERATION_FAILED",
+                error_message=error_message or "the generation failed",
             )
         )
     events.append(
         StreamEvent(
             "done",
-            attempt=chunk.attempt,
-            status=chunk.status,
-            finish_reason=_finish_reason(chunk.status, chunk.finish_reason),
-            prompt_tokens=chunk.prompt_tokens,
-            completion_tokens=chunk.completion_tokens,
+            attempt=attempt,
+            status=status,
+            finish_reason=_finish_reason(status, finish_reason),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
         )
     )
     return events

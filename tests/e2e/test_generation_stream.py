@@ -7,7 +7,6 @@ replays from the event store once its tokens have expired."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 import api.sse
 from adapters.engines import EchoEngine
@@ -32,25 +30,6 @@ FINISHED = ("completed", "failed", "cancelled")
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-@pytest.fixture
-async def live(container: Container) -> AsyncIterator[str]:
-    """The app served by uvicorn on a free local port: its base URL."""
-    from api.app import create_app
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        create_app(container), log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    await task
-
-
 @pytest.fixture
 def echo_delay(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
     """Makes the echo engine pause before each word, like a model (set before the first generation)."""

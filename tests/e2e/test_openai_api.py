@@ -4,16 +4,12 @@ errors in OpenAI's shape."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from domain.chats import Generation
 from tests.conftest import Pipeline
@@ -23,25 +19,6 @@ PASSWORD = "correct horse 9"
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-@pytest.fixture
-async def live(container: Container) -> AsyncIterator[str]:
-    """The app served by uvicorn on a free local port (streams arrive as they are sent): its base URL."""
-    from api.app import create_app
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        create_app(container), log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    await task
-
-
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
