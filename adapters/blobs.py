@@ -1,0 +1,288 @@
+"""Blob stores for the original bytes of uploaded documents, keyed by (tenant id, SHA-256 of the bytes).
+
+Content addressing makes every write idempotent (the same upload twice is one blob, and a retried ingest
+cannot store something different under a key events already point to) and lets a reader check what it
+got. Three stores, one interface, picked by URL (``open_blob_store``):
+
+- ``postgres`` (the default): the ``blobs`` table of the read-model database, so the embedded setup and
+  small deployments need nothing more, and a database backup holds the originals too;
+- ``file:///abs/dir``: a directory tree ``<dir>/<tenant>/<sha[:2]>/<sha>`` (a mounted volume, NFS);
+- ``s3://bucket/prefix?endpoint=http://host:9000&region=us-east-1``: any S3-compatible store (AWS, MinIO,
+  Ceph, R2), credentials from the usual ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` environment
+  (or whatever else boto3's default chain finds, such as an instance role).
+
+Blocking I/O (files, boto3) runs in worker threads so the event loop never waits on a disk or a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlparse
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schema.tables import blobs
+
+__all__ = ["BlobMissing", "BlobStore", "DirectoryBlobs", "PostgresBlobs", "S3Blobs", "open_blob_store"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Tenant ids are UUIDs; anything that could climb out of a directory or split an object key is refused.
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_HASH_IN_THREAD_BYTES = 1 << 20  # hashing runs at ~1 GB/s: past a megabyte, keep it off the event loop
+
+
+class BlobMissing(KeyError):
+    """No blob under this (tenant, sha256)."""
+
+    def __init__(self, tenant_id: str, sha256: str) -> None:
+        self.tenant_id = tenant_id
+        self.sha256 = sha256
+        super().__init__(f"no blob {sha256} for tenant {tenant_id}")
+
+    def __str__(self) -> str:  # KeyError's own str() is the repr of its argument
+        return str(self.args[0])
+
+
+class BlobStore(Protocol):
+    async def put(self, tenant_id: str, sha256: str, data: bytes) -> None:
+        """Store ``data`` (idempotent). ValueError when ``sha256`` is not the SHA-256 of ``data``."""
+        ...
+
+    async def get(self, tenant_id: str, sha256: str) -> bytes:
+        """The bytes; ``BlobMissing`` when there are none."""
+        ...
+
+    async def exists(self, tenant_id: str, sha256: str) -> bool: ...
+
+    async def delete(self, tenant_id: str, sha256: str) -> None:
+        """Remove the blob; nothing happens when it is already gone."""
+        ...
+
+
+def _check_key(tenant_id: str, sha256: str) -> None:
+    if not _SHA256.fullmatch(sha256):
+        raise ValueError(f"{sha256!r} is not a lower-case hex SHA-256")
+    if not _TENANT.fullmatch(tenant_id) or ".." in tenant_id:
+        raise ValueError(f"{tenant_id!r} is not a tenant id")
+
+
+async def _check_content(tenant_id: str, sha256: str, data: bytes) -> None:
+    _check_key(tenant_id, sha256)
+    if len(data) > _HASH_IN_THREAD_BYTES:
+        actual = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+    else:
+        actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ValueError(f"the data's SHA-256 is {actual}, not {sha256}")
+
+
+class PostgresBlobs:
+    """Blobs as ``bytea`` rows of the ``blobs`` table (``schema.tables``)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def put(self, tenant_id: str, sha256: str, data: bytes) -> None:
+        await _check_content(tenant_id, sha256, data)
+        row = {"tenant_id": tenant_id, "sha256": sha256, "size": len(data), "data": data}
+        statement = insert(blobs).values(**row, created_at=datetime.now(UTC)).on_conflict_do_nothing()
+        async with self.engine.begin() as conn:
+            await conn.execute(statement)
+
+    async def get(self, tenant_id: str, sha256: str) -> bytes:
+        _check_key(tenant_id, sha256)
+        async with self.engine.connect() as conn:
+            data = await conn.scalar(select(blobs.c.data).where(*self._key(tenant_id, sha256)))
+        if data is None:
+            raise BlobMissing(tenant_id, sha256)
+        return bytes(data)
+
+    async def exists(self, tenant_id: str, sha256: str) -> bool:
+        _check_key(tenant_id, sha256)
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(select(blobs.c.size).where(*self._key(tenant_id, sha256)))
+        return found is not None
+
+    async def delete(self, tenant_id: str, sha256: str) -> None:
+        _check_key(tenant_id, sha256)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(blobs).where(*self._key(tenant_id, sha256)))
+
+    @staticmethod
+    def _key(tenant_id: str, sha256: str) -> tuple[Any, Any]:
+        return blobs.c.tenant_id == tenant_id, blobs.c.sha256 == sha256
+
+
+class DirectoryBlobs:
+    """Blobs as files ``root/<tenant>/<sha[:2]>/<sha>``; the two-character level keeps directories small.
+
+    A blob is written to a temporary file beside its final name, flushed to disk, then renamed into
+    place (``os.replace`` is atomic), so a reader never sees half a blob and a crash leaves at most a
+    stray ``.tmp`` file."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def path(self, tenant_id: str, sha256: str) -> Path:
+        _check_key(tenant_id, sha256)
+        return self.root / tenant_id / sha256[:2] / sha256
+
+    async def put(self, tenant_id: str, sha256: str, data: bytes) -> None:
+        await _check_content(tenant_id, sha256, data)
+        await asyncio.to_thread(self._write, self.path(tenant_id, sha256), data)
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        if path.is_file():
+            return  # same name, same bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(staging, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(staging, path)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    async def get(self, tenant_id: str, sha256: str) -> bytes:
+        path = self.path(tenant_id, sha256)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise BlobMissing(tenant_id, sha256) from None
+
+    async def exists(self, tenant_id: str, sha256: str) -> bool:
+        return await asyncio.to_thread(self.path(tenant_id, sha256).is_file)
+
+    async def delete(self, tenant_id: str, sha256: str) -> None:
+        await asyncio.to_thread(self.path(tenant_id, sha256).unlink, missing_ok=True)
+
+
+class S3Blobs:
+    """Blobs as objects ``<prefix>/<tenant>/<sha>`` in ``bucket`` of an S3-compatible store.
+
+    ``endpoint`` is for stores other than AWS (MinIO, Ceph, R2, a local test server); they are addressed
+    path-style (``endpoint/bucket/key``), which they all serve, rather than by virtual host, which needs
+    DNS for each bucket. The boto3 client is made on first use and shared by the worker threads (boto3
+    clients are thread-safe)."""
+
+    def __init__(
+        self, bucket: str, prefix: str = "", *, endpoint: str | None = None, region: str | None = None
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint = endpoint
+        self.region = region
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    def key(self, tenant_id: str, sha256: str) -> str:
+        _check_key(tenant_id, sha256)
+        return f"{self.prefix}/{tenant_id}/{sha256}" if self.prefix else f"{tenant_id}/{sha256}"
+
+    @property
+    def client(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
+
+                config = Config(
+                    s3={"addressing_style": "path" if self.endpoint else "auto"},
+                    retries={"mode": "standard", "max_attempts": 3},
+                )
+                self._client = boto3.session.Session().client(
+                    "s3", endpoint_url=self.endpoint, region_name=self.region, config=config
+                )
+            return self._client
+
+    async def put(self, tenant_id: str, sha256: str, data: bytes) -> None:
+        await _check_content(tenant_id, sha256, data)
+        if await self.exists(tenant_id, sha256):
+            return  # an identical object is there already: spare the upload
+        key = self.key(tenant_id, sha256)
+        await asyncio.to_thread(lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data))
+
+    async def get(self, tenant_id: str, sha256: str) -> bytes:
+        key = self.key(tenant_id, sha256)
+
+        def read() -> bytes:
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            except Exception as exc:
+                if _is_missing(exc):
+                    raise BlobMissing(tenant_id, sha256) from None
+                raise
+            body = answer["Body"]
+            try:
+                return bytes(body.read())
+            finally:
+                body.close()
+
+        return await asyncio.to_thread(read)
+
+    async def exists(self, tenant_id: str, sha256: str) -> bool:
+        key = self.key(tenant_id, sha256)
+
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key)
+            except Exception as exc:
+                if _is_missing(exc):
+                    return False
+                raise
+            return True
+
+        return await asyncio.to_thread(head)
+
+    async def delete(self, tenant_id: str, sha256: str) -> None:
+        key = self.key(tenant_id, sha256)
+        await asyncio.to_thread(lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+
+def _is_missing(exc: Exception) -> bool:
+    """Whether a botocore error says "no such key" (GET answers NoSuchKey, HEAD a bare 404)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    error = response.get("Error") or {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return error.get("Code") in ("NoSuchKey", "404", "NotFound") or status == 404
+
+
+def open_blob_store(url: str | None, *, engine: AsyncEngine) -> BlobStore:
+    """The blob store a URL names: None or "postgres" (``engine``'s database), ``file:///abs/dir``, or
+    ``s3://bucket/prefix?endpoint=http://host:port&region=us-east-1``."""
+    if not url or url == "postgres":
+        return PostgresBlobs(engine)
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+            raise ValueError(f"a blob directory URL is file:///absolute/path, not {url!r}")
+        return DirectoryBlobs(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"an S3 blob URL names its bucket: s3://bucket/prefix, not {url!r}")
+        query = parse_qs(parsed.query)
+        unknown = set(query) - {"endpoint", "region"}
+        if unknown:
+            raise ValueError(f"unknown S3 blob URL parameters: {', '.join(sorted(unknown))}")
+        return S3Blobs(
+            parsed.netloc,
+            unquote(parsed.path),
+            endpoint=query.get("endpoint", [None])[-1],
+            region=query.get("region", [None])[-1],
+        )
+    raise ValueError(f"unknown blob store {url!r}: expected postgres, file:///dir or s3://bucket/prefix")
