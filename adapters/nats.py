@@ -61,7 +61,7 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects, *, replicas: 
         js,
         StreamConfig(
             name=subjects.jobs_stream,
-            subjects=[subjects.jobs_all],
+            subjects=[subjects.jobs_stream_subjects],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=DEDUP_WINDOW_S,

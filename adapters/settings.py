@@ -50,6 +50,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Generation workers: how many generations one worker runs at once, and where the local model runs.
     worker_concurrency: int = 4
     local_device: str = "auto"
+    # Knowledge: where uploaded bytes go (None: the Postgres table; "file:///dir"; "s3://bucket/prefix?..."),
+    # upload and per-tenant storage limits, fetching web pages by URL (off: outbound requests are a risk
+    # an operator opts into), and how many chunks an answer retrieves.
+    blob_store: str | None = None
+    max_upload_bytes: int = 25 * 1024 * 1024
+    tenant_storage_bytes: int = 2 * 1024**3
+    allow_url_fetch: bool = False
+    url_fetch_private: bool = False
+    rag_top_k: int = 4
+    rag_min_similarity: float = 0.3  # cosine similarity a retrieved chunk needs to go into the prompt
+    ingest_concurrency: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -68,6 +79,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 value = int(raw)
             except ValueError:
                 problems.append(f"PARLEY_{name}={raw!r} is not an integer")
+                return default
+            if not low <= value <= high:
+                problems.append(f"PARLEY_{name}={value} must be between {low} and {high}")
+            return value
+
+        def number(name: str, default: float, low: float, high: float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(f"PARLEY_{name}={raw!r} is not a number")
                 return default
             if not low <= value <= high:
                 problems.append(f"PARLEY_{name}={value} must be between {low} and {high}")
@@ -126,6 +150,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             enable_echo_engine=boolean("ENABLE_ECHO_ENGINE", False),
             worker_concurrency=integer("WORKER_CONCURRENCY", 4, 1, 1024),
             local_device=get("LOCAL_DEVICE") or "auto",
+            blob_store=None if get("BLOB_STORE") in (None, "postgres") else url("BLOB_STORE", ("file", "s3")),
+            max_upload_bytes=integer("MAX_UPLOAD_BYTES", 25 * 1024 * 1024, 1024, 1 << 31),
+            tenant_storage_bytes=integer("TENANT_STORAGE_BYTES", 2 * 1024**3, 1024, 1 << 50),
+            allow_url_fetch=boolean("ALLOW_URL_FETCH", False),
+            url_fetch_private=boolean("URL_FETCH_PRIVATE", False),
+            rag_top_k=integer("RAG_TOP_K", 4, 1, 50),
+            rag_min_similarity=number("RAG_MIN_SIMILARITY", 0.3, -1.0, 1.0),
+            ingest_concurrency=integer("INGEST_CONCURRENCY", 2, 1, 256),
         )
         if problems:
             raise SettingsError(problems)
@@ -156,11 +188,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_ENABLE_ECHO_ENGINE": "true" if self.enable_echo_engine else "false",
             "PARLEY_WORKER_CONCURRENCY": str(self.worker_concurrency),
             "PARLEY_LOCAL_DEVICE": self.local_device,
+            "PARLEY_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
+            "PARLEY_TENANT_STORAGE_BYTES": str(self.tenant_storage_bytes),
+            "PARLEY_ALLOW_URL_FETCH": "true" if self.allow_url_fetch else "false",
+            "PARLEY_URL_FETCH_PRIVATE": "true" if self.url_fetch_private else "false",
+            "PARLEY_RAG_TOP_K": str(self.rag_top_k),
+            "PARLEY_RAG_MIN_SIMILARITY": str(self.rag_min_similarity),
+            "PARLEY_INGEST_CONCURRENCY": str(self.ingest_concurrency),
         }
         for name, value in (
             ("DATABASE_URL", self.database_url),
             ("NATS_URL", self.nats_url),
             ("REDIS_URL", self.redis_url),
+            ("BLOB_STORE", self.blob_store),
         ):
             if value:
                 env[f"PARLEY_{name}"] = value

@@ -17,6 +17,7 @@ from api.controllers.auths import AuthController
 from api.controllers.chats import ChatController
 from api.controllers.generations import GenerationController
 from api.controllers.health import HealthController, MetricsController
+from api.controllers.knowledge import ChatFilesController, DocumentController, KnowledgeController
 from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
 from api.controllers.quotas import QuotaController
@@ -91,6 +92,9 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             OpenAIController,
             UsageController,
             QuotaController,
+            KnowledgeController,
+            DocumentController,
+            ChatFilesController,
         ],
         dependencies={
             "c": Provide(container, sync_to_thread=False),

@@ -82,6 +82,8 @@ class ModelUpdate(_Body):
     defaults: Params | UnsetType = UNSET
     open_to_tenant: bool | UnsetType = UNSET
     active: bool | UnsetType = UNSET
+    knowledge_ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=50)] | UnsetType = UNSET
+    """Knowledge every answer of the model draws on (as far as the asking user may read it)."""
 
 
 class GrantBody(_Body):
@@ -106,6 +108,7 @@ class Model(msgspec.Struct, kw_only=True, omit_defaults=True):
     active: bool | None = None
     granted_users: list[str] | None = None
     granted_roles: list[str] | None = None
+    knowledge_ids: list[str] | None = None
 
 
 # --- chats ---------------------------------------------------------------------------------------------
@@ -116,6 +119,8 @@ class ChatCreate(_Body):
 class ChatUpdate(_Body):
     title: Title | UnsetType = UNSET
     archived: bool | UnsetType = UNSET
+    knowledge_ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=50)] | UnsetType = UNSET
+    """The knowledge bases the chat's answers draw on (each must be readable by you)."""
 
 
 class Chat(msgspec.Struct, kw_only=True):
@@ -125,6 +130,8 @@ class Chat(msgspec.Struct, kw_only=True):
     archived: bool
     message_count: int = 0
     head_id: str | None = None
+    knowledge_ids: list[str] = msgspec.field(default_factory=list)
+    file_ids: list[str] = msgspec.field(default_factory=list)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -148,6 +155,8 @@ class Message(msgspec.Struct, kw_only=True):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     timings: dict[str, Any] | None = None
+    citations: list[dict[str, Any]] | None = None
+    """The sources an answer drew on: document, chunk, score (``n`` is the [n] the answer cites)."""
     created_at: datetime | None = None
 
 
@@ -161,6 +170,8 @@ class ChatDetail(msgspec.Struct, kw_only=True):
     head_id: str | None
     messages: list[Message]
     message_count: int = 0
+    knowledge_ids: list[str] = msgspec.field(default_factory=list)
+    file_ids: list[str] = msgspec.field(default_factory=list)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

@@ -22,6 +22,7 @@ from domain.errors import (
     TooLarge,
     Unauthenticated,
     Unavailable,
+    UnsupportedType,
 )
 
 __all__ = ["exception_handlers", "error_body", "STATUS_OF"]
@@ -36,6 +37,7 @@ STATUS_OF: dict[type[ParleyError], int] = {
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    UnsupportedType: 415,
     RateLimited: 429,
     Unavailable: 503,
 }

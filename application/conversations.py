@@ -10,16 +10,18 @@ import asyncio
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from application.context import CommandContext
 from application.engines import ChatTurn, EngineRequest
 from application.identity import Principal
+from application.knowledge import Reader
 from application.ports import EventStorePort
 from domain.chats import Chat, Generation, check_can_generate, check_content, check_title
 from domain.errors import Conflict, Invalid, NotFound
-from domain.identity import check_role
+from domain.identity import User, check_role
+from domain.knowledge import KnowledgeBase
 from domain.models import PROVIDER_KINDS, Model, Provider, check_model_name, check_params, model_id_for, provider_id_for
 
 if TYPE_CHECKING:
@@ -85,6 +87,26 @@ class Outcome:
     duration_ms: float = 0.0
     error_code: str = ""
     error_message: str = ""
+    citations: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """What a generation looks up before answering: the question, in the knowledge bases of its chat and
+    model and the chat's own files, with the rights of the user who asked."""
+
+    reader: Reader
+    query: str
+    knowledge_ids: tuple[uuid.UUID, ...]
+    chat_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class Started:
+    generation: Generation
+    target: EngineTarget
+    request: EngineRequest
+    retrieval: Retrieval | None
 
 
 def _new_id() -> str:
@@ -193,9 +215,11 @@ class Models:
         defaults: dict[str, Any] | None = None,
         open_to_tenant: bool | None = None,
         active: bool | None = None,
+        knowledge_ids: list[str] | None = None,
     ) -> Model:
         principal.require_admin()
         checked = check_params(defaults) if defaults is not None else None
+        wanted = _knowledge_ids(knowledge_ids)
 
         def command() -> Model:
             m = self._model(principal.tenant_id, name)
@@ -207,7 +231,10 @@ class Models:
             )
             if new != (m.display_name, m.defaults, m.open_to_tenant, m.active):
                 m.change(display_name=new[0], defaults=new[1], open_to_tenant=new[2], active=new[3])
-                self.store.save(m)
+            if wanted is not None:
+                _check_readable(self.store, principal, wanted)
+                m.set_knowledge([str(k) for k in wanted])
+            self.store.save(m)
             return m
 
         return await self.store.execute(ctx, command)
@@ -322,13 +349,19 @@ class Chats:
         *,
         title: str | None = None,
         archived: bool | None = None,
+        knowledge_ids: list[str] | None = None,
     ) -> Chat:
+        wanted = _knowledge_ids(knowledge_ids)
+
         def command() -> Chat:
             chat = self._chat(principal, chat_id)
             if title is not None:
                 chat.rename(title)
             if archived is not None:
                 chat.set_archived(archived)
+            if wanted is not None:
+                _check_readable(self.store, principal, wanted)
+                chat.set_knowledge([str(k) for k in wanted])
             self.store.save(chat)
             return chat
 
@@ -482,12 +515,10 @@ class Generations:
         return await self.store.execute(ctx, command)
 
     # --- the worker's side --------------------------------------------------------------------------------
-    async def start(
-        self, ctx: CommandContext, generation_id: uuid.UUID, *, attempt: int, worker: str
-    ) -> tuple[Generation, EngineTarget, EngineRequest] | None:
+    async def start(self, ctx: CommandContext, generation_id: uuid.UUID, *, attempt: int, worker: str) -> Started | None:
         """Record the attempt and build the engine request; ``None`` if there is nothing to do."""
 
-        def command() -> tuple[Generation, EngineTarget, EngineRequest] | None:
+        def command() -> Started | None:
             generation = self.store.find(Generation, generation_id)
             if generation is None or generation.finished:
                 return None
@@ -495,7 +526,9 @@ class Generations:
             model = self.store.get(Model, generation.model_id)
             generation.start(attempt=attempt, worker=worker)
             self.store.save(generation)
-            return generation, self.models.target(model), _engine_request(generation, chat, model)
+            user = self.store.find(User, generation.user_id)
+            retrieval = _retrieval(generation, chat, model, user.role) if user is not None and user.active else None
+            return Started(generation, self.models.target(model), _engine_request(generation, chat, model), retrieval)
 
         return await self.store.execute(ctx, command)
 
@@ -521,6 +554,7 @@ class Generations:
                     ttft_ms=round(outcome.ttft_ms, 2),
                     tokens_per_s=round(outcome.tokens_per_s, 2),
                     duration_ms=round(outcome.duration_ms, 2),
+                    citations=outcome.citations,
                 )
             elif outcome.status == "cancelled":
                 generation.cancel(**common)
@@ -542,11 +576,39 @@ class Generations:
                     "tokens_per_s": round(outcome.tokens_per_s, 2),
                     "duration_ms": round(outcome.duration_ms, 2),
                 },
+                citations=outcome.citations,
             )
             self.store.save(generation, chat)
             return True
 
         return await self.store.execute(ctx, command)
+
+
+def _knowledge_ids(raw: list[str] | None) -> list[uuid.UUID] | None:
+    if raw is None:
+        return None
+    try:
+        ids: list[uuid.UUID] = [uuid.UUID(k) for k in raw]
+        return list(dict.fromkeys(ids))
+    except ValueError:
+        raise Invalid("INVALID_KNOWLEDGE_ID", "knowledge_ids holds ids of knowledge bases", field="knowledge_ids") from None
+
+
+def _check_readable(store: EventStorePort, principal: Principal, knowledge_ids: list[uuid.UUID]) -> None:
+    for knowledge_id in knowledge_ids:
+        kb = store.find(KnowledgeBase, knowledge_id)
+        if kb is None or kb.tenant_id != principal.tenant_id:
+            raise NotFound("KNOWLEDGE_NOT_FOUND", "no such knowledge base", knowledge_id=str(knowledge_id))
+        kb.check_readable(principal.user_id, principal.role, is_admin=principal.is_admin)
+
+
+def _retrieval(generation: Generation, chat: Chat, model: Model, role: str) -> Retrieval | None:
+    knowledge_ids = tuple(uuid.UUID(k) for k in dict.fromkeys([*chat.knowledge_ids, *model.knowledge_ids]))
+    if not knowledge_ids and not chat.file_ids:
+        return None
+    question = chat.messages[generation.user_message_id]["content"]
+    reader = Reader(tenant_id=generation.tenant_id, user_id=generation.user_id, role=role)
+    return Retrieval(reader=reader, query=question, knowledge_ids=knowledge_ids, chat_id=chat.id if chat.file_ids else None)
 
 
 def _engine_request(generation: Generation, chat: Chat, model: Model) -> EngineRequest:

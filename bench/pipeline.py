@@ -83,7 +83,7 @@ from adapters.logging import configure_logging
 from adapters.settings import Settings
 from bench.spine import Report, load, percentile, progress, settings_for, stopwatch
 from projections.runtime import read_position
-from workers.bootstrap import Container, all_projectors, bootstrap
+from workers.bootstrap import PROJECTOR_NAMES, Container, all_projectors, bootstrap
 
 __all__ = ["FULL", "QUICK", "Scale", "main"]
 
@@ -417,7 +417,7 @@ class InProcess:
         js = await pipeline.connect_nats("bench-pipeline")
         relay = Relay(store=pipeline.store, engine=pipeline.engine, js=js, subjects=pipeline.subjects)
         self.tasks.append(asyncio.create_task(relay.run(self.stop)))
-        for p in all_projectors():
+        for p in all_projectors(pipeline):
             runner = ProjectorRunner(p, engine=pipeline.engine, store=pipeline.store)
             self.tasks.append(asyncio.create_task(runner.run(js, pipeline.subjects, self.stop)))
         worker = GenerationWorker(pipeline, js=js, nc=pipeline.nc, name="bench-worker", concurrency=self.concurrency)
@@ -599,7 +599,7 @@ def summarize(report: Report, label: str, rounds: list[Round], tokens: int) -> l
 
 async def settle(c: Container, limit_s: float = 120) -> float:
     """Wait until every projector has applied everything in the event store; returns the seconds waited."""
-    names = [p.name for p in all_projectors()]
+    names = list(PROJECTOR_NAMES)
     with stopwatch() as elapsed:
         while True:
             target = await c.store.call(c.store.max_id)

@@ -11,7 +11,7 @@ usage so far (a cancelled or abandoned stream is still billed for what was gener
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
@@ -30,6 +30,7 @@ __all__ = [
 
 MAX_MESSAGE_CHARS = 100_000
 MAX_TITLE_CHARS = 200
+MAX_CHAT_KNOWLEDGE = 10
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -51,6 +52,10 @@ def check_title(title: str) -> str:
 
 
 class Chat(Aggregate):
+    # Defaults for chats created before knowledge existed (events evolve by adding, never changing).
+    knowledge_ids = cast(tuple[str, ...], ())
+    file_ids = cast(tuple[str, ...], ())
+
     @event("ChatCreated")
     def __init__(self, tenant_id: str, owner_id: UUID, title: str, source: str) -> None:
         self.tenant_id = tenant_id
@@ -131,6 +136,36 @@ class Chat(Aggregate):
         }
         self.head = message_id
 
+    def set_knowledge(self, knowledge_ids: list[str]) -> None:
+        """The knowledge bases this chat's answers draw on (each checked readable by the caller)."""
+        self.check_writable()
+        ids = list(dict.fromkeys(knowledge_ids))
+        if len(ids) > MAX_CHAT_KNOWLEDGE:
+            raise Invalid("TOO_MANY_KNOWLEDGE_BASES", f"a chat draws on at most {MAX_CHAT_KNOWLEDGE} knowledge bases", field="knowledge_ids")
+        if tuple(ids) != self.knowledge_ids:
+            self._set_knowledge(knowledge_ids=ids)
+
+    @event("ChatKnowledgeChanged")
+    def _set_knowledge(self, knowledge_ids: list[str]) -> None:
+        self.knowledge_ids = tuple(knowledge_ids)
+
+    def attach_file(self, document_id: str) -> None:
+        self.check_writable()
+        if document_id not in self.file_ids:
+            self._attach_file(document_id=document_id)
+
+    @event("ChatFileAttached")
+    def _attach_file(self, document_id: str) -> None:
+        self.file_ids = (*self.file_ids, document_id)
+
+    def detach_file(self, document_id: str) -> None:
+        if document_id in self.file_ids:
+            self._detach_file(document_id=document_id)
+
+    @event("ChatFileDetached")
+    def _detach_file(self, document_id: str) -> None:
+        self.file_ids = tuple(f for f in self.file_ids if f != document_id)
+
     @event("AnswerRecorded")
     def record_answer(
         self,
@@ -144,6 +179,7 @@ class Chat(Aggregate):
         prompt_tokens: int,
         completion_tokens: int,
         timings: dict[str, float],
+        citations: list[dict[str, Any]] | None = None,
     ) -> None:
         self.messages[message_id] = {
             "id": message_id,
@@ -157,6 +193,7 @@ class Chat(Aggregate):
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "timings": dict(timings),
+            "citations": list(citations or []),
         }
         if self.head == parent_id:
             self.head = message_id
@@ -178,6 +215,7 @@ FINISHED = ("completed", "failed", "cancelled")
 
 
 class Generation(Aggregate):
+    citations = cast(list[dict[str, Any]], [])  # for generations requested before citations existed
     @event("GenerationRequested")
     def __init__(
         self,
@@ -210,6 +248,7 @@ class Generation(Aggregate):
         self.finish_reason: str | None = None
         self.error_code: str | None = None
         self.error_message: str | None = None
+        self.citations = []
 
     @property
     def finished(self) -> bool:
@@ -259,10 +298,12 @@ class Generation(Aggregate):
         tokens_per_s: float,
         duration_ms: float,
         attempt: int,
+        citations: list[dict[str, Any]] | None = None,
     ) -> None:
         self._finish("completed", text, prompt_tokens, completion_tokens, attempt)
         self.thinking = thinking
         self.finish_reason = finish_reason
+        self.citations = list(citations or [])
 
     def fail(self, **result: Any) -> None:
         self._check_open()

@@ -14,6 +14,7 @@ __all__ = [
     "NotFound",
     "Conflict",
     "TooLarge",
+    "UnsupportedType",
     "RateLimited",
     "Unavailable",
 ]
@@ -57,6 +58,12 @@ class Conflict(ParleyError):
 
 class TooLarge(ParleyError):
     default_code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedType(ParleyError):
+    """Content of a kind parley cannot take (an image uploaded as a document)."""
+
+    default_code = "UNSUPPORTED_MEDIA_TYPE"
 
 
 class RateLimited(ParleyError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -110,6 +110,8 @@ class Provider(Aggregate):
 
 
 class Model(Aggregate):
+    knowledge_ids = cast(tuple[str, ...], ())  # the default for models registered before knowledge existed
+
     @staticmethod
     def create_id(tenant_id: str, name: str, **_: Any) -> UUID:
         return model_id_for(tenant_id, name)
@@ -154,6 +156,18 @@ class Model(Aggregate):
         self.defaults = dict(defaults)
         self.open_to_tenant = open_to_tenant
         self.active = active
+
+    def set_knowledge(self, knowledge_ids: list[str]) -> None:
+        """Knowledge bases every answer of this model draws on (as far as the asking user may read them)."""
+        ids = list(dict.fromkeys(knowledge_ids))
+        if len(ids) > 10:
+            raise Invalid("TOO_MANY_KNOWLEDGE_BASES", "a model draws on at most 10 knowledge bases", field="knowledge_ids")
+        if tuple(ids) != self.knowledge_ids:
+            self._set_knowledge(knowledge_ids=ids)
+
+    @event("ModelKnowledgeChanged")
+    def _set_knowledge(self, knowledge_ids: list[str]) -> None:
+        self.knowledge_ids = tuple(knowledge_ids)
 
     def grant(self, *, user_id: str | None = None, role: str | None = None) -> None:
         if (user_id is None) == (role is None):

@@ -68,6 +68,8 @@ MAX_PAGE = 500
 # Keys that name a secret. Counts of tokens ("prompt_tokens", "max_tokens") are not secrets and stay.
 _SENSITIVE_KEY = re.compile(r"password|secret|hash|token(?!s)")
 _KEPT_KEYS = frozenset({"token_kind"})
+# Keys whose value is bulk content (a document's chunks): the audit row records how many, not the text.
+_BULK_KEYS = frozenset({"chunks"})
 
 
 # --- the row and its hash ------------------------------------------------------------------------------
@@ -84,7 +86,7 @@ def redact(value: Any) -> Any:
     """``value`` without keys that name a secret (at any depth), with text Postgres can store."""
     if isinstance(value, Mapping):
         return {
-            _clean_text(str(key)): redact(item)
+            _clean_text(str(key)): {"count": len(item)} if key in _BULK_KEYS and isinstance(item, list) else redact(item)
             for key, item in value.items()
             if key in _KEPT_KEYS or not _SENSITIVE_KEY.search(str(key).lower())
         }

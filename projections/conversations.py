@@ -161,6 +161,9 @@ class ChatsProjector:
             "ChatDeleted",
             "MessagePosted",
             "AnswerRecorded",
+            "ChatKnowledgeChanged",
+            "ChatFileAttached",
+            "ChatFileDetached",
         }
     )
     _generation_types = frozenset(
@@ -236,6 +239,16 @@ class ChatsProjector:
                             created_at=e.occurred_at,
                         )
                     )
+            case "ChatKnowledgeChanged":
+                await conn.execute(
+                    chats.update().where(this_chat).values(knowledge_ids=list(d["knowledge_ids"]), updated_at=e.occurred_at)
+                )
+            case "ChatFileAttached" | "ChatFileDetached":
+                current = await conn.execute(select(chats.c.file_ids).where(this_chat).with_for_update())
+                files = [f for f in (current.scalar() or []) if f != d["document_id"]]
+                if e.type == "ChatFileAttached":
+                    files.append(d["document_id"])
+                await conn.execute(chats.update().where(this_chat).values(file_ids=files, updated_at=e.occurred_at))
             case "AnswerRecorded":
                 message_id = _fit(messages.c.message_id, d["message_id"])
                 parent_id = _fit(messages.c.parent_id, d.get("parent_id"))
@@ -259,6 +272,7 @@ class ChatsProjector:
                             prompt_tokens=int(d.get("prompt_tokens") or 0),
                             completion_tokens=int(d.get("completion_tokens") or 0),
                             timings=d.get("timings") or {},
+                            citations=d.get("citations") or None,
                             created_at=e.occurred_at,
                         )
                     )
@@ -432,6 +446,8 @@ def _chat_dict(row: Any) -> dict[str, Any]:
         "archived": row.archived,
         "message_count": row.message_count,
         "head_id": row.head_id,
+        "knowledge_ids": list(row.knowledge_ids or []),
+        "file_ids": list(row.file_ids or []),
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
@@ -485,6 +501,7 @@ _MESSAGE_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "timings",
+    "citations",
     "created_at",
 )
 

@@ -134,6 +134,13 @@ class ProjectorRunner:
                 progress(self.position, target)
         return seen
 
+    async def _catch_up_logged(self) -> None:
+        try:
+            await self.catch_up()
+        except Exception as exc:  # retried when next idle
+            log.warning("projector_catch_up_failed", projector=self.projector.name, error_type=type(exc).__name__, error=str(exc)[:300])
+            await asyncio.sleep(1.0)
+
     async def run(self, js: Any, subjects: Any, stop: asyncio.Event) -> None:
         """Follow ``PARLEY_EVENTS`` until ``stop`` is set."""
         from nats.errors import TimeoutError as NatsTimeout
@@ -141,7 +148,7 @@ class ProjectorRunner:
 
         from schema.events import decode
 
-        await self.catch_up()
+        await self._catch_up_logged()
         sub = await js.pull_subscribe(
             subjects.events_all,
             durable=subjects.durable(self.projector.name),
@@ -154,16 +161,31 @@ class ProjectorRunner:
             ),
         )
         log.info("projector_started", projector=self.projector.name, position=self.position)
+        failures = 0
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.batch_size, timeout=self.idle_check_s)
             except (TimeoutError, NatsTimeout):
                 # Idle: anything committed that never reached us (relay down, late consumer)?
                 if await self.store.call(self.store.max_id) > self.position:
-                    await self.catch_up()
+                    await self._catch_up_logged()
                 continue
             events = sorted((decode(m.data) for m in msgs), key=lambda e: e.id)
-            self.position = await apply_batch(self.engine, self.projector, self.store, events)
+            try:
+                self.position = await apply_batch(self.engine, self.projector, self.store, events)
+            except Exception as exc:
+                # Not acked: the batch comes back (redelivery, or the gap is read from the store).
+                failures += 1
+                log.warning(
+                    "projector_batch_failed",
+                    projector=self.projector.name,
+                    error_type=type(exc).__name__,
+                    error=str(exc)[:300],
+                    failures=failures,
+                )
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                continue
+            failures = 0
             for m in msgs:
                 await m.ack()
         await sub.unsubscribe()

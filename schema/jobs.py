@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["Job", "encode_job", "decode_job"]
+__all__ = ["Job", "IngestJob", "encode_job", "decode_job", "encode_ingest_job", "decode_ingest_job"]
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,3 +25,21 @@ def encode_job(job: Job) -> bytes:
 
 def decode_job(payload: bytes) -> Job:
     return _decoder.decode(payload)
+
+
+class IngestJob(msgspec.Struct, frozen=True, kw_only=True):
+    """An ingestion job (``parley.jobs.ingest.<tenant>``): extract and chunk one uploaded document."""
+
+    document_id: str
+    tenant_id: str
+
+
+_ingest_decoder = msgspec.json.Decoder(IngestJob)
+
+
+def encode_ingest_job(job: IngestJob) -> bytes:
+    return _encoder.encode(job)
+
+
+def decode_ingest_job(payload: bytes) -> IngestJob:
+    return _ingest_decoder.decode(payload)

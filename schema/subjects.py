@@ -36,7 +36,12 @@ class Subjects:
         return f"{self.namespace.upper()}_JOBS"
 
     @property
+    def jobs_stream_subjects(self) -> str:
+        return f"{self.namespace}.jobs.>"
+
+    @property
     def jobs_all(self) -> str:
+        """Generation jobs (the name predates ingestion jobs)."""
         return f"{self.namespace}.jobs.generate.>"
 
     def job(self, model: str) -> str:
@@ -45,6 +50,17 @@ class Subjects:
     @property
     def workers_durable(self) -> str:
         return f"{self.namespace}_generation_workers"
+
+    @property
+    def ingest_all(self) -> str:
+        return f"{self.namespace}.jobs.ingest.>"
+
+    def ingest(self, tenant_id: str) -> str:
+        return f"{self.namespace}.jobs.ingest.{_token(tenant_id)}"
+
+    @property
+    def ingest_durable(self) -> str:
+        return f"{self.namespace}_ingestion_workers"
 
     @property
     def tokens_stream(self) -> str:

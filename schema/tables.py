@@ -3,22 +3,25 @@ Projections own their tables; ``create_all`` at start creates what is missing.""
 
 from __future__ import annotations
 
+from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Computed,
     Date,
     DateTime,
     Double,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 
 __all__ = [
     "metadata",
@@ -177,6 +180,8 @@ chats = Table(
     Column("head_id", String(64)),  # the newest message, where the next one attaches by default
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),  # time of the chat's latest event
+    Column("knowledge_ids", JSONB, nullable=False, server_default="[]"),  # knowledge its answers draw on
+    Column("file_ids", JSONB, nullable=False, server_default="[]"),  # documents uploaded into the chat
 )
 Index("ix_rm_chats_owner_updated", chats.c.tenant_id, chats.c.owner_id, chats.c.updated_at.desc())
 
@@ -198,6 +203,7 @@ messages = Table(
     Column("completion_tokens", Integer),
     Column("timings", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("citations", JSONB, nullable=True),  # the sources an answer drew on (knowledge)
     Index("ix_rm_messages_chat_created", "chat_id", "created_at"),
 )
 
@@ -302,4 +308,125 @@ usage_monthly = Table(
     Column("completed", Integer, nullable=False, server_default="0"),
     Column("failed", Integer, nullable=False, server_default="0"),
     Column("cancelled", Integer, nullable=False, server_default="0"),
+)
+
+# The original bytes of uploaded documents, by content hash per tenant (the default blob store; a directory
+# or an S3-compatible store are the options). Not a read model: nothing rebuilds it, events point into it.
+__all__ += ["blobs"]
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=False), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Knowledge bases and their documents (projections.knowledge). ``readers``/``writers`` hold the grantees
+# (``user:<id>``, ``role:<role>``, ``tenant``) that may read / write, besides the owner and tenant admins.
+__all__ += ["knowledge_bases", "documents", "chunks", "vector_spaces", "embedding_spaces", "embedding_cache"]
+
+knowledge_bases = Table(
+    "rm_knowledge_bases",
+    metadata,
+    Column("knowledge_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("owner_id", UUID(as_uuid=False), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("embedding", JSONB, nullable=False),
+    Column("pending_embedding", JSONB(none_as_null=True), nullable=True),
+    Column("chunk_size", Integer, nullable=False),
+    Column("chunk_overlap", Integer, nullable=False),
+    Column("access", JSONB, nullable=False),
+    Column("readers", ARRAY(String(60)), nullable=False),
+    Column("writers", ARRAY(String(60)), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rm_knowledge_bases_tenant", "tenant_id", "created_at"),
+)
+
+documents = Table(
+    "rm_documents",
+    metadata,
+    Column("document_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("knowledge_id", UUID(as_uuid=False), nullable=True),
+    Column("chat_id", UUID(as_uuid=False), nullable=True),
+    Column("owner_id", UUID(as_uuid=False), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("media_type", String(100), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("source_url", Text, nullable=True),
+    Column("title", Text, nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("chars", Integer, nullable=False, server_default="0"),
+    Column("chunk_count", Integer, nullable=False, server_default="0"),
+    Column("error_code", String(60), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rm_documents_knowledge", "tenant_id", "knowledge_id", "created_at"),
+    Index("ix_rm_documents_chat", "tenant_id", "chat_id"),
+)
+
+# The vector index (projections.vectors): one row per chunk, embedded in the active space of its knowledge
+# base. ``embedding`` is an untyped pgvector column so that every space (any model, any dimension) shares
+# the table; each space gets a partial HNSW index on ``embedding::vector(dims)`` (see projections.vectors).
+chunks = Table(
+    "rm_chunks",
+    metadata,
+    Column("document_id", UUID(as_uuid=False), primary_key=True),
+    Column("chunk_index", Integer, primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("knowledge_id", UUID(as_uuid=False), nullable=True),
+    Column("chat_id", UUID(as_uuid=False), nullable=True),
+    Column("heading", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("page", Integer, nullable=True),
+    Column("start", Integer, nullable=False),
+    Column("end", Integer, nullable=False),
+    Column("content_sha", String(64), nullable=False),
+    Column("space", String(200), nullable=False),
+    Column("embedding", Vector(), nullable=True),  # None: the provider refused to embed it (full text only)
+    Column(
+        "tsv",
+        TSVECTOR,
+        Computed("to_tsvector('english'::regconfig, heading || ' ' || text)", persisted=True),
+    ),
+    Index("ix_rm_chunks_knowledge", "tenant_id", "knowledge_id"),
+    Index("ix_rm_chunks_chat", "tenant_id", "chat_id"),
+    Index("ix_rm_chunks_tsv", "tsv", postgresql_using="gin"),
+)
+
+# Which space each knowledge base's vectors are in, as the vector projector has seen it.
+vector_spaces = Table(
+    "rm_vector_spaces",
+    metadata,
+    Column("knowledge_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("embedding", JSONB, nullable=False),
+    Column("space", String(200), nullable=False),
+)
+
+# Infrastructure, not read models (a rebuild keeps them): the dimension and index of each vector space, and
+# a content-addressed cache of embeddings, so that rebuilds and re-embeddings never embed a text twice.
+embedding_spaces = Table(
+    "embedding_spaces",
+    metadata,
+    Column("space", String(200), primary_key=True),
+    Column("dims", Integer, nullable=False),
+    Column("index_name", String(63), nullable=True),
+)
+
+embedding_cache = Table(
+    "embedding_cache",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=False), primary_key=True),
+    Column("space", String(200), primary_key=True),
+    Column("content_sha", String(64), primary_key=True),
+    Column("embedding", Vector(), nullable=False),
 )

@@ -22,8 +22,9 @@ from adapters.logging import configure_logging
 from adapters.security import Passwords
 from adapters.settings import Settings
 from projections.runtime import ProjectorRunner, read_position
-from workers.bootstrap import Container, all_projectors, bootstrap
+from workers.bootstrap import PROJECTOR_NAMES, Container, all_projectors, bootstrap
 from workers.generate import GenerationWorker
+from workers.ingest import IngestionWorker, ReEmbedder
 from workers.relay import Relay
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,8 +77,8 @@ async def container(settings: Settings) -> AsyncIterator[Container]:
 
 
 class Pipeline:
-    """The relay, every projector and a generation worker, running in-process as tasks against the real
-    NATS."""
+    """The relay, every projector, a generation worker and an ingestion worker (with the re-embedder),
+    running in-process as tasks against the real NATS."""
 
     def __init__(self, c: Container) -> None:
         self.c = c
@@ -88,11 +89,16 @@ class Pipeline:
         js = await self.c.connect_nats("test-pipeline")
         relay = Relay(store=self.c.store, engine=self.c.engine, js=js, subjects=self.c.subjects)
         self.tasks.append(asyncio.create_task(relay.run(self.stop)))
-        for p in all_projectors():
-            runner = ProjectorRunner(p, engine=self.c.engine, store=self.c.store, idle_check_s=0.2)
+        for p in all_projectors(self.c):
+            runner = ProjectorRunner(
+                p, engine=self.c.engine, store=self.c.store, idle_check_s=0.2, batch_size=getattr(p, "batch_size", 256)
+            )
             self.tasks.append(asyncio.create_task(runner.run(js, self.c.subjects, self.stop)))
         self.worker = GenerationWorker(self.c, js=js, nc=self.c.nc, name="test-worker", concurrency=8)
         self.tasks.append(asyncio.create_task(self.worker.run(self.stop)))
+        self.ingester = IngestionWorker(self.c, js=js, name="test-ingester")
+        self.tasks.append(asyncio.create_task(self.ingester.run(self.stop)))
+        self.tasks.append(asyncio.create_task(ReEmbedder(self.c, name="test-reembedder", poll_s=0.2).run(self.stop)))
         return self
 
     async def settle(self, timeout: float = 15) -> None:
@@ -105,7 +111,7 @@ class Pipeline:
 
 
 async def wait_projected(c: Container, timeout: float = 15, names: list[str] | None = None) -> None:
-    names = names or [p.name for p in all_projectors()]
+    names = names or list(PROJECTOR_NAMES)
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         target = await c.store.call(c.store.max_id)

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters import documents
 from adapters import nats as nats_adapter
 from adapters import redis as redis_adapter
+from adapters.blobs import open_blob_store
 from adapters.database import create_engine, create_tables
+from adapters.embeddings import build_embedder
 from adapters.eventstore import EventStore
 from adapters.metrics import Metrics
 from adapters.quota_ledger import QuotaLedger
@@ -21,20 +25,36 @@ from adapters.settings import Settings
 from application.audit import Audit
 from application.conversations import Chats, Generations, Models
 from application.identity import Identity
+from application.knowledge import Embedders, Knowledge, KnowledgeLimits
 from application.quotas import Quotas
 from projections.audit import AuditProjector
 from projections.identity import IdentityProjector
+from projections.knowledge import storage_used
 from projections.runtime import Projector
+from projections.vectors import VectorIndex
 from schema.subjects import Subjects
 
-__all__ = ["Container", "bootstrap", "all_projectors"]
+__all__ = ["Container", "PROJECTOR_NAMES", "bootstrap", "all_projectors"]
 
 
-def all_projectors() -> list[Projector]:
+PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors")
+
+
+def all_projectors(c: Container) -> list[Projector]:
     from projections.conversations import ChatsProjector, ModelsProjector
+    from projections.knowledge import KnowledgeProjector
     from projections.usage import UsageProjector
+    from projections.vectors import VectorsProjector
 
-    return [IdentityProjector(), AuditProjector(), ModelsProjector(), ChatsProjector(), UsageProjector()]
+    return [
+        IdentityProjector(),
+        AuditProjector(),
+        ModelsProjector(),
+        ChatsProjector(),
+        UsageProjector(),
+        KnowledgeProjector(),
+        VectorsProjector(c.embedders),
+    ]
 
 
 @dataclass
@@ -49,6 +69,8 @@ class Container:
     chats: Chats
     generations: Generations
     quotas: Quotas
+    knowledge: Knowledge
+    embedders: Embedders
     subjects: Subjects
     nc: Any = None
     js: Any = None
@@ -68,6 +90,7 @@ class Container:
         self._closed = True
         if self.nc is not None:
             await self.nc.drain()
+        await self.embedders.close()
         await self.redis.aclose()
         await self.engine.dispose()
         await asyncio.to_thread(self.store.close)
@@ -92,8 +115,28 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
     quotas = Quotas(
         store=store, ledger=QuotaLedger(redis, settings.namespace), engine=engine, read_events=store.read
     )
+    secrets = FernetBox(settings.secret_key)
+    embedders = Embedders(
+        store=store,
+        secrets=secrets,
+        build=build_embedder,
+        device=None if settings.local_device == "auto" else settings.local_device,
+    )
+    knowledge = Knowledge(
+        store=store,
+        blobs=open_blob_store(settings.blob_store, engine=engine),
+        embedders=embedders,
+        index=VectorIndex(engine),
+        detect=documents.detect_type,
+        extract=documents.extract,
+        parse_errors=(documents.ExtractionFailed,),
+        storage_used=partial(storage_used, engine),
+        limits=KnowledgeLimits(max_file_bytes=settings.max_upload_bytes, tenant_storage_bytes=settings.tenant_storage_bytes),
+    )
     return Container(
         settings=settings,
+        knowledge=knowledge,
+        embedders=embedders,
         models=models,
         chats=Chats(store=store, models=models, quotas=quotas),
         generations=Generations(store=store, models=models),

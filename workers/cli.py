@@ -97,19 +97,43 @@ def cmd_relay(args: argparse.Namespace) -> None:
     _run_until_signal(main)
 
 
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from workers.bootstrap import bootstrap
+    from workers.ingest import IngestionWorker, ReEmbedder
+
+    settings = _settings(args)
+    _require_urls(settings, "database_url", "nats_url", "redis_url")
+
+    async def main(stop: asyncio.Event) -> None:
+        c = await bootstrap(settings, pool_size=4)
+        js = await c.connect_nats("parley-ingest")
+        try:
+            await asyncio.gather(
+                IngestionWorker(c, js=js, concurrency=args.concurrency or settings.ingest_concurrency).run(stop),
+                ReEmbedder(c).run(stop),
+            )
+        finally:
+            await c.close()
+
+    _run_until_signal(main)
+
+
 def cmd_project(args: argparse.Namespace) -> None:
     from projections.runtime import ProjectorRunner
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
     _require_urls(settings, "database_url", "nats_url", "redis_url")
-    chosen = _choose_projectors(args.names)
+    chosen = _check_projector_names(args.names)
 
     async def main(stop: asyncio.Event) -> None:
         c = await bootstrap(settings, pool_size=len(chosen) + 1)
         js = await c.connect_nats("parley-projector")
         try:
-            runners = [ProjectorRunner(p, engine=c.engine, store=c.store) for p in chosen]
+            runners = [
+                ProjectorRunner(p, engine=c.engine, store=c.store, batch_size=getattr(p, "batch_size", 256))
+                for p in _projectors(c, chosen)
+            ]
             await asyncio.gather(*(r.run(js, c.subjects, stop) for r in runners))
         finally:
             await c.close()
@@ -135,16 +159,19 @@ def cmd_worker(args: argparse.Namespace) -> None:
     _run_until_signal(main)
 
 
-def _choose_projectors(names: list[str]) -> list[Any]:
+def _check_projector_names(names: list[str]) -> list[str]:
+    from workers.bootstrap import PROJECTOR_NAMES
+
+    unknown = [n for n in names if n not in PROJECTOR_NAMES]
+    if unknown:
+        raise SystemExit(f"unknown projector(s): {', '.join(unknown)}; known: {', '.join(PROJECTOR_NAMES)}")
+    return names or list(PROJECTOR_NAMES)
+
+
+def _projectors(c: Any, names: list[str]) -> list[Any]:
     from workers.bootstrap import all_projectors
 
-    available = {p.name: p for p in all_projectors()}
-    if not names:
-        return list(available.values())
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise SystemExit(f"unknown projector(s): {', '.join(unknown)}; known: {', '.join(available)}")
-    return [available[n] for n in names]
+    return [p for p in all_projectors(c) if p.name in names]
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
@@ -155,12 +182,12 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 
     settings = _settings(args)
     _require_urls(settings, "database_url", "redis_url")
-    chosen = _choose_projectors([args.name])
+    chosen = _check_projector_names([args.name])
 
     async def main() -> None:
         c = await bootstrap(settings, pool_size=2)
         try:
-            for projector in chosen:
+            for projector in _projectors(c, chosen):
                 total = await c.store.call(c.store.max_id)
                 with tqdm(total=total, desc=f"rebuild {projector.name}", unit="ev", file=sys.stderr) as bar:
 
@@ -312,7 +339,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     urls = engines.start(database_url=settings.database_url, nats_url=settings.nats_url, redis_url=settings.redis_url)
     settings = settings.with_urls(database_url=urls.database_url, nats_url=urls.nats_url, redis_url=urls.redis_url)
     env = {**os.environ, **settings.child_env()}
-    parts = {"api": ["api"], "relay": ["relay"], "project": ["project"], "worker": ["worker"]}
+    parts = {"api": ["api"], "relay": ["relay"], "project": ["project"], "worker": ["worker"], "ingest": ["ingest"]}
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -375,11 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, help="generations at once (default PARLEY_WORKER_CONCURRENCY)")
     worker.set_defaults(func=cmd_worker)
 
+    ingest = sub.add_parser("ingest", help="run an ingestion worker (extract and chunk uploads) and the re-embedder")
+    ingest.add_argument("--concurrency", type=int, help="documents at once (default PARLEY_INGEST_CONCURRENCY)")
+    ingest.set_defaults(func=cmd_ingest)
+
     project = sub.add_parser("project", help="run projectors (all by default)")
     project.add_argument("names", nargs="*")
     project.set_defaults(func=cmd_project)
 
-    rebuild = sub.add_parser("rebuild", help="rebuild a read model from the event store")
+    rebuild = sub.add_parser("rebuild", help="rebuild a read model from the event store (e.g. vectors)")
     rebuild.add_argument("name")
     rebuild.set_defaults(func=cmd_rebuild)
 

@@ -23,8 +23,9 @@ import msgspec
 import structlog
 
 from application.context import CommandContext
-from application.conversations import EngineTarget, Outcome
-from application.engines import Engine, EngineError
+from application.conversations import EngineTarget, Outcome, Retrieval
+from application.engines import Engine, EngineError, EngineRequest
+from application.knowledge import citations_of, with_sources
 from domain.chats import Generation
 from schema.jobs import decode_job
 from schema.tokens import TokenChunk, encode_chunk
@@ -233,10 +234,14 @@ class GenerationWorker:
                 await self._settle(job.generation_id, None)
                 await msg.ack()
                 return
-            generation, target, request = started
+            generation, target, request = started.generation, started.target, started.request
             if generation.cancel_requested:
                 cancel.set()
+            citations: list[dict[str, Any]] = []
+            if started.retrieval is not None:
+                request, citations = await self._retrieve(started.retrieval, request)
             outcome = await self._generate(job.generation_id, attempt, target, request, cancel)
+            outcome.citations.extend(citations)
             recorded = await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome)
             await self._settle(job.generation_id, outcome if recorded else None)
             if recorded:
@@ -261,6 +266,24 @@ class GenerationWorker:
             heartbeat.cancel()
             self._cancels.pop(job.generation_id, None)
             structlog.contextvars.unbind_contextvars("generation_id")
+
+    async def _retrieve(self, retrieval: Retrieval, request: EngineRequest) -> tuple[EngineRequest, list[dict[str, Any]]]:
+        """Put the chunks that best answer the question into the prompt; what to cite. Knowledge that
+        cannot be searched now (an embedding provider down) is logged, and the answer goes on without it."""
+        try:
+            hits = await self.c.knowledge.retrieve(
+                retrieval.reader,
+                knowledge_ids=retrieval.knowledge_ids,
+                chat_id=retrieval.chat_id,
+                query=retrieval.query,
+                limit=self.c.settings.rag_top_k,
+                min_similarity=self.c.settings.rag_min_similarity,
+            )
+        except Exception as exc:
+            log.warning("retrieval_failed", error_type=type(exc).__name__, error=str(exc)[:200])
+            return request, []
+        log.info("retrieved", chunks=len(hits))
+        return with_sources(request, hits), citations_of(hits)
 
     async def _generate(
         self, generation_id: str, attempt: int, target: EngineTarget, request: Any, cancel: asyncio.Event

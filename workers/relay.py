@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.eventstore import EventStore
 from schema.events import EventEnvelope, encode
-from schema.jobs import Job, encode_job
+from schema.jobs import IngestJob, Job, encode_ingest_job, encode_job
 from schema.subjects import Subjects
 from schema.tables import relay_positions
 
@@ -70,12 +70,15 @@ class Relay:
             )
 
     def _messages(self, e: EventEnvelope) -> list[tuple[str, bytes, str]]:
-        """What one event becomes on NATS: itself on PARLEY_EVENTS and, for a GenerationRequested, a job
-        on the PARLEY_JOBS work queue."""
+        """What one event becomes on NATS: itself on PARLEY_EVENTS and, for a GenerationRequested or an
+        upload still to ingest, a job on the PARLEY_JOBS work queue."""
         messages = [(self.subjects.event(e.tenant_id or "platform", e.aggregate_type, e.type), encode(e), str(e.id))]
         if e.type == "GenerationRequested":
             job = Job(generation_id=str(e.aggregate_id), tenant_id=e.tenant_id, model=str(e.data.get("model", "")))
             messages.append((self.subjects.job(job.model), encode_job(job), f"job:{e.id}"))
+        elif e.type in ("DocumentUploaded", "DocumentReuploaded"):
+            ingest = IngestJob(document_id=str(e.aggregate_id), tenant_id=e.tenant_id)
+            messages.append((self.subjects.ingest(e.tenant_id), encode_ingest_job(ingest), f"job:{e.id}"))
         return messages
 
     async def publish(self, batch: list[EventEnvelope]) -> int:

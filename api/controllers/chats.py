@@ -29,6 +29,8 @@ def chat_dto(chat: ChatAggregate | dict[str, Any]) -> dto_chat.Chat:
             archived=chat["archived"],
             message_count=chat["message_count"],
             head_id=chat["head_id"],
+            knowledge_ids=list(chat.get("knowledge_ids", [])),
+            file_ids=list(chat.get("file_ids", [])),
             created_at=chat["created_at"],
             updated_at=chat["updated_at"],
         )
@@ -39,6 +41,8 @@ def chat_dto(chat: ChatAggregate | dict[str, Any]) -> dto_chat.Chat:
         archived=chat.archived,
         message_count=len(chat.messages),
         head_id=chat.head,
+        knowledge_ids=list(chat.knowledge_ids),
+        file_ids=list(chat.file_ids),
         created_at=chat.created_on,
         updated_at=chat.modified_on,
     )
@@ -61,6 +65,8 @@ def chat_detail_dto(chat: ChatAggregate | dict[str, Any]) -> dto_chat.ChatDetail
         archived=summary.archived,
         head_id=summary.head_id,
         message_count=summary.message_count,
+        knowledge_ids=summary.knowledge_ids,
+        file_ids=summary.file_ids,
         created_at=summary.created_at,
         updated_at=summary.updated_at,
         messages=[_message(m) for m in messages],
@@ -131,6 +137,7 @@ class ChatController(Controller):
             chat_id,
             title=None if data.title is msgspec.UNSET else data.title,
             archived=None if data.archived is msgspec.UNSET else data.archived,
+            knowledge_ids=None if data.knowledge_ids is msgspec.UNSET else data.knowledge_ids,
         )
         return chat_dto(chat)
 

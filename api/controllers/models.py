@@ -59,6 +59,7 @@ def model_dto(m: ModelAggregate | dict[str, Any], *, provider: str | None = None
         active=m.active,
         granted_users=list(m.granted_users),
         granted_roles=list(m.granted_roles),
+        knowledge_ids=list(m.knowledge_ids),
     )
 
 
@@ -142,6 +143,7 @@ class ModelController(Controller):
             defaults=given(data.defaults),
             open_to_tenant=given(data.open_to_tenant),
             active=given(data.active),
+            knowledge_ids=given(data.knowledge_ids),
         )
         return model_dto(model)
 

@@ -9,7 +9,9 @@ handed in and a generation that answers the last one, billed and audited the sam
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -23,8 +25,10 @@ from litestar.response import Stream
 
 from api import dto_chat as dto
 from api.deps import App, Caller, command_context
+from api.dto_knowledge import EmbeddingsRequest
 from api.errors import STATUS_OF
 from api.sse import StreamEvent, read_generation
+from application.embeddings import LOCAL_EMBEDDING_MODEL
 from application.engines import ChatTurn
 from domain.errors import BadRequest, Invalid, NotFound, ParleyError
 from projections.conversations import list_models
@@ -220,6 +224,59 @@ class OpenAIController(Controller):
             if row["name"] == name:
                 return _model(row)
         raise NotFound("MODEL_NOT_FOUND", f"no model named '{name}'", field="model")
+
+
+    @post("/embeddings", operation_id="CreateEmbeddings", status_code=200)
+    async def embeddings(self, data: JSONBody[EmbeddingsRequest], c: App, caller: Caller) -> dict[str, Any]:
+        """OpenAI's embeddings: the local model (``all-minilm-l6-v2``) or any model of an OpenAI-compatible
+        or Ollama provider the caller may use."""
+        caller.require_scope("read")
+        texts = _embedding_inputs(data)
+        if data.encoding_format not in ("float", "base64"):
+            raise Invalid("INVALID_ENCODING_FORMAT", "encoding_format is 'float' or 'base64'", field="encoding_format")
+        if data.model in (LOCAL_EMBEDDING_MODEL, "sentence-transformers/all-MiniLM-L6-v2"):
+            embedding: dict[str, Any] = {"provider_id": None, "model": LOCAL_EMBEDDING_MODEL}
+        else:
+            model = await c.store.call(c.models.usable, caller, data.model)
+            if model.provider_kind not in ("openai", "ollama"):
+                raise Invalid("MODEL_CANNOT_EMBED", f"'{data.model}' is not an embedding model", field="model")
+            embedding = {"provider_id": str(model.provider_id), "model": model.upstream_model}
+        result = await c.knowledge.embed(caller.tenant_id, embedding, texts)
+        if data.dimensions is not None and data.dimensions != result.dims:
+            raise Invalid("UNSUPPORTED_DIMENSIONS", f"this model gives {result.dims} dimensions", field="dimensions")
+
+        def encoded(vector: list[float]) -> list[float] | str:
+            if data.encoding_format == "base64":
+                return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            return vector
+
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(result.vectors)],
+            "model": data.model,
+            "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        }
+
+
+MAX_EMBEDDING_INPUTS = 2048
+MAX_EMBEDDING_INPUT_CHARS = 100_000
+
+
+def _embedding_inputs(data: EmbeddingsRequest) -> list[str]:
+    texts = [data.input] if isinstance(data.input, str) else data.input
+    if not texts:
+        raise Invalid("EMPTY_INPUT", "input holds no text", field="input")
+    if not all(isinstance(t, str) for t in texts):
+        raise Invalid("UNSUPPORTED_INPUT", "input is a string or a list of strings (token arrays are not taken)", field="input")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise Invalid("TOO_MANY_INPUTS", f"at most {MAX_EMBEDDING_INPUTS} inputs per request", field="input")
+    for text in texts:
+        assert isinstance(text, str)
+        if not text.strip():
+            raise Invalid("EMPTY_INPUT", "an input is empty", field="input")
+        if len(text) > MAX_EMBEDDING_INPUT_CHARS:
+            raise Invalid("INPUT_TOO_LARGE", f"an input holds at most {MAX_EMBEDDING_INPUT_CHARS} characters", field="input")
+    return [str(t) for t in texts]
 
 
 def _model(row: dict[str, Any]) -> dict[str, Any]:

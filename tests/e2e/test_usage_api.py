@@ -68,7 +68,7 @@ async def generate(c: Container, m: Member, prompt: int, completion: int, status
 
 
 async def project(c: Container) -> None:
-    for projector in all_projectors():
+    for projector in all_projectors(c):
         await ProjectorRunner(projector, engine=c.engine, store=c.store).catch_up()
 
 

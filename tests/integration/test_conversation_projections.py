@@ -148,6 +148,8 @@ async def test_chat_list_is_newest_first_searchable_and_filtered_by_archive(cont
         "archived",
         "message_count",
         "head_id",
+        "knowledge_ids",
+        "file_ids",
         "created_at",
         "updated_at",
     }
@@ -225,6 +227,7 @@ async def test_full_chat_holds_the_message_tree_with_usage_and_branches(containe
         "prompt_tokens",
         "completion_tokens",
         "timings",
+        "citations",
         "created_at",
     }
     question = by_id[sent.message_id]
@@ -244,6 +247,7 @@ async def test_full_chat_holds_the_message_tree_with_usage_and_branches(containe
         "prompt_tokens": 12,
         "completion_tokens": 4,
         "timings": {"ttft_ms": 20.5, "tokens_per_s": 80.0, "duration_ms": 70.25},
+        "citations": None,
         "created_at": first["created_at"],
     }
     second = by_id[again.answer_message_id]

@@ -22,7 +22,7 @@ from tests.integration.procs import (
     stream_message_ids,
     wait_relayed,
 )
-from workers.bootstrap import Container, all_projectors
+from workers.bootstrap import PROJECTOR_NAMES, Container, all_projectors
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -44,7 +44,7 @@ def spawn(settings: Settings, tmp_path: Path) -> Iterator[Spawn]:
 
 
 async def slowest_projector(c: Container) -> int:
-    return min([await read_position(c.engine, p.name) for p in all_projectors()])
+    return min([await read_position(c.engine, p.name) for p in all_projectors(c)])
 
 
 async def kill_while_working(
@@ -78,7 +78,7 @@ async def test_killing_relay_and_projector_mid_stream_loses_and_duplicates_nothi
     relay, projector = spawn("relay"), spawn("project")
     relayed_by, projected_by = partial(relay_position, container), partial(slowest_projector, container)
     await relay.wait_for_log("relay_active")
-    await projector.wait_for_log("projector_started", count=len(all_projectors()))
+    await projector.wait_for_log("projector_started", count=len(PROJECTOR_NAMES))
     traffic = await Traffic(container).start()
 
     await traffic.steps(30)
@@ -93,7 +93,7 @@ async def test_killing_relay_and_projector_mid_stream_loses_and_duplicates_nothi
 
     await traffic.steps(40)  # no projector: the backlog grows
     projector.start()
-    await projector.wait_for_log("projector_started", count=len(all_projectors()))
+    await projector.wait_for_log("projector_started", count=len(PROJECTOR_NAMES))
     await traffic.steps(20)
     await traffic.burst(30)
     relay.kill9()  # both at once, right after a burst

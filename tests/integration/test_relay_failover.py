@@ -20,7 +20,7 @@ from tests.integration.procs import (
     stream_message_ids,
     wait_relayed,
 )
-from workers.bootstrap import Container, all_projectors
+from workers.bootstrap import PROJECTOR_NAMES, Container
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -59,7 +59,7 @@ async def test_standby_relay_takes_over_when_the_active_one_is_killed(
 ) -> None:
     first, second = spawn("relay"), spawn("relay")
     projector = spawn("project")
-    await projector.wait_for_log("projector_started", count=len(all_projectors()))
+    await projector.wait_for_log("projector_started", count=len(PROJECTOR_NAMES))
     active, standby = await active_and_standby(first, second)
     traffic = await Traffic(container).start()
 

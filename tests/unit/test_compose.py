@@ -26,15 +26,15 @@ def test_compose_runs_the_engines_parley_needs() -> None:
 
 
 def test_compose_runs_each_parley_process() -> None:
-    assert {"api", "relay", "projector", "worker"} <= set(PARLEY)
+    assert {"api", "relay", "projector", "worker", "ingest"} <= set(PARLEY)
     assert SERVICES["relay"]["deploy"]["replicas"] >= 2, "a standby relay must be described"
 
 
-@pytest.mark.parametrize("name", ["api", "relay", "projector", "worker"])
+@pytest.mark.parametrize("name", ["api", "relay", "projector", "worker", "ingest"])
 def test_each_parley_service_runs_a_real_cli_command_against_the_engines(name: str) -> None:
     service = PARLEY[name]
     args = build_parser().parse_args(service["command"])
-    assert args.command in ("api", "relay", "project", "worker")
+    assert args.command in ("api", "relay", "project", "worker", "ingest")
     env = service["environment"]
     assert "@postgres:5432/" in env["PARLEY_DATABASE_URL"]
     assert env["PARLEY_NATS_URL"] == "nats://nats:4222"

@@ -1,0 +1,363 @@
+"""The knowledge read model: knowledge bases (with who may read and write them) and their documents, with
+each document's ingestion status; and the queries the API serves from them.
+
+Whether a caller may read a knowledge base is decided in SQL from ``readers``/``writers`` (the grantees
+``user:<id>``, ``role:<role>`` and ``tenant``), the owner and the admin role, so a listing never loads
+what the caller may not see. How far a document's chunks are indexed is read from the vector index
+itself (``rm_chunks``), which the vector projector owns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from projections.conversations import MAX_PAGE, _fit, _uuid
+from schema.events import EventEnvelope
+from schema.tables import chunks, documents, knowledge_bases
+
+__all__ = [
+    "KnowledgeProjector",
+    "Reader",
+    "get_document",
+    "get_knowledge",
+    "list_documents",
+    "list_knowledge",
+    "pending_reembeddings",
+    "storage_used",
+]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who is asking, as the read model needs it."""
+
+    tenant_id: str
+    user_id: str
+    role: str
+    is_admin: bool
+
+    @property
+    def grantees(self) -> list[str]:
+        return [f"user:{self.user_id}", f"role:{self.role}", "tenant"]
+
+
+def _access_lists(access: dict[str, str]) -> tuple[list[str], list[str]]:
+    readers = sorted(access)
+    writers = sorted(g for g, level in access.items() if level == "write")
+    return readers, writers
+
+
+class KnowledgeProjector:
+    name = "knowledge"
+    tables: Sequence[Table] = (knowledge_bases, documents)
+    _types = frozenset(
+        {
+            "KnowledgeBaseCreated",
+            "KnowledgeBaseUpdated",
+            "KnowledgeAccessGranted",
+            "KnowledgeAccessRevoked",
+            "EmbeddingChangeRequested",
+            "EmbeddingChangeCancelled",
+            "EmbeddingSwitched",
+            "KnowledgeBaseDeleted",
+            "DocumentUploaded",
+            "DocumentReuploaded",
+            "DocumentExtracted",
+            "DocumentFailed",
+            "DocumentDeleted",
+        }
+    )
+
+    def handles(self, event_type: str) -> bool:
+        return event_type in self._types
+
+    async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
+        d = e.data
+        kb = knowledge_bases.c
+        aggregate_id = str(e.aggregate_id)
+        where_kb = kb.knowledge_id == aggregate_id
+        where_doc = documents.c.document_id == aggregate_id
+        match e.type:
+            case "KnowledgeBaseCreated":
+                await conn.execute(
+                    knowledge_bases.insert().values(
+                        knowledge_id=aggregate_id,
+                        tenant_id=d["tenant_id"],
+                        owner_id=str(d["owner_id"]),
+                        name=_fit(kb.name, d["name"]),
+                        description=_fit(kb.description, d.get("description", "")),
+                        embedding=d["embedding"],
+                        pending_embedding=None,
+                        chunk_size=int(d["chunk_size"]),
+                        chunk_overlap=int(d["chunk_overlap"]),
+                        access={},
+                        readers=[],
+                        writers=[],
+                        created_at=e.occurred_at,
+                        updated_at=e.occurred_at,
+                    )
+                )
+            case "KnowledgeBaseUpdated":
+                changes = {k: v for k, v in d.get("changes", {}).items() if k in ("name", "description", "chunk_size", "chunk_overlap")}
+                if "name" in changes:
+                    changes["name"] = _fit(kb.name, changes["name"])
+                await conn.execute(knowledge_bases.update().where(where_kb).values(**changes, updated_at=e.occurred_at))
+            case "KnowledgeAccessGranted" | "KnowledgeAccessRevoked":
+                row = await conn.execute(select(kb.access).where(where_kb).with_for_update())
+                access = dict(row.scalar() or {})
+                if e.type == "KnowledgeAccessGranted":
+                    access[d["grantee"]] = d["level"]
+                else:
+                    access.pop(d["grantee"], None)
+                readers, writers = _access_lists(access)
+                await conn.execute(
+                    knowledge_bases.update()
+                    .where(where_kb)
+                    .values(access=access, readers=readers, writers=writers, updated_at=e.occurred_at)
+                )
+            case "EmbeddingChangeRequested":
+                await conn.execute(
+                    knowledge_bases.update().where(where_kb).values(pending_embedding=d["embedding"], updated_at=e.occurred_at)
+                )
+            case "EmbeddingChangeCancelled":
+                await conn.execute(
+                    knowledge_bases.update().where(where_kb).values(pending_embedding=None, updated_at=e.occurred_at)
+                )
+            case "EmbeddingSwitched":
+                await conn.execute(
+                    knowledge_bases.update()
+                    .where(where_kb)
+                    .values(embedding=d["embedding"], pending_embedding=None, updated_at=e.occurred_at)
+                )
+            case "KnowledgeBaseDeleted":
+                await conn.execute(documents.delete().where(documents.c.knowledge_id == aggregate_id))
+                await conn.execute(knowledge_bases.delete().where(where_kb))
+            case "DocumentUploaded" | "DocumentReuploaded":
+                values = dict(
+                    filename=_fit(documents.c.filename, d["filename"]),
+                    media_type=_fit(documents.c.media_type, d["media_type"]),
+                    size=int(d["size"]),
+                    source_url=d.get("source_url"),
+                    title=None,
+                    status="queued",
+                    chars=0,
+                    chunk_count=0,
+                    error_code=None,
+                    error_message=None,
+                    updated_at=e.occurred_at,
+                )
+                if e.type == "DocumentReuploaded":
+                    await conn.execute(documents.update().where(where_doc).values(**values))
+                    return
+                knowledge_id = d.get("knowledge_id")
+                if knowledge_id is not None:
+                    exists = await conn.execute(select(kb.knowledge_id).where(kb.knowledge_id == str(knowledge_id)))
+                    if exists.first() is None:
+                        return  # its knowledge base was deleted meanwhile
+                await conn.execute(
+                    documents.insert().values(
+                        document_id=aggregate_id,
+                        tenant_id=d["tenant_id"],
+                        knowledge_id=str(knowledge_id) if knowledge_id else None,
+                        chat_id=str(d["chat_id"]) if d.get("chat_id") else None,
+                        owner_id=str(d["owner_id"]),
+                        sha256=d["sha256"],
+                        created_at=e.occurred_at,
+                        **values,
+                    )
+                )
+            case "DocumentExtracted":
+                await conn.execute(
+                    documents.update()
+                    .where(where_doc)
+                    .values(
+                        title=d.get("title"),
+                        media_type=_fit(documents.c.media_type, d["media_type"]),
+                        status="chunked",
+                        chars=int(d["chars"]),
+                        chunk_count=int(d["chunk_count"]),
+                        updated_at=e.occurred_at,
+                    )
+                )
+            case "DocumentFailed":
+                await conn.execute(
+                    documents.update()
+                    .where(where_doc)
+                    .values(
+                        status="failed",
+                        error_code=_fit(documents.c.error_code, d["code"]),
+                        error_message=d["message"],
+                        updated_at=e.occurred_at,
+                    )
+                )
+            case "DocumentDeleted":
+                await conn.execute(documents.delete().where(where_doc))
+
+
+# --- queries -------------------------------------------------------------------------------------------
+def _readable(reader: Reader) -> Any:
+    kb = knowledge_bases.c
+    if reader.is_admin:
+        return kb.tenant_id == reader.tenant_id
+    return and_(
+        kb.tenant_id == reader.tenant_id,
+        or_(kb.owner_id == reader.user_id, kb.readers.overlap(reader.grantees)),
+    )
+
+
+def _level(reader: Reader, row: Any) -> str:
+    if reader.is_admin or row.owner_id == reader.user_id or set(row.writers) & set(reader.grantees):
+        return "write"
+    return "read"
+
+
+def _kb(reader: Reader, row: Any, counts: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": row.knowledge_id,
+        "name": row.name,
+        "description": row.description,
+        "owner_id": row.owner_id,
+        "embedding": row.embedding,
+        "pending_embedding": row.pending_embedding,
+        "chunk_size": row.chunk_size,
+        "chunk_overlap": row.chunk_overlap,
+        "access": row.access if _level(reader, row) == "write" else {},
+        "your_access": _level(reader, row),
+        "document_count": counts.get(row.knowledge_id, 0),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+async def _document_counts(conn: AsyncConnection, tenant_id: str, ids: list[str]) -> dict[str, int]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(documents.c.knowledge_id, func.count())
+        .where(documents.c.tenant_id == tenant_id, documents.c.knowledge_id.in_(ids))
+        .group_by(documents.c.knowledge_id)
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def list_knowledge(engine: AsyncEngine, reader: Reader, *, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(knowledge_bases)
+                .where(_readable(reader))
+                .order_by(knowledge_bases.c.created_at.desc(), knowledge_bases.c.knowledge_id)
+                .limit(min(limit, MAX_PAGE))
+                .offset(offset)
+            )
+        ).all()
+        counts = await _document_counts(conn, reader.tenant_id, [r.knowledge_id for r in rows])
+    return [_kb(reader, r, counts) for r in rows]
+
+
+async def get_knowledge(engine: AsyncEngine, reader: Reader, knowledge_id: uuid.UUID | str) -> dict[str, Any] | None:
+    kid = _uuid(knowledge_id)
+    if kid is None:
+        return None
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(select(knowledge_bases).where(_readable(reader), knowledge_bases.c.knowledge_id == kid))
+        ).first()
+        if row is None:
+            return None
+        counts = await _document_counts(conn, reader.tenant_id, [kid])
+    return _kb(reader, row, counts)
+
+
+def _document(row: Any, indexed: int) -> dict[str, Any]:
+    status = row.status
+    if status == "chunked" and indexed >= row.chunk_count:
+        status = "indexed"
+    return {
+        "id": row.document_id,
+        "knowledge_id": row.knowledge_id,
+        "chat_id": row.chat_id,
+        "owner_id": row.owner_id,
+        "filename": row.filename,
+        "media_type": row.media_type,
+        "size": row.size,
+        "sha256": row.sha256,
+        "source_url": row.source_url,
+        "title": row.title,
+        "status": status,
+        "chars": row.chars,
+        "chunk_count": row.chunk_count,
+        "chunks_indexed": indexed,
+        "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+async def _indexed(conn: AsyncConnection, tenant_id: str, ids: list[str]) -> dict[str, int]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(chunks.c.document_id, func.count())
+        .where(chunks.c.tenant_id == tenant_id, chunks.c.document_id.in_(ids))
+        .group_by(chunks.c.document_id)
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def list_documents(
+    engine: AsyncEngine,
+    tenant_id: str,
+    *,
+    knowledge_id: str | None = None,
+    chat_id: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Documents of one knowledge base or one chat; the caller has checked it may read that place."""
+    d = documents.c
+    where = [d.tenant_id == tenant_id]
+    where.append(d.knowledge_id == knowledge_id if knowledge_id is not None else d.chat_id == chat_id)
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(documents).where(*where).order_by(d.created_at.desc(), d.document_id).limit(min(limit, MAX_PAGE)).offset(offset)
+            )
+        ).all()
+        indexed = await _indexed(conn, tenant_id, [r.document_id for r in rows])
+    return [_document(r, indexed.get(r.document_id, 0)) for r in rows]
+
+
+async def get_document(engine: AsyncEngine, tenant_id: str, document_id: uuid.UUID | str) -> dict[str, Any] | None:
+    did = _uuid(document_id)
+    if did is None:
+        return None
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(documents).where(documents.c.tenant_id == tenant_id, documents.c.document_id == did))).first()
+        if row is None:
+            return None
+        indexed = await _indexed(conn, tenant_id, [did])
+    return _document(row, indexed.get(did, 0))
+
+
+async def storage_used(engine: AsyncEngine, tenant_id: str) -> int:
+    """Bytes of the tenant's documents (what the per-tenant storage limit counts)."""
+    async with engine.connect() as conn:
+        row = await conn.execute(select(func.coalesce(func.sum(documents.c.size), 0)).where(documents.c.tenant_id == tenant_id))
+        return int(row.scalar_one())
+
+
+async def pending_reembeddings(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Knowledge bases (of every tenant) waiting for a re-embedding: work for the background re-embedder."""
+    kb = knowledge_bases.c
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            select(kb.knowledge_id, kb.tenant_id, kb.pending_embedding).where(kb.pending_embedding.is_not(None))
+        )
+        return [{"knowledge_id": r[0], "tenant_id": r[1], "embedding": r[2]} for r in rows]

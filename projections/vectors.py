@@ -1,0 +1,411 @@
+"""The vector index: a projection of ``DocumentChunked`` events into pgvector and Postgres full text, and
+hybrid search over it.
+
+Every chunk is one row of ``rm_chunks``, embedded in the *space* (provider + model) that its knowledge base
+uses at that point of the log. The ``embedding`` column is an untyped pgvector ``vector`` so one table
+holds every space, whatever its dimension; each space gets a partial HNSW index on
+``(embedding::vector(dims)) WHERE space = '<space>'`` (``halfvec`` past 2,000 dimensions where the server's
+pgvector has it — 0.7 and later; with an older pgvector such a space is searched exactly). Queries repeat
+that expression and inline the space, so the planner can use the index.
+
+Embeddings go through a content-addressed cache (``embedding_cache``: tenant, space, hash of the text), so
+a rebuild, or a switch to a model whose vectors the background re-embedder has computed already, embeds
+nothing twice. Switching a knowledge base's model (``EmbeddingSwitched``) rewrites its rows in one
+transaction: search sees the old space or the new one, never a gap.
+
+An embedding failure that will not heal by itself (the provider refuses the key, the model is gone) stores
+the chunks without a vector, so full-text search still finds them and one tenant's broken provider never
+stalls everyone's index; anything else is raised, and the runtime retries the batch.
+
+Search is hybrid: the nearest chunks by cosine distance and the best full-text matches (any of the query's
+words, ranked by ``ts_rank_cd``) are fused by reciprocal rank (k = 60).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import structlog
+from sqlalchemy import Table, bindparam, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from domain.knowledge import Hit, SearchScope, embedding_space
+from schema.events import EventEnvelope
+from schema.tables import chunks, documents, embedding_cache, embedding_spaces, vector_spaces
+
+__all__ = ["DimensionChanged", "VectorIndex", "VectorsProjector", "LOCAL_EMBEDDING", "content_sha", "embed_text"]
+
+log = structlog.get_logger("parley.vectors")
+
+LOCAL_EMBEDDING: dict[str, Any] = {"provider_id": None, "model": "all-minilm-l6-v2"}
+"""The space chat files are embedded in, and the default of new knowledge bases."""
+
+RRF_K = 60
+EXACT_UP_TO = 10_000
+"""A search whose scope holds at most this many chunks is exact (a sort of the scope's rows): an HNSW scan
+filtered down to one small knowledge base could return fewer than it should."""
+MAX_INDEXED_DIMS = 2_000
+MAX_HALFVEC_DIMS = 4_000
+PERMANENT_EMBEDDING_ERRORS = frozenset({"UPSTREAM_UNAUTHORIZED", "MODEL_UNAVAILABLE", "EMBEDDING_INPUT_TOO_LARGE"})
+_SAFE_SPACE = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+
+
+def embed_text(heading: str, body: str) -> str:
+    """What is embedded for a chunk: its section's heading path gives a short chunk its context."""
+    return f"{heading}\n{body}" if heading else body
+
+
+def content_sha(heading: str, body: str) -> str:
+    return hashlib.sha256(embed_text(heading, body).encode("utf-8")).hexdigest()
+
+
+class _Embeddings(Protocol):
+    vectors: list[list[float]]
+    dims: int
+
+
+class _Embedder(Protocol):
+    async def embed(self, texts: Sequence[str]) -> _Embeddings: ...
+
+
+class EmbedderSource(Protocol):
+    """Finds the embedder of an embedding setting (``application.knowledge.Embedders``)."""
+
+    async def get(self, tenant_id: str, embedding: dict[str, Any]) -> _Embedder: ...
+
+
+class DimensionChanged(Exception):
+    code = "EMBEDDING_DIMENSION_CHANGED"
+
+
+def _literal(space: str) -> str:
+    if not _SAFE_SPACE.match(space):
+        raise ValueError(f"unexpected characters in vector space {space!r}")
+    return "'" + space.replace("'", "''") + "'"
+
+
+def _vector_type(dims: int, halfvec: bool) -> str:
+    return f"halfvec({dims})" if halfvec and dims > MAX_INDEXED_DIMS else f"vector({dims})"
+
+
+async def _pgvector_has_halfvec(conn: AsyncConnection) -> bool:
+    row = await conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))
+    version = tuple(int(p) for p in str(row.scalar() or "0.0.0").split(".")[:2])
+    return version >= (0, 7)
+
+
+async def ensure_space(conn: AsyncConnection, space: str, dims: int) -> None:
+    """Record a space's dimension and give it its HNSW index (once; concurrent callers serialise on an
+    advisory lock). A space's vectors always have one dimension: a provider that changes it is an error."""
+    row = (await conn.execute(select(embedding_spaces.c.dims).where(embedding_spaces.c.space == space))).first()
+    if row is not None:
+        if row[0] != dims:
+            raise DimensionChanged(f"{space} gave {dims} dimensions, not {row[0]}")
+        return
+    lock = int.from_bytes(hashlib.sha256(space.encode()).digest()[:8], "big", signed=True)
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+    halfvec = await _pgvector_has_halfvec(conn)
+    index_name: str | None = None
+    if dims <= MAX_INDEXED_DIMS or (halfvec and dims <= MAX_HALFVEC_DIMS):
+        index_name = "ix_rm_chunks_hnsw_" + hashlib.sha256(space.encode()).hexdigest()[:16]
+        vtype = _vector_type(dims, halfvec)
+        ops = "halfvec_cosine_ops" if vtype.startswith("halfvec") else "vector_cosine_ops"
+        await conn.execute(
+            text(
+                f"CREATE INDEX IF NOT EXISTS {index_name} ON rm_chunks USING hnsw "
+                f"((embedding::{vtype}) {ops}) WHERE space = {_literal(space)}"
+            )
+        )
+    else:
+        log.warning("vector_space_unindexed", space=space, dims=dims, reason="pgvector cannot index this dimension")
+    await conn.execute(
+        insert(embedding_spaces).values(space=space, dims=dims, index_name=index_name).on_conflict_do_nothing()
+    )
+
+
+async def cached_vectors(
+    conn: AsyncConnection, embedders: EmbedderSource, tenant_id: str, embedding: dict[str, Any], texts: dict[str, str]
+) -> dict[str, list[float] | None]:
+    """Vectors for ``texts`` (content hash → text) in ``embedding``'s space, from the cache or embedded now
+    (and cached). A permanent embedding failure gives None for the texts it could not embed."""
+    space = embedding_space(embedding)
+    c = embedding_cache.c
+    found: dict[str, list[float] | None] = {}
+    hashes = list(texts)
+    for start in range(0, len(hashes), 1000):
+        rows = await conn.execute(
+            select(c.content_sha, c.embedding).where(
+                c.tenant_id == tenant_id, c.space == space, c.content_sha.in_(hashes[start : start + 1000])
+            )
+        )
+        found.update({sha: [float(x) for x in vec] for sha, vec in rows})
+    missing = [sha for sha in hashes if sha not in found]
+    if not missing:
+        return found
+    try:
+        embedder = await embedders.get(tenant_id, embedding)
+        result = await embedder.embed([texts[sha] for sha in missing])
+    except Exception as exc:
+        if getattr(exc, "code", None) not in PERMANENT_EMBEDDING_ERRORS:
+            raise
+        log.warning("embedding_refused", space=space, tenant_id=tenant_id, code=exc.code, chunks=len(missing))
+        return {**found, **{sha: None for sha in missing}}
+    await ensure_space(conn, space, result.dims)
+    await conn.execute(
+        insert(embedding_cache)
+        .values([{"tenant_id": tenant_id, "space": space, "content_sha": sha, "embedding": vec} for sha, vec in zip(missing, result.vectors, strict=True)])
+        .on_conflict_do_nothing()
+    )
+    found.update(zip(missing, result.vectors, strict=True))
+    return found
+
+
+class VectorsProjector:
+    name = "vectors"
+    tables: Sequence[Table] = (vector_spaces, chunks)
+    batch_size = 16
+    """Events per transaction: a batch of chunk events is embedded inside it."""
+    _types = frozenset(
+        {
+            "KnowledgeBaseCreated",
+            "EmbeddingSwitched",
+            "KnowledgeBaseDeleted",
+            "DocumentChunked",
+            "DocumentReuploaded",
+            "DocumentDeleted",
+        }
+    )
+
+    def __init__(self, embedders: EmbedderSource) -> None:
+        self.embedders = embedders
+
+    def handles(self, event_type: str) -> bool:
+        return event_type in self._types
+
+    async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
+        d = e.data
+        aggregate_id = str(e.aggregate_id)
+        match e.type:
+            case "KnowledgeBaseCreated":
+                embedding = d["embedding"]
+                await conn.execute(
+                    insert(vector_spaces)
+                    .values(knowledge_id=aggregate_id, tenant_id=d["tenant_id"], embedding=embedding, space=embedding_space(embedding))
+                    .on_conflict_do_nothing()
+                )
+            case "KnowledgeBaseDeleted":
+                await conn.execute(chunks.delete().where(chunks.c.knowledge_id == aggregate_id))
+                await conn.execute(vector_spaces.delete().where(vector_spaces.c.knowledge_id == aggregate_id))
+            case "DocumentReuploaded" | "DocumentDeleted":
+                await conn.execute(chunks.delete().where(chunks.c.document_id == aggregate_id))
+            case "DocumentChunked":
+                await self._index(conn, e)
+            case "EmbeddingSwitched":
+                await self._switch(conn, aggregate_id, e.tenant_id, d["embedding"])
+
+    async def _index(self, conn: AsyncConnection, e: EventEnvelope) -> None:
+        d = e.data
+        knowledge_id = str(d["knowledge_id"]) if d.get("knowledge_id") else None
+        embedding = LOCAL_EMBEDDING
+        if knowledge_id is not None:
+            row = (
+                await conn.execute(select(vector_spaces.c.embedding).where(vector_spaces.c.knowledge_id == knowledge_id))
+            ).first()
+            if row is None:
+                return  # the knowledge base was deleted meanwhile
+            embedding = row[0]
+        items = d["chunks"]
+        if not items:
+            return
+        texts = {content_sha(c["heading"], c["text"]): embed_text(c["heading"], c["text"]) for c in items}
+        vectors = await cached_vectors(conn, self.embedders, e.tenant_id, embedding, texts)
+        space = embedding_space(embedding)
+        rows = []
+        for c in items:
+            sha = content_sha(c["heading"], c["text"])
+            rows.append(
+                {
+                    "document_id": str(e.aggregate_id),
+                    "chunk_index": int(c["index"]),
+                    "tenant_id": e.tenant_id,
+                    "knowledge_id": knowledge_id,
+                    "chat_id": str(d["chat_id"]) if d.get("chat_id") else None,
+                    "heading": c["heading"],
+                    "text": c["text"],
+                    "page": c.get("page"),
+                    "start": int(c["start"]),
+                    "end": int(c["end"]),
+                    "content_sha": sha,
+                    "space": space,
+                    "embedding": vectors[sha],
+                }
+            )
+        stmt = insert(chunks).values(rows)
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[chunks.c.document_id, chunks.c.chunk_index],
+                set_={k: stmt.excluded[k] for k in ("heading", "text", "page", "start", "end", "content_sha", "space", "embedding")},
+            )
+        )
+
+    async def _switch(self, conn: AsyncConnection, knowledge_id: str, tenant_id: str, embedding: dict[str, Any]) -> None:
+        space = embedding_space(embedding)
+        await conn.execute(
+            vector_spaces.update().where(vector_spaces.c.knowledge_id == knowledge_id).values(embedding=embedding, space=space)
+        )
+        rows = (
+            await conn.execute(
+                select(chunks.c.content_sha, chunks.c.heading, chunks.c.text).where(chunks.c.knowledge_id == knowledge_id)
+            )
+        ).all()
+        if not rows:
+            return
+        texts = {sha: embed_text(heading, body) for sha, heading, body in rows}
+        vectors = await cached_vectors(conn, self.embedders, tenant_id, embedding, texts)
+        update = (
+            chunks.update()
+            .where(chunks.c.knowledge_id == knowledge_id, chunks.c.content_sha == bindparam("sha"))
+            .values(space=space, embedding=bindparam("vec", type_=chunks.c.embedding.type))
+        )
+        await conn.execute(update, [{"sha": sha, "vec": vec} for sha, vec in vectors.items()])
+
+
+# --- search --------------------------------------------------------------------------------------------
+class VectorIndex:
+    """Hybrid search over ``rm_chunks`` for one tenant."""
+
+    def __init__(self, engine: AsyncEngine, *, candidates: int = 50, ef_search: int = 200) -> None:
+        self.engine = engine
+        self.candidates = candidates
+        self.ef_search = ef_search
+
+    async def search(
+        self,
+        tenant_id: str,
+        scopes: Sequence[SearchScope],
+        query: str,
+        *,
+        limit: int = 10,
+        document_ids: Sequence[str] = (),
+        vector_only: bool = False,
+    ) -> list[Hit]:
+        ranked: dict[tuple[str, int], Hit] = {}
+        n = max(self.candidates, limit)
+        async with self.engine.connect() as conn:
+            for scope in scopes:
+                where, params = _scope_filter(tenant_id, scope, document_ids)
+                if scope.vector is not None:
+                    for rank, (key, similarity) in enumerate(await self._nearest(conn, scope, where, params, n), start=1):
+                        hit = ranked.setdefault(key, _placeholder(key))
+                        hit.score += 1.0 / (RRF_K + rank)
+                        hit.vector_rank = rank if hit.vector_rank is None else min(hit.vector_rank, rank)
+                        hit.similarity = similarity
+                if not vector_only:
+                    for rank, key in enumerate(await _full_text(conn, where, params, query, n), start=1):
+                        hit = ranked.setdefault(key, _placeholder(key))
+                        hit.score += 1.0 / (RRF_K + rank)
+                        hit.text_rank = rank if hit.text_rank is None else min(hit.text_rank, rank)
+            best = sorted(ranked.values(), key=lambda h: (-h.score, h.document_id, h.chunk_index))[:limit]
+            return await _fill(conn, tenant_id, best)
+
+    async def nearest_exact(self, tenant_id: str, scope: SearchScope, *, limit: int) -> list[tuple[str, int]]:
+        """The true nearest chunks (no index): the reference a benchmark's recall is measured against."""
+        async with self.engine.connect() as conn:
+            where, params = _scope_filter(tenant_id, scope, ())
+            return [key for key, _ in await self._nearest(conn, scope, where, params, limit, exact=True)]
+
+    async def _nearest(
+        self, conn: AsyncConnection, scope: SearchScope, where: str, params: dict[str, Any], n: int, *, exact: bool | None = None
+    ) -> list[tuple[tuple[str, int], float]]:
+        row = (await conn.execute(select(embedding_spaces).where(embedding_spaces.c.space == scope.space))).first()
+        if row is None or scope.vector is None:
+            return []
+        dims, index_name = int(row.dims), row.index_name
+        if len(scope.vector) != dims:
+            raise DimensionChanged(f"the query has {len(scope.vector)} dimensions, the index {dims}")
+        halfvec = index_name is not None and dims > MAX_INDEXED_DIMS
+        vtype = _vector_type(dims, halfvec)
+        distance = f"(embedding::{vtype} <=> CAST(:qv AS {vtype}))"
+        if exact is None:
+            count = await conn.execute(text(f"SELECT count(*) FROM (SELECT 1 FROM rm_chunks WHERE {where} LIMIT {EXACT_UP_TO + 1}) s"), params)
+            exact = index_name is None or int(count.scalar_one()) <= EXACT_UP_TO
+        order = f"{distance} + 0" if exact else distance  # "+ 0" keeps the planner off the index
+        if not exact:
+            await conn.execute(text(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, n)}"))
+        rows = await conn.execute(
+            text(
+                f"SELECT document_id, chunk_index, 1 - {distance} AS similarity FROM rm_chunks "
+                f"WHERE {where} AND embedding IS NOT NULL ORDER BY {order} LIMIT :n"
+            ),
+            {**params, "qv": "[" + ",".join(repr(float(x)) for x in scope.vector) + "]", "n": n},
+        )
+        if not exact:
+            await conn.rollback()  # ends the SET LOCAL
+        return [((str(r[0]), int(r[1])), float(r[2])) for r in rows]
+
+
+def _scope_filter(tenant_id: str, scope: SearchScope, document_ids: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    places = []
+    params: dict[str, Any] = {"tenant": tenant_id}
+    if scope.knowledge_ids:
+        places.append("knowledge_id = ANY(CAST(:kbs AS uuid[]))")
+        params["kbs"] = list(scope.knowledge_ids)
+    if scope.chat_id:
+        places.append("chat_id = CAST(:chat AS uuid)")
+        params["chat"] = scope.chat_id
+    where = f"tenant_id = CAST(:tenant AS uuid) AND space = {_literal(scope.space)} AND ({' OR '.join(places) or 'false'})"
+    if document_ids:
+        where += " AND document_id = ANY(CAST(:docs AS uuid[]))"
+        params["docs"] = list(document_ids)
+    return where, params
+
+
+async def _full_text(conn: AsyncConnection, where: str, params: dict[str, Any], query: str, n: int) -> list[tuple[str, int]]:
+    # Any of the query's words (a question rarely shares all its words with the passage that answers it).
+    rows = await conn.execute(
+        text(
+            "SELECT document_id, chunk_index FROM rm_chunks, "
+            "to_tsquery('english', replace(plainto_tsquery('english', :q)::text, ' & ', ' | ')) AS query "
+            f"WHERE {where} AND query::text <> '' AND tsv @@ query "
+            "ORDER BY ts_rank_cd(tsv, query) DESC, document_id, chunk_index LIMIT :n"
+        ),
+        {**params, "q": query[:2000], "n": n},
+    )
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def _placeholder(key: tuple[str, int]) -> Hit:
+    return Hit(document_id=key[0], chunk_index=key[1], knowledge_id=None, chat_id=None, heading="", text="", page=None)
+
+
+async def _fill(conn: AsyncConnection, tenant_id: str, hits: list[Hit]) -> list[Hit]:
+    if not hits:
+        return []
+    c = chunks.c
+    rows = await conn.execute(
+        select(c.document_id, c.chunk_index, c.knowledge_id, c.chat_id, c.heading, c.text, c.page, documents.c.filename, documents.c.title)
+        .outerjoin(documents, documents.c.document_id == c.document_id)
+        .where(
+            c.tenant_id == tenant_id,
+            tuple_(c.document_id, c.chunk_index).in_([(h.document_id, h.chunk_index) for h in hits]),
+        )
+    )
+    found = {(str(r.document_id), int(r.chunk_index)): r for r in rows}
+    filled = []
+    for hit in hits:
+        r = found.get((hit.document_id, hit.chunk_index))
+        if r is None:
+            continue  # removed since it was ranked
+        hit.knowledge_id = r.knowledge_id
+        hit.chat_id = r.chat_id
+        hit.heading = r.heading
+        hit.text = r.text
+        hit.page = r.page
+        hit.filename = r.filename or ""
+        hit.title = r.title
+        filled.append(hit)
+    return filled

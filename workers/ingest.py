@@ -1,0 +1,201 @@
+"""The ingestion worker: pulls ingestion jobs from the ``PARLEY_JOBS`` work queue and turns each uploaded
+document into ``DocumentExtracted`` + ``DocumentChunked`` (or ``DocumentFailed``) events; and, beside it,
+the background re-embedder that prepares a knowledge base's switch to another embedding model.
+
+A job is acked only after its outcome is in the event store; the outcome is recorded only while the
+document is still queued, in one transaction, so a job delivered twice (a worker killed after recording,
+before acking) changes nothing the second time: every document is ingested exactly once. A document
+that crashes the worker every time (a parser bug on a hostile file) is failed after ``max_attempts``
+deliveries instead of looping forever.
+
+The re-embedder fills the embedding cache with the new model's vectors for every chunk of a knowledge
+base that asked for another model, then records ``EmbeddingSwitched``; the vector projector then rewrites
+the knowledge base's rows from the cache in one transaction, so search never has a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+import structlog
+from sqlalchemy import select, text
+
+from application.context import CommandContext
+from domain.knowledge import embedding_space
+from projections.knowledge import pending_reembeddings
+from projections.vectors import cached_vectors, embed_text
+from schema.jobs import decode_ingest_job
+from schema.tables import chunks
+from workers.bootstrap import Container
+
+__all__ = ["IngestionWorker", "ReEmbedder"]
+
+log = structlog.get_logger("parley.ingest")
+
+
+class IngestionWorker:
+    def __init__(
+        self,
+        c: Container,
+        *,
+        js: Any,
+        name: str | None = None,
+        concurrency: int = 2,
+        ack_wait_s: float = 30.0,
+        heartbeat_s: float = 5.0,
+        max_attempts: int = 3,
+    ) -> None:
+        self.c = c
+        self.js = js
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.concurrency = concurrency
+        self.ack_wait_s = ack_wait_s
+        self.heartbeat_s = heartbeat_s
+        self.max_attempts = max_attempts
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        subjects = self.c.subjects
+        sub = await self.js.pull_subscribe(
+            subjects.ingest_all,
+            durable=subjects.ingest_durable,
+            stream=subjects.jobs_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait_s,
+                # One more than the attempts we make, so the last delivery records the failure.
+                max_deliver=self.max_attempts + 1,
+                max_ack_pending=10_000,
+            ),
+        )
+        log.info("ingestion_worker_started", worker=self.name, concurrency=self.concurrency)
+        try:
+            while not stop.is_set():
+                free = self.concurrency - len(self._tasks)
+                if free <= 0:
+                    await asyncio.wait(self._tasks, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await sub.fetch(free, timeout=1)
+                except (TimeoutError, NatsTimeout):
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await sub.unsubscribe()
+
+    async def _heartbeat(self, msg: Any) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _handle(self, msg: Any) -> None:
+        job = decode_ingest_job(msg.data)
+        attempt = int(msg.metadata.num_delivered)
+        ctx = CommandContext(tenant_id=job.tenant_id, actor=f"worker:{self.name}")
+        document_id = uuid.UUID(job.document_id)
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            if attempt > self.max_attempts:
+                await self.c.knowledge.fail_ingestion(
+                    ctx, document_id, "INGESTION_CRASHED", f"ingestion stopped {self.max_attempts} times on this document"
+                )
+                status: str | None = "failed"
+            else:
+                status = await self.c.knowledge.ingest(ctx, document_id)
+            await msg.ack()
+            log.info("document_ingested", document_id=job.document_id, status=status or "unchanged", attempt=attempt)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception as exc:
+            log.exception("ingestion_crashed", document_id=job.document_id, attempt=attempt, error_type=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=2)
+        finally:
+            heartbeat.cancel()
+
+
+class ReEmbedder:
+    """Prepares pending embedding-model changes (one knowledge base at a time per deployment)."""
+
+    RETRY_REFUSED_S = 60.0
+
+    def __init__(self, c: Container, *, name: str | None = None, poll_s: float = 2.0, batch: int = 256) -> None:
+        self.c = c
+        self._refused: dict[tuple[str, str], float] = {}
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.poll_s = poll_s
+        self.batch = batch
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                for pending in await pending_reembeddings(self.c.engine):
+                    if stop.is_set():
+                        return
+                    refused_at = self._refused.get((pending["knowledge_id"], embedding_space(pending["embedding"])))
+                    if refused_at is not None and time.monotonic() - refused_at < self.RETRY_REFUSED_S:
+                        continue
+                    await self.reembed(pending["tenant_id"], pending["knowledge_id"], pending["embedding"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reembedding_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
+
+    async def reembed(self, tenant_id: str, knowledge_id: str, embedding: dict[str, Any]) -> bool:
+        """Embed every chunk of the knowledge base in ``embedding``'s space (into the cache), then switch.
+        False when another re-embedder holds this knowledge base."""
+        space = embedding_space(embedding)
+        key = int.from_bytes(hashlib.sha256(f"reembed:{knowledge_id}".encode()).digest()[:8], "big", signed=True)
+        async with self.c.engine.connect() as lock_conn:
+            got = (await lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar()
+            if not got:
+                return False
+            try:
+                rows = (
+                    await lock_conn.execute(
+                        select(chunks.c.content_sha, chunks.c.heading, chunks.c.text)
+                        .where(chunks.c.tenant_id == tenant_id, chunks.c.knowledge_id == knowledge_id)
+                        .distinct()
+                    )
+                ).all()
+                await lock_conn.commit()
+                texts = {sha: embed_text(heading, body) for sha, heading, body in rows}
+                hashes = list(texts)
+                for start in range(0, len(hashes), self.batch):
+                    part = {sha: texts[sha] for sha in hashes[start : start + self.batch]}
+                    async with self.c.engine.begin() as conn:
+                        vectors = await cached_vectors(conn, self.c.embedders, tenant_id, embedding, part)
+                    if any(v is None for v in vectors.values()):
+                        # The new model refuses (bad key, unknown model): keep the old one and try later.
+                        self._refused[(knowledge_id, space)] = time.monotonic()
+                        log.warning("reembedding_refused", knowledge_id=knowledge_id, space=space)
+                        return False
+                    log.info("reembedding_progress", knowledge_id=knowledge_id, space=space, done=min(start + self.batch, len(hashes)), total=len(hashes))
+                ctx = CommandContext(tenant_id=tenant_id, actor=f"worker:{self.name}")
+                switched = await self.c.knowledge.switch_embedding(ctx, uuid.UUID(knowledge_id), space)
+                log.info("reembedding_done", knowledge_id=knowledge_id, space=space, chunks=len(hashes), switched=switched)
+                return switched
+            finally:
+                await lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                await lock_conn.commit()
