@@ -30,7 +30,7 @@ from application.engines import ChatTurn, EngineRequest
 from application.identity import Principal
 from application.ports import EventStorePort
 from domain.chats import Chat
-from domain.errors import Conflict, Invalid, NotFound, ParleyError, TooLarge, Unavailable, UnsupportedType
+from domain.errors import Forbidden, Invalid, NotFound, ParleyError, TooLarge, Unavailable, UnsupportedType
 from domain.knowledge import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
@@ -79,6 +79,8 @@ class Parsed(Protocol):
 
 
 class SearchIndex(Protocol):
+    async def embeddings_of(self, tenant_id: str, knowledge_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+
     async def search(
         self, tenant_id: str, scopes: Sequence[SearchScope], query: str, *, limit: int = 10, document_ids: Sequence[str] = ()
     ) -> list[Hit]: ...
@@ -111,6 +113,7 @@ class KnowledgeLimits:
     """What a DOCX (a zip archive) may inflate to."""
     part_chars: int = 200_000
     """Chunk text per ``DocumentChunked`` event, so that no event grows past a few hundred kilobytes."""
+    extract_timeout_s: float = 300.0
 
 
 class Embedders:
@@ -225,7 +228,7 @@ class Knowledge:
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
     ) -> KnowledgeBase:
         if principal.role in ("guest", "pending"):
-            raise Invalid("ROLE_CANNOT_CREATE", f"a {principal.role} account cannot create knowledge bases")
+            raise Forbidden("ROLE_CANNOT_CREATE", f"a {principal.role} account cannot create knowledge bases")
         name = check_name(name)
         description = check_description(description)
         check_chunking(chunk_size, chunk_overlap)
@@ -420,8 +423,11 @@ class Knowledge:
             if document.knowledge_id is not None:
                 self._kb(principal, document.knowledge_id)
             else:
-                self._place(principal, None, document.chat_id)
-        except (NotFound, Conflict):
+                chat = self.store.find(Chat, document.chat_id) if document.chat_id else None
+                if chat is None:
+                    raise NotFound("CHAT_NOT_FOUND", "no such chat")
+                chat.check_owner(principal.user_id)
+        except NotFound:
             raise NotFound("DOCUMENT_NOT_FOUND", "no such document") from None
         return document
 
@@ -466,12 +472,17 @@ class Knowledge:
                 failure = ("BLOB_MISSING", "the document's bytes are missing from the blob store")
             else:
                 try:
-                    parsed = await asyncio.to_thread(
-                        self.extract,
-                        data,
-                        document.media_type,
-                        max_chars=self.limits.max_chars,
-                        max_unpacked_bytes=self.limits.max_unpacked_bytes,
+                    # A hostile file could keep a parser busy for ever: give up on it after a while (its
+                    # thread finishes in the background; the document fails).
+                    parsed = await asyncio.wait_for(
+                        asyncio.to_thread(
+                            self.extract,
+                            data,
+                            document.media_type,
+                            max_chars=self.limits.max_chars,
+                            max_unpacked_bytes=self.limits.max_unpacked_bytes,
+                        ),
+                        timeout=self.limits.extract_timeout_s,
                     )
                     pieces = await asyncio.to_thread(
                         chunk_text, parsed.text, size=size, overlap=overlap, page_starts=parsed.page_starts
@@ -484,6 +495,8 @@ class Knowledge:
                         failure = ("DOCUMENT_EMPTY", "the document has no text to index")
                 except self.parse_errors as exc:
                     failure = (getattr(exc, "code", "UNREADABLE"), getattr(exc, "message", str(exc)))
+                except TimeoutError:
+                    failure = ("EXTRACTION_TIMEOUT", f"extraction took over {self.limits.extract_timeout_s:g} s")
 
         def command() -> str | None:
             current = self.store.get(Document, document_id)
@@ -524,6 +537,11 @@ class Knowledge:
                 raise _embedding_failure(exc) from None
             return None  # the model cannot be used any more: full text still answers
 
+    async def _indexed_embeddings(self, tenant_id: str, kbs: Sequence[KnowledgeBase]) -> dict[str, dict[str, Any]]:
+        """Each knowledge base's embedding as its vectors are now (the aggregate's, if not indexed yet)."""
+        indexed = await self.index.embeddings_of(tenant_id, [str(kb.id) for kb in kbs])
+        return {str(kb.id): indexed.get(str(kb.id), kb.embedding) for kb in kbs}
+
     async def search(
         self,
         principal: Principal,
@@ -538,11 +556,55 @@ class Knowledge:
         if not 1 <= limit <= MAX_SEARCH_RESULTS:
             raise Invalid("INVALID_LIMIT", f"limit is between 1 and {MAX_SEARCH_RESULTS}", field="limit")
         kb = await self.get(principal, knowledge_id)
-        vector = await self._query_vector(principal.tenant_id, kb.embedding, query)
-        scope = SearchScope(space=embedding_space(kb.embedding), vector=vector, knowledge_ids=[str(kb.id)])
-        return await self.index.search(
-            principal.tenant_id, [scope], query, limit=limit, document_ids=[str(d) for d in document_ids]
+        hits, _ = await self._hybrid(
+            principal.tenant_id, [kb], None, query, limit=limit, document_ids=[str(d) for d in document_ids], tolerant=False
         )
+        return hits
+
+    async def _hybrid(
+        self,
+        tenant_id: str,
+        kbs: Sequence[KnowledgeBase],
+        chat_id: uuid.UUID | None,
+        query: str,
+        *,
+        limit: int,
+        document_ids: Sequence[str] = (),
+        tolerant: bool,
+    ) -> tuple[list[Hit], bool]:
+        """Search the knowledge bases (each in the space its vectors are in) and the chat's files; also
+        whether any vector ranking was made. A switch of embedding model that commits while we search
+        would leave us looking in a space that is gone: the spaces are read again after the search, and
+        the search repeated if they changed. ``tolerant``: an embedding engine that fails costs its space
+        the vector ranking (answers), instead of failing the search (the search API)."""
+        local = embedding_space(LOCAL_EMBEDDING)
+        hits: list[Hit] = []
+        vectored = False
+        for _ in range(3):
+            embeddings = await self._indexed_embeddings(tenant_id, kbs)
+            by_space: dict[str, tuple[dict[str, Any], list[str]]] = {}
+            for kb in kbs:
+                embedding = embeddings[str(kb.id)]
+                by_space.setdefault(embedding_space(embedding), (embedding, []))[1].append(str(kb.id))
+            if chat_id is not None:
+                by_space.setdefault(local, (LOCAL_EMBEDDING, []))
+            if not by_space:
+                return [], False
+            scopes = []
+            for space, (embedding, ids) in by_space.items():
+                try:
+                    vector = await self._query_vector(tenant_id, embedding, query)
+                except ParleyError:
+                    if not tolerant:
+                        raise
+                    vector = None
+                chat = str(chat_id) if space == local and chat_id else None
+                scopes.append(SearchScope(space=space, vector=vector, knowledge_ids=ids, chat_id=chat))
+            vectored = any(scope.vector is not None for scope in scopes)
+            hits = await self.index.search(tenant_id, scopes, query, limit=limit, document_ids=document_ids)
+            if await self._indexed_embeddings(tenant_id, kbs) == embeddings:
+                break
+        return hits, vectored
 
     def readable(self, reader: Reader, knowledge_ids: Sequence[uuid.UUID]) -> list[KnowledgeBase]:
         """The knowledge bases among ``knowledge_ids`` that ``reader`` may read now (runs in a command)."""
@@ -565,28 +627,13 @@ class Knowledge:
     ) -> list[Hit]:
         """The chunks that best answer ``query`` from the knowledge bases the reader may read and the files
         of the chat: what a generation puts in its prompt and cites."""
-        kbs = await self.store.call(self.readable, reader, knowledge_ids)
-        by_space: dict[str, tuple[dict[str, Any], list[str]]] = {}
-        for kb in kbs:
-            by_space.setdefault(embedding_space(kb.embedding), (kb.embedding, []))[1].append(str(kb.id))
-        local = embedding_space(LOCAL_EMBEDDING)
-        if chat_id is not None:
-            by_space.setdefault(local, (LOCAL_EMBEDDING, []))
-        if not by_space or not query.strip():
+        if not query.strip():
             return []
-        scopes = []
-        for space, (embedding, ids) in by_space.items():
-            try:
-                vector = await self._query_vector(reader.tenant_id, embedding, query[:MAX_QUERY_CHARS])
-            except ParleyError:
-                vector = None  # a provider that is down costs this space its vector ranking, not the answer
-            scopes.append(
-                SearchScope(space=space, vector=vector, knowledge_ids=ids, chat_id=str(chat_id) if space == local and chat_id else None)
-            )
-        hits = await self.index.search(reader.tenant_id, scopes, query[:MAX_QUERY_CHARS], limit=limit)
+        kbs = await self.store.call(self.readable, reader, knowledge_ids)
+        hits, vectored = await self._hybrid(reader.tenant_id, kbs, chat_id, query[:MAX_QUERY_CHARS], limit=limit, tolerant=True)
         # A chunk that is far from the question only distracts the model (small ones most): keep those the
         # vector ranking found close enough (all of them when no vector ranking could be made).
-        return [h for h in hits if h.similarity is None or h.similarity >= min_similarity] if any(s.vector for s in scopes) else hits
+        return [h for h in hits if h.similarity is None or h.similarity >= min_similarity] if vectored else hits
 
     async def embed(self, tenant_id: str, embedding: dict[str, Any], texts: Sequence[str]) -> Embeddings:
         """Embeddings for ``/v1/embeddings``."""

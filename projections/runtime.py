@@ -125,7 +125,9 @@ class ProjectorRunner:
         target = await self.store.call(self.store.max_id)
         seen = 0
         while self.position < target:
-            batch = await self.store.call(self.store.read, self.position + 1, 1000, target)
+            # A projector that does heavy work per event (embedding) asks for smaller transactions.
+            size = min(1000, getattr(self.projector, "batch_size", 1000))
+            batch = await self.store.call(self.store.read, self.position + 1, size, target)
             if not batch:
                 break
             self.position = await apply_batch(self.engine, self.projector, self.store, batch)

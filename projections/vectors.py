@@ -24,6 +24,7 @@ words, ranked by ``ts_rank_cd``) are fused by reciprocal rank (k = 60).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -48,9 +49,13 @@ RRF_K = 60
 EXACT_UP_TO = 10_000
 """A search whose scope holds at most this many chunks is exact (a sort of the scope's rows): an HNSW scan
 filtered down to one small knowledge base could return fewer than it should."""
+SCOPE_COUNT_CAP = 50_000  # beyond it, a scope's share of its space is taken as at least this
+MAX_EF_SEARCH = 1_000  # pgvector's upper bound
 MAX_INDEXED_DIMS = 2_000
 MAX_HALFVEC_DIMS = 4_000
-PERMANENT_EMBEDDING_ERRORS = frozenset({"UPSTREAM_UNAUTHORIZED", "MODEL_UNAVAILABLE", "EMBEDDING_INPUT_TOO_LARGE"})
+PERMANENT_EMBEDDING_ERRORS = frozenset(
+    {"UPSTREAM_UNAUTHORIZED", "MODEL_UNAVAILABLE", "EMBEDDING_INPUT_TOO_LARGE", "EMBEDDING_DIMENSION_CHANGED"}
+)
 _SAFE_SPACE = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
 
 
@@ -102,12 +107,14 @@ async def ensure_space(conn: AsyncConnection, space: str, dims: int) -> None:
     """Record a space's dimension and give it its HNSW index (once; concurrent callers serialise on an
     advisory lock). A space's vectors always have one dimension: a provider that changes it is an error."""
     row = (await conn.execute(select(embedding_spaces.c.dims).where(embedding_spaces.c.space == space))).first()
+    if row is None:
+        lock = int.from_bytes(hashlib.sha256(space.encode()).digest()[:8], "big", signed=True)
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+        row = (await conn.execute(select(embedding_spaces.c.dims).where(embedding_spaces.c.space == space))).first()
     if row is not None:
         if row[0] != dims:
             raise DimensionChanged(f"{space} gave {dims} dimensions, not {row[0]}")
         return
-    lock = int.from_bytes(hashlib.sha256(space.encode()).digest()[:8], "big", signed=True)
-    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
     halfvec = await _pgvector_has_halfvec(conn)
     index_name: str | None = None
     if dims <= MAX_INDEXED_DIMS or (halfvec and dims <= MAX_HALFVEC_DIMS):
@@ -122,9 +129,7 @@ async def ensure_space(conn: AsyncConnection, space: str, dims: int) -> None:
         )
     else:
         log.warning("vector_space_unindexed", space=space, dims=dims, reason="pgvector cannot index this dimension")
-    await conn.execute(
-        insert(embedding_spaces).values(space=space, dims=dims, index_name=index_name).on_conflict_do_nothing()
-    )
+    await conn.execute(insert(embedding_spaces).values(space=space, dims=dims, index_name=index_name))
 
 
 async def cached_vectors(
@@ -149,12 +154,14 @@ async def cached_vectors(
     try:
         embedder = await embedders.get(tenant_id, embedding)
         result = await embedder.embed([texts[sha] for sha in missing])
+        async with conn.begin_nested():  # a refused dimension must not abort the projector's transaction
+            await ensure_space(conn, space, result.dims)
     except Exception as exc:
-        if getattr(exc, "code", None) not in PERMANENT_EMBEDDING_ERRORS:
+        code = getattr(exc, "code", None)
+        if code not in PERMANENT_EMBEDDING_ERRORS:
             raise
-        log.warning("embedding_refused", space=space, tenant_id=tenant_id, code=exc.code, chunks=len(missing))
+        log.warning("embedding_refused", space=space, tenant_id=tenant_id, code=code, chunks=len(missing))
         return {**found, **{sha: None for sha in missing}}
-    await ensure_space(conn, space, result.dims)
     await conn.execute(
         insert(embedding_cache)
         .values([{"tenant_id": tenant_id, "space": space, "content_sha": sha, "embedding": vec} for sha, vec in zip(missing, result.vectors, strict=True)])
@@ -312,6 +319,20 @@ class VectorIndex:
             best = sorted(ranked.values(), key=lambda h: (-h.score, h.document_id, h.chunk_index))[:limit]
             return await _fill(conn, tenant_id, best)
 
+    async def embeddings_of(self, tenant_id: str, knowledge_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The embedding setting each knowledge base's vectors are in now, as the index has them: during a
+        switch to another model, the old one until the rows are rewritten (a query embedded with the new
+        model would find nothing in the old space)."""
+        if not knowledge_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(vector_spaces.c.knowledge_id, vector_spaces.c.embedding).where(
+                    vector_spaces.c.tenant_id == tenant_id, vector_spaces.c.knowledge_id.in_(list(knowledge_ids))
+                )
+            )
+            return {str(k): dict(e) for k, e in rows}
+
     async def nearest_exact(self, tenant_id: str, scope: SearchScope, *, limit: int) -> list[tuple[str, int]]:
         """The true nearest chunks (no index): the reference a benchmark's recall is measured against."""
         async with self.engine.connect() as conn:
@@ -321,6 +342,11 @@ class VectorIndex:
     async def _nearest(
         self, conn: AsyncConnection, scope: SearchScope, where: str, params: dict[str, Any], n: int, *, exact: bool | None = None
     ) -> list[tuple[tuple[str, int], float]]:
+        """The ``n`` nearest chunks of the scope with their cosine similarity. ``exact``: True scans the
+        scope, False goes through the HNSW index with ``ef_search`` as set; None (search) decides: exact for
+        a small scope; otherwise the index, with ``ef_search`` raised by how small a share of the space the
+        scope is (pgvector filters after the index scan, before 0.8's iterative scans), and exact after all
+        when the index still gave too few rows."""
         row = (await conn.execute(select(embedding_spaces).where(embedding_spaces.c.space == scope.space))).first()
         if row is None or scope.vector is None:
             return []
@@ -330,21 +356,43 @@ class VectorIndex:
         halfvec = index_name is not None and dims > MAX_INDEXED_DIMS
         vtype = _vector_type(dims, halfvec)
         distance = f"(embedding::{vtype} <=> CAST(:qv AS {vtype}))"
+        values = {**params, "qv": "[" + ",".join(repr(float(x)) for x in scope.vector) + "]", "n": n}
+        ef_search = self.ef_search
+        scope_size: int | None = None
         if exact is None:
-            count = await conn.execute(text(f"SELECT count(*) FROM (SELECT 1 FROM rm_chunks WHERE {where} LIMIT {EXACT_UP_TO + 1}) s"), params)
-            exact = index_name is None or int(count.scalar_one()) <= EXACT_UP_TO
-        order = f"{distance} + 0" if exact else distance  # "+ 0" keeps the planner off the index
-        if not exact:
-            await conn.execute(text(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, n)}"))
-        rows = await conn.execute(
-            text(
-                f"SELECT document_id, chunk_index, 1 - {distance} AS similarity FROM rm_chunks "
-                f"WHERE {where} AND embedding IS NOT NULL ORDER BY {order} LIMIT :n"
-            ),
-            {**params, "qv": "[" + ",".join(repr(float(x)) for x in scope.vector) + "]", "n": n},
-        )
-        if not exact:
-            await conn.rollback()  # ends the SET LOCAL
+            scope_size = int(
+                (
+                    await conn.execute(
+                        text(f"SELECT count(*) FROM (SELECT 1 FROM rm_chunks WHERE {where} LIMIT {SCOPE_COUNT_CAP}) s"), params
+                    )
+                ).scalar_one()
+            )
+            exact = index_name is None or scope_size <= EXACT_UP_TO
+            if not exact:
+                in_space = await conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = :index"), {"index": index_name})
+                share = scope_size / max(float(in_space.scalar() or 0), scope_size)
+                ef_search = min(MAX_EF_SEARCH, max(self.ef_search, math.ceil(2 * n / share)))
+
+        async def query(exact: bool) -> list[Any]:
+            order = f"{distance} + 0" if exact else distance  # "+ 0" keeps the planner off the index
+            if not exact:
+                await conn.execute(text(f"SET LOCAL hnsw.ef_search = {max(ef_search, n)}"))
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT document_id, chunk_index, 1 - {distance} AS similarity FROM rm_chunks "
+                        f"WHERE {where} AND embedding IS NOT NULL ORDER BY {order} LIMIT :n"
+                    ),
+                    values,
+                )
+            ).all()
+            if not exact:
+                await conn.rollback()  # ends the SET LOCAL
+            return rows
+
+        rows = await query(exact)
+        if not exact and scope_size is not None and len(rows) < min(n, scope_size):
+            rows = await query(True)  # the filter left too few of the index's candidates
         return [((str(r[0]), int(r[1])), float(r[2])) for r in rows]
 
 
@@ -365,17 +413,29 @@ def _scope_filter(tenant_id: str, scope: SearchScope, document_ids: Sequence[str
 
 
 async def _full_text(conn: AsyncConnection, where: str, params: dict[str, Any], query: str, n: int) -> list[tuple[str, int]]:
-    # Any of the query's words (a question rarely shares all its words with the passage that answers it).
-    rows = await conn.execute(
-        text(
-            "SELECT document_id, chunk_index FROM rm_chunks, "
-            "to_tsquery('english', replace(plainto_tsquery('english', :q)::text, ' & ', ' | ')) AS query "
-            f"WHERE {where} AND query::text <> '' AND tsv @@ query "
-            "ORDER BY ts_rank_cd(tsv, query) DESC, document_id, chunk_index LIMIT :n"
-        ),
-        {**params, "q": query[:2000], "n": n},
-    )
-    return [(str(r[0]), int(r[1])) for r in rows]
+    """The best full-text matches: chunks with all of the query's words first (few rows to rank), then, if
+    those are not ``n``, with any of them (a question rarely shares all its words with its answer). The
+    lexemes are stemmed once, by ``plainto_tsquery``; the OR form is built from them as they are."""
+    found: list[tuple[str, int]] = []
+    for tsquery in (
+        "plainto_tsquery('english', :q)",
+        "CAST(replace(CAST(plainto_tsquery('english', :q) AS text), ' & ', ' | ') AS tsquery)",
+    ):
+        rows = await conn.execute(
+            text(
+                f"SELECT document_id, chunk_index FROM rm_chunks, {tsquery} AS query "
+                f"WHERE {where} AND query::text <> '' AND tsv @@ query "
+                "ORDER BY ts_rank_cd(tsv, query) DESC, document_id, chunk_index LIMIT :n"
+            ),
+            {**params, "q": query[:2000], "n": n},
+        )
+        for r in rows:
+            key = (str(r[0]), int(r[1]))
+            if key not in found:
+                found.append(key)
+        if len(found) >= n:
+            break
+    return found[:n]
 
 
 def _placeholder(key: tuple[str, int]) -> Hit:

@@ -397,8 +397,10 @@ chunks = Table(
         TSVECTOR,
         Computed("to_tsvector('english'::regconfig, heading || ' ' || text)", persisted=True),
     ),
-    Index("ix_rm_chunks_knowledge", "tenant_id", "knowledge_id"),
-    Index("ix_rm_chunks_chat", "tenant_id", "chat_id"),
+    # With the space, so the size of a search's scope is counted from the index alone.
+    Index("ix_rm_chunks_knowledge_space", "tenant_id", "knowledge_id", "space"),
+    Index("ix_rm_chunks_chat_space", "tenant_id", "chat_id", "space"),
+    Index("ix_rm_chunks_document", "document_id"),
     Index("ix_rm_chunks_tsv", "tsv", postgresql_using="gin"),
 )
 

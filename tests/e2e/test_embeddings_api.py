@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from schema.tables import chunks
+from schema.tables import chunks, vector_spaces
 from tests import corpus
 from tests.conftest import Pipeline
 from tests.e2e.test_chat_api import bearer, error_code, sign_up
@@ -124,7 +124,11 @@ async def test_changing_the_embedding_model_reembeds_and_switches_without_a_gap_
     async def top() -> str:
         r = await client.get(f"/api/v1/knowledge/{kb}/search", params={"q": question}, headers=bearer(admin))
         assert r.status_code == 200, r.text
-        assert r.json()["items"], "search answered nothing"
+        if not r.json()["items"]:
+            async with container.engine.connect() as conn:
+                spaces = (await conn.execute(select(chunks.c.space, func.count()).group_by(chunks.c.space))).all()
+                vs = (await conn.execute(select(vector_spaces))).all()
+            raise AssertionError(f"search answered nothing: chunks {spaces}, spaces {vs}")
         return str(r.json()["items"][0]["document_id"])
 
     assert await top() == ids["pdf"]
