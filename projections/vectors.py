@@ -312,7 +312,7 @@ class VectorIndex:
                         hit.vector_rank = rank if hit.vector_rank is None else min(hit.vector_rank, rank)
                         hit.similarity = similarity
                 if not vector_only:
-                    for rank, key in enumerate(await _full_text(conn, where, params, query, n), start=1):
+                    for rank, key in enumerate(await _full_text(conn, where, params, query, n, enough=limit), start=1):
                         hit = ranked.setdefault(key, _placeholder(key))
                         hit.score += 1.0 / (RRF_K + rank)
                         hit.text_rank = rank if hit.text_rank is None else min(hit.text_rank, rank)
@@ -412,10 +412,13 @@ def _scope_filter(tenant_id: str, scope: SearchScope, document_ids: Sequence[str
     return where, params
 
 
-async def _full_text(conn: AsyncConnection, where: str, params: dict[str, Any], query: str, n: int) -> list[tuple[str, int]]:
-    """The best full-text matches: chunks with all of the query's words first (few rows to rank), then, if
-    those are not ``n``, with any of them (a question rarely shares all its words with its answer). The
-    lexemes are stemmed once, by ``plainto_tsquery``; the OR form is built from them as they are."""
+async def _full_text(
+    conn: AsyncConnection, where: str, params: dict[str, Any], query: str, n: int, *, enough: int
+) -> list[tuple[str, int]]:
+    """The best full-text matches (up to ``n``): chunks with all of the query's words first (few rows to
+    rank), then, when those are fewer than ``enough``, with any of them (a question rarely shares all its
+    words with its answer; ranking every chunk that has one common word is what costs). The lexemes are
+    stemmed once, by ``plainto_tsquery``; the OR form is built from them as they are."""
     found: list[tuple[str, int]] = []
     for tsquery in (
         "plainto_tsquery('english', :q)",
@@ -433,7 +436,7 @@ async def _full_text(conn: AsyncConnection, where: str, params: dict[str, Any], 
             key = (str(r[0]), int(r[1]))
             if key not in found:
                 found.append(key)
-        if len(found) >= n:
+        if len(found) >= enough:
             break
     return found[:n]
 
