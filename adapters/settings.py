@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -16,6 +17,9 @@ __all__ = ["Settings", "SettingsError"]
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+N = TypeVar("N", int, float)
 
 
 class SettingsError(ValueError):
@@ -71,31 +75,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             value = env.get(f"PARLEY_{name}")
             return value if value not in (None, "") else None
 
-        def integer(name: str, default: int, low: int, high: int) -> int:
+        def bounded(name: str, default: N, low: N, high: N, parse: Callable[[str], N], kind: str) -> N:
             raw = get(name)
             if raw is None:
                 return default
             try:
-                value = int(raw)
+                value = parse(raw)
             except ValueError:
-                problems.append(f"PARLEY_{name}={raw!r} is not an integer")
+                problems.append(f"PARLEY_{name}={raw!r} is not {kind}")
                 return default
             if not low <= value <= high:
                 problems.append(f"PARLEY_{name}={value} must be between {low} and {high}")
             return value
 
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            return bounded(name, default, low, high, int, "an integer")
+
         def number(name: str, default: float, low: float, high: float) -> float:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                problems.append(f"PARLEY_{name}={raw!r} is not a number")
-                return default
-            if not low <= value <= high:
-                problems.append(f"PARLEY_{name}={value} must be between {low} and {high}")
-            return value
+            return bounded(name, default, low, high, float, "a number")
 
         def boolean(name: str, default: bool) -> bool:
             raw = get(name)

@@ -19,6 +19,7 @@ from sqlalchemy import Column, Table, Text, and_, case, cast, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
 from schema.tables import chats, generations, messages, models, providers
 
@@ -60,7 +61,7 @@ def _uuid(value: Any) -> str | None:
 
 
 # --- projectors ----------------------------------------------------------------------------------------
-class ModelsProjector:
+class ModelsProjector(HandlesTypes):
     name = "models"
     tables: Sequence[Table] = (providers, models)
     _types = frozenset(
@@ -73,9 +74,6 @@ class ModelsProjector:
             "ModelAccessRevoked",
         }
     )
-
-    def handles(self, event_type: str) -> bool:
-        return event_type in self._types
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         d = e.data

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Table, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
 from schema.tables import api_keys, tenants, users
 
@@ -17,7 +18,7 @@ __all__ = ["IdentityProjector", "list_users", "get_user_row", "list_api_keys", "
 _REVOKING = {"PasswordChanged", "RoleChanged", "UserDeactivated", "TokensRevoked"}
 
 
-class IdentityProjector:
+class IdentityProjector(HandlesTypes):
     name = "identity"
     tables: Sequence[Table] = (tenants, users, api_keys)
     _types = frozenset(
@@ -35,9 +36,6 @@ class IdentityProjector:
             "ApiKeyRevoked",
         }
     )
-
-    def handles(self, event_type: str) -> bool:
-        return event_type in self._types
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         d = e.data

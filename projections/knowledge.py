@@ -18,6 +18,7 @@ from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from projections.conversations import MAX_PAGE, _fit, _uuid
+from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
 from schema.tables import chunks, documents, knowledge_bases
 
@@ -53,7 +54,7 @@ def _access_lists(access: dict[str, str]) -> tuple[list[str], list[str]]:
     return readers, writers
 
 
-class KnowledgeProjector:
+class KnowledgeProjector(HandlesTypes):
     name = "knowledge"
     tables: Sequence[Table] = (knowledge_bases, documents)
     _types = frozenset(
@@ -73,9 +74,6 @@ class KnowledgeProjector:
             "DocumentDeleted",
         }
     )
-
-    def handles(self, event_type: str) -> bool:
-        return event_type in self._types
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         d = e.data

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schema.events import EventEnvelope
 from schema.tables import projector_positions
 
-__all__ = ["Projector", "ProjectorRunner", "apply_batch", "read_position"]
+__all__ = ["HandlesTypes", "Projector", "ProjectorRunner", "apply_batch", "read_position"]
 
 log = structlog.get_logger("parley.projector")
 
@@ -48,6 +48,15 @@ class Projector(Protocol):
     def handles(self, event_type: str) -> bool: ...
 
     async def apply(self, conn: AsyncConnection, event: EventEnvelope) -> None: ...
+
+
+class HandlesTypes:
+    """For a projector that handles a fixed set of event types, named in ``_types``."""
+
+    _types: frozenset[str] = frozenset()
+
+    def handles(self, event_type: str) -> bool:
+        return event_type in self._types
 
 
 async def _lock_position(conn: AsyncConnection, name: str) -> int:

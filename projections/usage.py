@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.errors import Invalid
 from domain.quotas import day_of
+from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
 from schema.tables import (
     models,
@@ -69,7 +70,7 @@ def _tokens(value: Any) -> int:
 
 
 # --- projector -----------------------------------------------------------------------------------------
-class UsageProjector:
+class UsageProjector(HandlesTypes):
     name = "usage"
     tables: Sequence[Table] = (usage_daily, usage_monthly, usage_generations, usage_roles, usage_timezones)
     _types = frozenset(
@@ -82,9 +83,6 @@ class UsageProjector:
             *_OUTCOMES,
         }
     )
-
-    def handles(self, event_type: str) -> bool:
-        return event_type in self._types
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         d = e.data

@@ -35,6 +35,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.knowledge import Hit, SearchScope, embedding_space
+from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
 from schema.tables import chunks, documents, embedding_cache, embedding_spaces, vector_spaces
 
@@ -171,7 +172,7 @@ async def cached_vectors(
     return found
 
 
-class VectorsProjector:
+class VectorsProjector(HandlesTypes):
     name = "vectors"
     tables: Sequence[Table] = (vector_spaces, chunks)
     batch_size = 16
@@ -189,9 +190,6 @@ class VectorsProjector:
 
     def __init__(self, embedders: EmbedderSource) -> None:
         self.embedders = embedders
-
-    def handles(self, event_type: str) -> bool:
-        return event_type in self._types
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         d = e.data

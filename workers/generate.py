@@ -30,6 +30,7 @@ from domain.chats import Generation
 from schema.jobs import decode_job
 from schema.tokens import TokenChunk, encode_chunk
 from workers.bootstrap import Container
+from workers.jobs import run_jobs
 
 __all__ = ["GenerationWorker", "EngineRegistry"]
 
@@ -100,10 +101,8 @@ class GenerationWorker:
         self.sweep_after_s = sweep_after_s
         self.engines = EngineRegistry(c)
         self._cancels: dict[str, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        from nats.errors import TimeoutError as NatsTimeout
         from nats.js.api import AckPolicy, ConsumerConfig
 
         sub = await self.js.pull_subscribe(
@@ -125,24 +124,9 @@ class GenerationWorker:
         log.info("worker_started", worker=self.name, concurrency=self.concurrency)
         sweeper = asyncio.create_task(self._sweep_reservations(stop))
         try:
-            while not stop.is_set():
-                free = self.concurrency - len(self._tasks)
-                if free <= 0:
-                    await asyncio.wait(self._tasks, timeout=1, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                try:
-                    msgs = await sub.fetch(free, timeout=1)
-                except (TimeoutError, NatsTimeout):
-                    continue
-                for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            # Stopping hands running generations back to the queue for another worker, now.
+            await run_jobs(sub, self._handle, concurrency=self.concurrency, stop=stop)
         finally:
-            # Stopping: hand running generations back to the queue for another worker, now.
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
             await cancels.unsubscribe()

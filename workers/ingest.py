@@ -34,6 +34,7 @@ from projections.vectors import cached_vectors, embed_text
 from schema.jobs import decode_ingest_job
 from schema.tables import chunks
 from workers.bootstrap import Container
+from workers.jobs import run_jobs
 
 __all__ = ["IngestionWorker", "ReEmbedder"]
 
@@ -59,10 +60,8 @@ class IngestionWorker:
         self.ack_wait_s = ack_wait_s
         self.heartbeat_s = heartbeat_s
         self.max_attempts = max_attempts
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        from nats.errors import TimeoutError as NatsTimeout
         from nats.js.api import AckPolicy, ConsumerConfig
 
         subjects = self.c.subjects
@@ -80,23 +79,8 @@ class IngestionWorker:
         )
         log.info("ingestion_worker_started", worker=self.name, concurrency=self.concurrency)
         try:
-            while not stop.is_set():
-                free = self.concurrency - len(self._tasks)
-                if free <= 0:
-                    await asyncio.wait(self._tasks, timeout=1, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                try:
-                    msgs = await sub.fetch(free, timeout=1)
-                except (TimeoutError, NatsTimeout):
-                    continue
-                for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            await run_jobs(sub, self._handle, concurrency=self.concurrency, stop=stop)
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
             await sub.unsubscribe()
 
     async def _heartbeat(self, msg: Any) -> None:

@@ -11,11 +11,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
+
 from adapters.engines._http import HttpUpstream, error_message, upstream_errors
-from application.embeddings import EmbeddingError
+from application.embeddings import EmbeddingError, Embeddings
 from application.engines import EngineError
 
-__all__ = ["BATCH_INPUTS", "batches", "check_vectors", "dims_of", "post_json", "status_error"]
+__all__ = ["BATCH_INPUTS", "HttpEmbedder", "batches", "check_vectors", "dims_of", "post_json", "status_error"]
 
 BATCH_INPUTS = 256
 """The most texts sent in one request: OpenAI accepts up to 2048, but smaller requests keep each answer
@@ -89,3 +91,51 @@ def dims_of(vectors: list[list[float]], url: str) -> int:
     if len(dims) > 1:
         raise EmbeddingError("UPSTREAM_ERROR", f"{url} sent embeddings of different lengths: {sorted(dims)}")
     return dims.pop() if dims else 0
+
+
+class HttpEmbedder:
+    """What the remote embedders share: the HTTP client, the bearer key, requests of at most
+    ``BATCH_INPUTS`` inputs one after another, and the answer put together. A subclass names its ``path`` and
+    reads one answer (``_read``: the batch's vectors and the tokens it was charged)."""
+
+    path = ""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str,
+        api_key: str | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.model = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = HttpUpstream(
+            base_url,
+            headers=headers,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            transport=transport,
+        )
+        self.url = f"{self._http.base_url}{self.path}"
+
+    def _body(self, batch: list[str]) -> dict[str, Any]:
+        return {"model": self.model, "input": batch}
+
+    def _read(self, answer: dict[str, Any], batch: list[str]) -> tuple[list[list[float]], int]:
+        raise NotImplementedError
+
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        vectors: list[list[float]] = []
+        tokens = 0
+        for batch in batches(texts):
+            answer = await post_json(self._http, self.url, self._body(batch))
+            found, charged = self._read(answer, batch)
+            vectors += found
+            tokens += charged
+        return Embeddings(vectors=vectors, tokens=tokens, dims=dims_of(vectors, self.url))
+
+    async def close(self) -> None:
+        await self._http.close()

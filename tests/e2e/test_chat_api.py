@@ -78,8 +78,9 @@ async def send(
 
 
 async def finished(
-    client: httpx.AsyncClient, tokens: dict[str, Any], generation_id: str, timeout: float = 10
+    client: httpx.AsyncClient, tokens: dict[str, Any], generation_id: str, timeout: float = 10, interval: float = 0.05
 ) -> dict[str, Any]:
+    """The generation once it has finished (poll a real model gently: the rate limit counts every poll)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         r = await client.get(f"/api/v1/generations/{generation_id}", headers=bearer(tokens))
@@ -87,7 +88,7 @@ async def finished(
         if r.json()["status"] in FINISHED:
             return dict(r.json())
         assert asyncio.get_running_loop().time() < deadline, r.json()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)
 
 
 async def head(container: Container) -> int:

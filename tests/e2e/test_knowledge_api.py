@@ -14,7 +14,8 @@ import pytest
 
 from tests import corpus
 from tests.conftest import Pipeline
-from tests.e2e.test_chat_api import FINISHED, bearer, error_code, new_chat, sign_up
+from tests.e2e.test_chat_api import bearer, error_code, new_chat, sign_up
+from tests.e2e.test_chat_api import finished as chat_finished
 from workers.bootstrap import Container
 
 pytestmark = pytest.mark.timeout(240)
@@ -51,18 +52,8 @@ async def wait_documents(
         await asyncio.sleep(0.3)
 
 
-async def finished(
-    client: httpx.AsyncClient, tokens: dict[str, Any], generation_id: str, timeout: float = 120
-) -> dict[str, Any]:
-    """The generation once it has finished (polled gently: the local model takes seconds)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        r = await client.get(f"/api/v1/generations/{generation_id}", headers=bearer(tokens))
-        assert r.status_code == 200, r.text
-        if r.json()["status"] in FINISHED:
-            return dict(r.json())
-        assert asyncio.get_running_loop().time() < deadline, r.json()
-        await asyncio.sleep(0.5)
+async def finished(client: httpx.AsyncClient, tokens: dict[str, Any], generation_id: str, timeout: float = 120) -> dict[str, Any]:
+    return await chat_finished(client, tokens, generation_id, timeout=timeout, interval=0.5)  # the local model takes seconds
 
 
 async def event_types(c: Container, aggregate_id: str) -> list[str]:

@@ -35,14 +35,19 @@ def test_every_bad_value_is_reported_at_once(tmp_path: Path) -> None:
                 "PARLEY_SECRET_KEY": "short",
                 "PARLEY_LOG_LEVEL": "loud",
                 "PARLEY_LOG_JSON": "maybe",
+                "PARLEY_BLOB_STORE": "ftp://files",
+                "PARLEY_RAG_MIN_SIMILARITY": "close",
+                "PARLEY_RAG_TOP_K": "0",
+                "PARLEY_ALLOW_URL_FETCH": "sometimes",
             }
         )
     text = str(info.value)
     for name in (
-        "DATABASE_URL", "NATS_URL", "REDIS_URL", "PORT", "ACCESS_TOKEN_TTL", "NAMESPACE", "SECRET_KEY", "LOG_LEVEL", "LOG_JSON"
-    ):
+        "DATABASE_URL", "NATS_URL", "REDIS_URL", "PORT", "ACCESS_TOKEN_TTL", "NAMESPACE", "SECRET_KEY", "LOG_LEVEL", "LOG_JSON",
+        "BLOB_STORE", "RAG_MIN_SIMILARITY", "RAG_TOP_K", "ALLOW_URL_FETCH",
+    ):  # fmt: skip
         assert f"PARLEY_{name}" in text, name
-    assert len(info.value.problems) == 9
+    assert len(info.value.problems) == 13
 
 
 def test_child_env_round_trips(tmp_path: Path) -> None:
@@ -53,6 +58,10 @@ def test_child_env_round_trips(tmp_path: Path) -> None:
             "PARLEY_NATS_URL": "nats://n:4222",
             "PARLEY_REDIS_URL": "redis://r:6379/0",
             "PARLEY_NAMESPACE": "prod2",
+            "PARLEY_BLOB_STORE": "s3://docs/parley?endpoint=http://minio:9000&region=eu-west-1",
+            "PARLEY_RAG_MIN_SIMILARITY": "0.45",
+            "PARLEY_ALLOW_URL_FETCH": "true",
         }
     )
+    assert s.blob_store and s.rag_min_similarity == 0.45 and s.allow_url_fetch
     assert Settings.from_env(s.child_env()) == s
