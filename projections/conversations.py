@@ -72,6 +72,7 @@ class ModelsProjector(HandlesTypes):
             "ModelChanged",
             "ModelAccessGranted",
             "ModelAccessRevoked",
+            "ModelKnowledgeChanged",
         }
     )
 
@@ -132,6 +133,12 @@ class ModelsProjector(HandlesTypes):
                         active=bool(d["active"]),
                         updated_at=e.occurred_at,
                     )
+                )
+            case "ModelKnowledgeChanged":
+                await conn.execute(
+                    models.update()
+                    .where(models.c.model_id == aggregate_id)
+                    .values(knowledge_ids=list(d["knowledge_ids"]), updated_at=e.occurred_at)
                 )
             case "ModelAccessGranted" | "ModelAccessRevoked":
                 granting = e.type == "ModelAccessGranted"
@@ -363,6 +370,7 @@ def _model_dict(row: Any, *, admin: bool) -> dict[str, Any]:
             active=row.active,
             granted_users=row.granted_users,
             granted_roles=row.granted_roles,
+            knowledge_ids=row.knowledge_ids,
         )
     return item
 

@@ -5,8 +5,10 @@ Every chunk is one row of ``rm_chunks``, embedded in the *space* (provider + mod
 uses at that point of the log. The ``embedding`` column is an untyped pgvector ``vector`` so one table
 holds every space, whatever its dimension; each space gets a partial HNSW index on
 ``(embedding::vector(dims)) WHERE space = '<space>'`` (``halfvec`` past 2,000 dimensions where the server's
-pgvector has it — 0.7 and later; with an older pgvector such a space is searched exactly). Queries repeat
-that expression and inline the space, so the planner can use the index.
+pgvector has it — 0.7 and later; with an older pgvector such a space is searched exactly), built
+CONCURRENTLY by ``build_indexes`` (run by ``parley ingest``) outside any projector transaction; until it
+exists the space is searched exactly. Queries repeat the index's expression and inline the space, so the
+planner can use the index.
 
 Embeddings go through a content-addressed cache (``embedding_cache``: tenant, space, hash of the text), so
 a rebuild, or a switch to a model whose vectors the background re-embedder has computed already, embeds
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -39,7 +42,7 @@ from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
 from schema.tables import chunks, documents, embedding_cache, embedding_spaces, vector_spaces
 
-__all__ = ["DimensionChanged", "VectorIndex", "VectorsProjector", "LOCAL_EMBEDDING", "content_sha", "embed_text"]
+__all__ = ["DimensionChanged", "VectorIndex", "build_indexes", "ensure_space", "VectorsProjector", "LOCAL_EMBEDDING", "content_sha", "embed_text"]
 
 log = structlog.get_logger("parley.vectors")
 
@@ -105,8 +108,9 @@ async def _pgvector_has_halfvec(conn: AsyncConnection) -> bool:
 
 
 async def ensure_space(conn: AsyncConnection, space: str, dims: int) -> None:
-    """Record a space's dimension and give it its HNSW index (once; concurrent callers serialise on an
-    advisory lock). A space's vectors always have one dimension: a provider that changes it is an error."""
+    """Record a space and its dimension (once; concurrent callers serialise on an advisory lock), with
+    the name of the HNSW index ``build_indexes`` will give it. A space's vectors always have one
+    dimension: a provider that changes it is refused."""
     row = (await conn.execute(select(embedding_spaces.c.dims).where(embedding_spaces.c.space == space))).first()
     if row is None:
         lock = int.from_bytes(hashlib.sha256(space.encode()).digest()[:8], "big", signed=True)
@@ -120,17 +124,60 @@ async def ensure_space(conn: AsyncConnection, space: str, dims: int) -> None:
     index_name: str | None = None
     if dims <= MAX_INDEXED_DIMS or (halfvec and dims <= MAX_HALFVEC_DIMS):
         index_name = "ix_rm_chunks_hnsw_" + hashlib.sha256(space.encode()).hexdigest()[:16]
-        vtype = _vector_type(dims, halfvec)
-        ops = "halfvec_cosine_ops" if vtype.startswith("halfvec") else "vector_cosine_ops"
-        await conn.execute(
-            text(
-                f"CREATE INDEX IF NOT EXISTS {index_name} ON rm_chunks USING hnsw "
-                f"((embedding::{vtype}) {ops}) WHERE space = {_literal(space)}"
-            )
-        )
     else:
         log.warning("vector_space_unindexed", space=space, dims=dims, reason="pgvector cannot index this dimension")
-    await conn.execute(insert(embedding_spaces).values(space=space, dims=dims, index_name=index_name))
+    await conn.execute(insert(embedding_spaces).values(space=space, dims=dims, index_name=index_name, indexed=False))
+
+
+async def build_indexes(engine: AsyncEngine) -> list[str]:
+    """Build the HNSW index of every space that has none yet, ``CREATE INDEX CONCURRENTLY`` (writers go
+    on meanwhile), one at a time; a build that was interrupted left an invalid index, which is dropped
+    and built again. Returns the spaces indexed."""
+    async with engine.connect() as conn:
+        pending = (
+            await conn.execute(
+                select(embedding_spaces.c.space, embedding_spaces.c.dims, embedding_spaces.c.index_name).where(
+                    embedding_spaces.c.indexed.is_(False), embedding_spaces.c.index_name.is_not(None)
+                )
+            )
+        ).all()
+        if not pending:
+            return []
+        halfvec = await _pgvector_has_halfvec(conn)
+    built = []
+    for space, dims, index_name in pending:
+        vtype = _vector_type(dims, halfvec)
+        ops = "halfvec_cosine_ops" if vtype.startswith("halfvec") else "vector_cosine_ops"
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            lock = int.from_bytes(hashlib.sha256(f"index:{space}".encode()).digest()[:8], "big", signed=True)
+            if not (await auto.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock})).scalar():
+                continue  # another process is building it
+            try:
+                invalid = await auto.execute(
+                    text(
+                        "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                        "WHERE c.relname = :name AND NOT i.indisvalid"
+                    ),
+                    {"name": index_name},
+                )
+                if invalid.first() is not None:
+                    await auto.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {index_name}"))
+                started = time.perf_counter()
+                await auto.execute(
+                    text(
+                        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index_name} ON rm_chunks USING hnsw "
+                        f"((embedding::{vtype}) {ops}) WHERE space = {_literal(space)}"
+                    )
+                )
+                await auto.execute(
+                    embedding_spaces.update().where(embedding_spaces.c.space == space).values(indexed=True)
+                )
+                log.info("vector_index_built", space=space, index=index_name, seconds=round(time.perf_counter() - started, 1))
+                built.append(space)
+            finally:
+                await auto.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
+    return built
 
 
 async def cached_vectors(
@@ -348,7 +395,7 @@ class VectorIndex:
         row = (await conn.execute(select(embedding_spaces).where(embedding_spaces.c.space == scope.space))).first()
         if row is None or scope.vector is None:
             return []
-        dims, index_name = int(row.dims), row.index_name
+        dims, index_name = int(row.dims), (row.index_name if row.indexed else None)
         if len(scope.vector) != dims:
             raise DimensionChanged(f"the query has {len(scope.vector)} dimensions, the index {dims}")
         halfvec = index_name is not None and dims > MAX_INDEXED_DIMS

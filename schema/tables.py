@@ -163,6 +163,7 @@ models = Table(
     Column("granted_roles", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("knowledge_ids", JSONB, nullable=False, server_default="[]"),  # knowledge its answers draw on
     UniqueConstraint("tenant_id", "name", name="uq_rm_models_tenant_name"),
 )
 
@@ -421,7 +422,10 @@ embedding_spaces = Table(
     metadata,
     Column("space", String(200), primary_key=True),
     Column("dims", Integer, nullable=False),
-    Column("index_name", String(63), nullable=True),
+    Column("index_name", String(63), nullable=True),  # None: pgvector cannot index this dimension
+    # The index is built CONCURRENTLY, outside the projector's transaction (never blocking the index's
+    # writers); until it is, the space is searched exactly.
+    Column("indexed", Boolean, nullable=False, server_default="false"),
 )
 
 embedding_cache = Table(

@@ -24,7 +24,7 @@ from adapters.settings import Settings
 from projections.runtime import ProjectorRunner, read_position
 from workers.bootstrap import PROJECTOR_NAMES, Container, all_projectors, bootstrap
 from workers.generate import GenerationWorker
-from workers.ingest import IngestionWorker, ReEmbedder
+from workers.ingest import IndexBuilder, IngestionWorker, ReEmbedder
 from workers.relay import Relay
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,8 +77,8 @@ async def container(settings: Settings) -> AsyncIterator[Container]:
 
 
 class Pipeline:
-    """The relay, every projector, a generation worker and an ingestion worker (with the re-embedder),
-    running in-process as tasks against the real NATS."""
+    """The relay, every projector, a generation worker and an ingestion worker (with the re-embedder and
+    the index builder), running in-process as tasks against the real NATS."""
 
     def __init__(self, c: Container) -> None:
         self.c = c
@@ -99,6 +99,7 @@ class Pipeline:
         self.ingester = IngestionWorker(self.c, js=js, name="test-ingester")
         self.tasks.append(asyncio.create_task(self.ingester.run(self.stop)))
         self.tasks.append(asyncio.create_task(ReEmbedder(self.c, name="test-reembedder", poll_s=0.2).run(self.stop)))
+        self.tasks.append(asyncio.create_task(IndexBuilder(self.c, poll_s=0.2).run(self.stop)))
         return self
 
     async def settle(self, timeout: float = 15) -> None:

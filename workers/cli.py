@@ -99,7 +99,7 @@ def cmd_relay(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
-    from workers.ingest import IngestionWorker, ReEmbedder
+    from workers.ingest import IndexBuilder, IngestionWorker, ReEmbedder
 
     settings = _settings(args)
     _require_urls(settings, "database_url", "nats_url", "redis_url")
@@ -111,6 +111,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
             await asyncio.gather(
                 IngestionWorker(c, js=js, concurrency=args.concurrency or settings.ingest_concurrency).run(stop),
                 ReEmbedder(c).run(stop),
+                IndexBuilder(c).run(stop),
             )
         finally:
             await c.close()

@@ -1,6 +1,7 @@
 """The ingestion worker: pulls ingestion jobs from the ``PARLEY_JOBS`` work queue and turns each uploaded
 document into ``DocumentExtracted`` + ``DocumentChunked`` (or ``DocumentFailed``) events; and, beside it,
-the background re-embedder that prepares a knowledge base's switch to another embedding model.
+the background re-embedder that prepares a knowledge base's switch to another embedding model, and the
+builder of each new embedding space's HNSW index.
 
 A job is acked only after its outcome is in the event store; the outcome is recorded only while the
 document is still queued, in one transaction, so a job delivered twice (a worker killed after recording,
@@ -30,13 +31,13 @@ from sqlalchemy import select, text
 from application.context import CommandContext
 from domain.knowledge import embedding_space
 from projections.knowledge import pending_reembeddings
-from projections.vectors import cached_vectors, embed_text
+from projections.vectors import build_indexes, cached_vectors, embed_text
 from schema.jobs import decode_ingest_job
 from schema.tables import chunks
 from workers.bootstrap import Container
 from workers.jobs import run_jobs
 
-__all__ = ["IngestionWorker", "ReEmbedder"]
+__all__ = ["IndexBuilder", "IngestionWorker", "ReEmbedder"]
 
 log = structlog.get_logger("parley.ingest")
 
@@ -183,3 +184,23 @@ class ReEmbedder:
             finally:
                 await lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 await lock_conn.commit()
+
+
+class IndexBuilder:
+    """Builds the HNSW index of each new embedding space, concurrently with the writers (a build can take
+    minutes on a large index; inside the vector projector's transaction it would stop all indexing)."""
+
+    def __init__(self, c: Container, *, poll_s: float = 2.0) -> None:
+        self.c = c
+        self.poll_s = poll_s
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await build_indexes(self.c.engine)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("vector_index_build_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.poll_s)

@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, text
 
+from schema.tables import embedding_spaces
 from tests import corpus
 from tests.conftest import Pipeline
 from tests.e2e.test_chat_api import bearer, error_code, new_chat, sign_up
@@ -93,6 +95,23 @@ async def test_a_corpus_of_every_type_is_indexed_and_search_finds_each_answer(
     await pipeline.settle()
     r = await client.get(f"/api/v1/knowledge/{kb}/documents", headers=bearer(owner))
     assert {d["id"] for d in r.json()["items"]} == set(ids.values())
+
+    # The space's HNSW index is built beside the writers (CONCURRENTLY), valid, and then used by search.
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        async with container.engine.connect() as conn:
+            row = (await conn.execute(select(embedding_spaces).where(embedding_spaces.c.space == "local/all-minilm-l6-v2"))).one()
+            valid = (
+                await conn.execute(
+                    text("SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = :n"),
+                    {"n": row.index_name},
+                )
+            ).scalar()
+        if row.indexed:
+            break
+        assert asyncio.get_running_loop().time() < deadline, row
+        await asyncio.sleep(0.2)
+    assert row.dims == 384 and valid is True
     r = await client.get(f"/api/v1/knowledge/{kb}", headers=bearer(owner))
     assert r.json()["document_count"] == len(ids)
 
@@ -130,6 +149,21 @@ async def test_a_chat_with_the_knowledge_base_attached_answers_from_it_and_cites
     answer = next(m for m in r.json()["messages"] if m["role"] == "assistant")
     assert answer["citations"][0]["document_id"] == documents["markdown"], answer["citations"]
     assert answer["citations"][0]["filename"] == "drelkan.md"
+
+    # Knowledge attached to the model instead (the first user is the admin): every chat with it draws on it.
+    r = await client.patch("/api/v1/models/smollm2", json={"knowledge_ids": [kb]}, headers=bearer(owner))
+    assert r.status_code == 200 and r.json()["knowledge_ids"] == [kb], r.text
+    await pipeline.settle()
+    r = await client.get("/api/v1/models", params={"all": "true"}, headers=bearer(owner))  # admin fields
+    assert next(m for m in r.json() if m["name"] == "smollm2")["knowledge_ids"] == [kb]
+    plain = await new_chat(client, owner, "no knowledge of its own")
+    r = await client.post(
+        f"/api/v1/chats/{plain}/messages",
+        json={"content": corpus.SAMPLES["pdf"].question, "model": "smollm2", "params": {"temperature": 0, "max_tokens": 30}},
+        headers=bearer(owner),
+    )
+    generation = await finished(client, owner, r.json()["generation_id"])
+    assert "451" in generation["text"], generation["text"]
 
 
 async def test_bad_uploads_each_get_a_clear_error_and_a_failed_document(

@@ -503,6 +503,7 @@ async def test_model_listing_respects_activity_grants_and_roles(container: Conta
         "active",
         "granted_users",
         "granted_roles",
+        "knowledge_ids",
     }
     assert by_name["private-a"]["granted_users"] == [str(plain.user_id)]
     assert by_name["private-a"]["granted_roles"] == []

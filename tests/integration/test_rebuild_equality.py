@@ -157,6 +157,7 @@ async def varied_history(c: Container) -> None:
         talk = await c.chats.create(as_admin, admin, title="With a file")
         uploads.append(await c.knowledge.upload(as_admin, admin, data=corpus.SAMPLES["text"].data, filename="notes.txt", chat_id=talk.id))
         await c.chats.update(as_admin, admin, talk.id, knowledge_ids=[str(kb.id)])
+        await c.models.update_model(as_admin, admin, LOCAL_MODEL, knowledge_ids=[str(kb.id)])
         for document in uploads:  # as the ingestion worker would (it may get there first: then nothing happens)
             await c.knowledge.ingest(ctx(tenant, "system"), document.id)
         await c.knowledge.delete_document(as_admin, admin, uploads[2].id)
