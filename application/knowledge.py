@@ -25,7 +25,7 @@ import msgspec
 
 from application.chunking import chunk_text
 from application.context import CommandContext
-from application.embeddings import LOCAL_EMBEDDING_MODEL, Embedder, EmbeddingError, Embeddings
+from application.embeddings import Embedder, EmbeddingError, Embeddings
 from application.engines import ChatTurn, EngineRequest
 from application.identity import Principal
 from application.ports import EventStorePort
@@ -34,9 +34,12 @@ from domain.errors import Forbidden, Invalid, NotFound, ParleyError, TooLarge, U
 from domain.knowledge import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
+    LOCAL_EMBEDDING,
+    LOCAL_EMBEDDING_MODEL,
     Document,
     Hit,
     KnowledgeBase,
+    Reader,
     SearchScope,
     check_chunking,
     check_description,
@@ -58,7 +61,6 @@ __all__ = [
     "with_sources",
 ]
 
-LOCAL_EMBEDDING: dict[str, Any] = {"provider_id": None, "model": LOCAL_EMBEDDING_MODEL}
 MAX_QUERY_CHARS = 2_000
 MAX_SEARCH_RESULTS = 50
 # Refusals decided in the request, and the error kind each is answered with.
@@ -88,19 +90,6 @@ class SearchIndex(Protocol):
 
 class SecretBox(Protocol):
     def decrypt(self, ciphertext: str) -> str: ...
-
-
-@dataclass(frozen=True)
-class Reader:
-    """Whose reading rights a retrieval uses (the requester of a generation)."""
-
-    tenant_id: str
-    user_id: uuid.UUID
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
 
 
 @dataclass(frozen=True)
@@ -249,6 +238,28 @@ class Knowledge:
 
         return await self.store.execute(ctx, command)
 
+    async def _change(
+        self,
+        ctx: CommandContext,
+        principal: Principal,
+        knowledge_id: uuid.UUID,
+        change: Callable[[KnowledgeBase], None],
+        *,
+        manage: bool,
+    ) -> KnowledgeBase:
+        """One change to a knowledge base, by someone who may write to it (``manage``: its owner or an
+        admin: sharing, the embedding model, deletion)."""
+
+        def command() -> KnowledgeBase:
+            kb = self._kb(principal, knowledge_id)
+            check = kb.check_manageable if manage else kb.check_writable
+            check(principal.user_id, principal.role, is_admin=principal.is_admin)
+            change(kb)
+            self.store.save(kb)
+            return kb
+
+        return await self.store.execute(ctx, command)
+
     async def update(
         self,
         ctx: CommandContext,
@@ -260,34 +271,16 @@ class Knowledge:
         chunk_size: int | None = None,
         chunk_overlap: int | None = None,
     ) -> KnowledgeBase:
-        def command() -> KnowledgeBase:
-            kb = self._kb(principal, knowledge_id)
-            kb.check_writable(principal.user_id, principal.role, is_admin=principal.is_admin)
+        def change(kb: KnowledgeBase) -> None:
             kb.update(name=name, description=description, chunk_size=chunk_size, chunk_overlap=chunk_overlap)
-            self.store.save(kb)
-            return kb
 
-        return await self.store.execute(ctx, command)
+        return await self._change(ctx, principal, knowledge_id, change, manage=False)
 
     async def grant(self, ctx: CommandContext, principal: Principal, knowledge_id: uuid.UUID, grantee: str, level: str) -> KnowledgeBase:
-        def command() -> KnowledgeBase:
-            kb = self._kb(principal, knowledge_id)
-            kb.check_manageable(principal.user_id, principal.role, is_admin=principal.is_admin)
-            kb.grant(grantee, level)
-            self.store.save(kb)
-            return kb
-
-        return await self.store.execute(ctx, command)
+        return await self._change(ctx, principal, knowledge_id, lambda kb: kb.grant(grantee, level), manage=True)
 
     async def revoke(self, ctx: CommandContext, principal: Principal, knowledge_id: uuid.UUID, grantee: str) -> KnowledgeBase:
-        def command() -> KnowledgeBase:
-            kb = self._kb(principal, knowledge_id)
-            kb.check_manageable(principal.user_id, principal.role, is_admin=principal.is_admin)
-            kb.revoke(grantee)
-            self.store.save(kb)
-            return kb
-
-        return await self.store.execute(ctx, command)
+        return await self._change(ctx, principal, knowledge_id, lambda kb: kb.revoke(grantee), manage=True)
 
     async def change_embedding(
         self, ctx: CommandContext, principal: Principal, knowledge_id: uuid.UUID, *, model: str, provider_id: str | None
@@ -295,15 +288,7 @@ class Knowledge:
         kb = await self.get(principal, knowledge_id)
         kb.check_manageable(principal.user_id, principal.role, is_admin=principal.is_admin)
         embedding = await self._checked_embedding(principal, model, provider_id)
-
-        def command() -> KnowledgeBase:
-            kb = self._kb(principal, knowledge_id)
-            kb.check_manageable(principal.user_id, principal.role, is_admin=principal.is_admin)
-            kb.change_embedding(embedding)
-            self.store.save(kb)
-            return kb
-
-        return await self.store.execute(ctx, command)
+        return await self._change(ctx, principal, knowledge_id, lambda kb: kb.change_embedding(embedding), manage=True)
 
     async def switch_embedding(self, ctx: CommandContext, knowledge_id: uuid.UUID, space: str) -> bool:
         """The background re-embedder has the vectors of ``space`` ready: switch over."""
@@ -318,28 +303,26 @@ class Knowledge:
         return await self.store.execute(ctx, command)
 
     async def delete(self, ctx: CommandContext, principal: Principal, knowledge_id: uuid.UUID) -> None:
-        def command() -> None:
-            kb = self._kb(principal, knowledge_id)
-            kb.check_manageable(principal.user_id, principal.role, is_admin=principal.is_admin)
-            kb.delete()
-            self.store.save(kb)
-
-        await self.store.execute(ctx, command)
+        await self._change(ctx, principal, knowledge_id, KnowledgeBase.delete, manage=True)
 
     # -- documents ------------------------------------------------------------------------------------
-    def _place(self, principal: Principal, knowledge_id: uuid.UUID | None, chat_id: uuid.UUID | None) -> str:
-        """Where an upload goes (checking the caller may write there), as a document scope."""
-        if knowledge_id is not None:
-            kb = self._kb(principal, knowledge_id)
-            kb.check_writable(principal.user_id, principal.role, is_admin=principal.is_admin)
-            return f"knowledge/{knowledge_id}"
-        assert chat_id is not None
-        chat = self.store.find(Chat, chat_id)
+    def _chat(self, principal: Principal, chat_id: uuid.UUID | None) -> Chat:
+        chat = self.store.find(Chat, chat_id) if chat_id is not None else None
         if chat is None or chat.tenant_id != principal.tenant_id:
             raise NotFound("CHAT_NOT_FOUND", "no such chat")
         chat.check_owner(principal.user_id)
+        return chat
+
+    def _place(self, principal: Principal, knowledge_id: uuid.UUID | None, chat_id: uuid.UUID | None) -> tuple[str, Chat | None]:
+        """Where an upload goes (checking the caller may write there): the document scope, and the chat
+        when it goes into one."""
+        if knowledge_id is not None:
+            kb = self._kb(principal, knowledge_id)
+            kb.check_writable(principal.user_id, principal.role, is_admin=principal.is_admin)
+            return f"knowledge/{knowledge_id}", None
+        chat = self._chat(principal, chat_id)
         chat.check_writable()
-        return f"chats/{chat_id}"
+        return f"chats/{chat_id}", chat
 
     async def upload(
         self,
@@ -376,13 +359,13 @@ class Knowledge:
             try:
                 media_type = await asyncio.to_thread(self.detect, data, filename=filename, declared=declared_type)
             except self.parse_errors as exc:
-                code, message = getattr(exc, "code", "UNREADABLE"), getattr(exc, "message", str(exc))
+                code, message = _reason(exc)
                 refusal = _REFUSALS.get(code, Invalid)(code, message)
         if refusal is None:
             await self.blobs.put(principal.tenant_id, sha256, data)
 
         def command() -> Document:
-            scope = self._place(principal, knowledge_id, chat_id)
+            scope, chat = self._place(principal, knowledge_id, chat_id)
             kind = media_type[:100]
             document = self.store.find(Document, Document.create_id(principal.tenant_id, scope, sha256))
             if document is None:
@@ -402,9 +385,7 @@ class Knowledge:
                 document.upload_again(filename=filename, media_type=kind, size=len(data), source_url=source_url)
             if refusal is not None:
                 document.fail(refusal.code, refusal.message)
-            chat = None
-            if chat_id is not None and refusal is None:
-                chat = self.store.get(Chat, chat_id)
+            if chat is not None and refusal is None:
                 chat.attach_file(str(document.id))
             self.store.save(document, chat)
             return document
@@ -415,37 +396,31 @@ class Knowledge:
             raise refusal
         return document
 
-    def _document(self, principal: Principal, document_id: uuid.UUID) -> Document:
+    def _located(self, principal: Principal, document_id: uuid.UUID) -> tuple[Document, KnowledgeBase | Chat]:
+        """A document the caller may read, with the knowledge base or chat it is in."""
         document = self.store.find(Document, document_id)
         if document is None or document.deleted or document.tenant_id != principal.tenant_id:
             raise NotFound("DOCUMENT_NOT_FOUND", "no such document")
         try:
             if document.knowledge_id is not None:
-                self._kb(principal, document.knowledge_id)
-            else:
-                chat = self.store.find(Chat, document.chat_id) if document.chat_id else None
-                if chat is None:
-                    raise NotFound("CHAT_NOT_FOUND", "no such chat")
-                chat.check_owner(principal.user_id)
+                return document, self._kb(principal, document.knowledge_id)
+            return document, self._chat(principal, document.chat_id)
         except NotFound:
             raise NotFound("DOCUMENT_NOT_FOUND", "no such document") from None
-        return document
 
     async def document(self, principal: Principal, document_id: uuid.UUID) -> Document:
-        return await self.store.call(self._document, principal, document_id)
+        document, _ = await self.store.call(self._located, principal, document_id)
+        return document
 
     async def delete_document(self, ctx: CommandContext, principal: Principal, document_id: uuid.UUID) -> None:
         def command() -> None:
-            document = self._document(principal, document_id)
-            if document.knowledge_id is not None:
-                kb = self._kb(principal, document.knowledge_id)
-                kb.check_writable(principal.user_id, principal.role, is_admin=principal.is_admin)
+            document, place = self._located(principal, document_id)
+            if isinstance(place, KnowledgeBase):
+                place.check_writable(principal.user_id, principal.role, is_admin=principal.is_admin)
             document.delete()
-            chat = None
-            if document.chat_id is not None:
-                chat = self.store.get(Chat, document.chat_id)
-                chat.detach_file(str(document.id))
-            self.store.save(document, chat)
+            if isinstance(place, Chat):
+                place.detach_file(str(document.id))
+            self.store.save(document, place)
 
         await self.store.execute(ctx, command)
 
@@ -494,7 +469,7 @@ class Knowledge:
                     if not chunks:
                         failure = ("DOCUMENT_EMPTY", "the document has no text to index")
                 except self.parse_errors as exc:
-                    failure = (getattr(exc, "code", "UNREADABLE"), getattr(exc, "message", str(exc)))
+                    failure = _reason(exc)
                 except TimeoutError:
                     failure = ("EXTRACTION_TIMEOUT", f"extraction took over {self.limits.extract_timeout_s:g} s")
 
@@ -642,6 +617,11 @@ class Knowledge:
             return await embedder.embed(texts)
         except EmbeddingError as exc:
             raise _embedding_failure(exc) from None
+
+
+def _reason(exc: Exception) -> tuple[str, str]:
+    """The stable code and the message a document parser's failure carries."""
+    return getattr(exc, "code", "UNREADABLE"), getattr(exc, "message", str(exc))
 
 
 def _check_query(query: str) -> str:

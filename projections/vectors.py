@@ -29,7 +29,8 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import structlog
@@ -37,17 +38,16 @@ from sqlalchemy import Table, bindparam, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from domain.knowledge import Hit, SearchScope, embedding_space
+from domain.knowledge import LOCAL_EMBEDDING, Hit, SearchScope, embedding_space
 from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
+from schema.locks import advisory_key
 from schema.tables import chunks, documents, embedding_cache, embedding_spaces, vector_spaces
 
-__all__ = ["DimensionChanged", "VectorIndex", "build_indexes", "ensure_space", "VectorsProjector", "LOCAL_EMBEDDING", "content_sha", "embed_text"]
+__all__ = ["DimensionChanged", "VectorIndex", "build_indexes", "ensure_space", "session_lock", "VectorsProjector", "LOCAL_EMBEDDING", "content_sha", "embed_text"]
 
 log = structlog.get_logger("parley.vectors")
 
-LOCAL_EMBEDDING: dict[str, Any] = {"provider_id": None, "model": "all-minilm-l6-v2"}
-"""The space chat files are embedded in, and the default of new knowledge bases."""
 
 RRF_K = 60
 EXACT_UP_TO = 10_000
@@ -107,14 +107,26 @@ async def _pgvector_has_halfvec(conn: AsyncConnection) -> bool:
     return version >= (0, 7)
 
 
+@asynccontextmanager
+async def session_lock(conn: AsyncConnection, name: str) -> AsyncIterator[bool]:
+    """Try the session-level advisory lock ``name`` on ``conn``: yields whether this session holds it
+    (another process doing the same work does not), and releases it afterwards."""
+    key = advisory_key(name)
+    held = bool((await conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar())
+    try:
+        yield held
+    finally:
+        if held:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
 async def ensure_space(conn: AsyncConnection, space: str, dims: int) -> None:
     """Record a space and its dimension (once; concurrent callers serialise on an advisory lock), with
     the name of the HNSW index ``build_indexes`` will give it. A space's vectors always have one
     dimension: a provider that changes it is refused."""
     row = (await conn.execute(select(embedding_spaces.c.dims).where(embedding_spaces.c.space == space))).first()
     if row is None:
-        lock = int.from_bytes(hashlib.sha256(space.encode()).digest()[:8], "big", signed=True)
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_key(space)})
         row = (await conn.execute(select(embedding_spaces.c.dims).where(embedding_spaces.c.space == space))).first()
     if row is not None:
         if row[0] != dims:
@@ -150,10 +162,9 @@ async def build_indexes(engine: AsyncEngine) -> list[str]:
         ops = "halfvec_cosine_ops" if vtype.startswith("halfvec") else "vector_cosine_ops"
         async with engine.connect() as conn:
             auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            lock = int.from_bytes(hashlib.sha256(f"index:{space}".encode()).digest()[:8], "big", signed=True)
-            if not (await auto.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock})).scalar():
-                continue  # another process is building it
-            try:
+            async with session_lock(auto, f"index:{space}") as held:
+                if not held:
+                    continue  # another process is building it
                 invalid = await auto.execute(
                     text(
                         "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -175,8 +186,6 @@ async def build_indexes(engine: AsyncEngine) -> list[str]:
                 )
                 log.info("vector_index_built", space=space, index=index_name, seconds=round(time.perf_counter() - started, 1))
                 built.append(space)
-            finally:
-                await auto.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock})
     return built
 
 
@@ -273,12 +282,12 @@ class VectorsProjector(HandlesTypes):
         items = d["chunks"]
         if not items:
             return
-        texts = {content_sha(c["heading"], c["text"]): embed_text(c["heading"], c["text"]) for c in items}
+        hashes = [content_sha(c["heading"], c["text"]) for c in items]
+        texts = {sha: embed_text(c["heading"], c["text"]) for sha, c in zip(hashes, items, strict=True)}
         vectors = await cached_vectors(conn, self.embedders, e.tenant_id, embedding, texts)
         space = embedding_space(embedding)
         rows = []
-        for c in items:
-            sha = content_sha(c["heading"], c["text"])
+        for sha, c in zip(hashes, items, strict=True):
             rows.append(
                 {
                     "document_id": str(e.aggregate_id),

@@ -325,8 +325,8 @@ blobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-# Knowledge bases and their documents (projections.knowledge). ``readers``/``writers`` hold the grantees
-# (``user:<id>``, ``role:<role>``, ``tenant``) that may read / write, besides the owner and tenant admins.
+# Knowledge bases and their documents (projections.knowledge). ``readers`` holds the grantees of ``access``
+# (``user:<id>``, ``role:<role>``, ``tenant``), so that who may read is one indexable array overlap.
 __all__ += ["knowledge_bases", "documents", "chunks", "vector_spaces", "embedding_spaces", "embedding_cache"]
 
 knowledge_bases = Table(
@@ -343,7 +343,6 @@ knowledge_bases = Table(
     Column("chunk_overlap", Integer, nullable=False),
     Column("access", JSONB, nullable=False),
     Column("readers", ARRAY(String(60)), nullable=False),
-    Column("writers", ARRAY(String(60)), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_rm_knowledge_bases_tenant", "tenant_id", "created_at"),

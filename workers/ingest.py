@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import socket
 import time
@@ -26,16 +25,16 @@ import uuid
 from typing import Any
 
 import structlog
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from application.context import CommandContext
 from domain.knowledge import embedding_space
 from projections.knowledge import pending_reembeddings
-from projections.vectors import build_indexes, cached_vectors, embed_text
+from projections.vectors import build_indexes, cached_vectors, embed_text, session_lock
 from schema.jobs import decode_ingest_job
 from schema.tables import chunks
 from workers.bootstrap import Container
-from workers.jobs import run_jobs
+from workers.jobs import run_every, run_jobs
 
 __all__ = ["IndexBuilder", "IngestionWorker", "ReEmbedder"]
 
@@ -131,60 +130,48 @@ class ReEmbedder:
         self.batch = batch
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                for pending in await pending_reembeddings(self.c.engine):
-                    if stop.is_set():
-                        return
-                    refused_at = self._refused.get((pending["knowledge_id"], embedding_space(pending["embedding"])))
-                    if refused_at is not None and time.monotonic() - refused_at < self.RETRY_REFUSED_S:
-                        continue
-                    await self.reembed(pending["tenant_id"], pending["knowledge_id"], pending["embedding"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("reembedding_failed", error_type=type(exc).__name__, error=str(exc)[:300])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
+        async def pending_changes() -> None:
+            for pending in await pending_reembeddings(self.c.engine):
+                if stop.is_set():
+                    return
+                refused_at = self._refused.get((pending["knowledge_id"], embedding_space(pending["embedding"])))
+                if refused_at is not None and time.monotonic() - refused_at < self.RETRY_REFUSED_S:
+                    continue
+                await self.reembed(pending["tenant_id"], pending["knowledge_id"], pending["embedding"])
+
+        await run_every(self.poll_s, stop, pending_changes, name="reembedding")
 
     async def reembed(self, tenant_id: str, knowledge_id: str, embedding: dict[str, Any]) -> bool:
         """Embed every chunk of the knowledge base in ``embedding``'s space (into the cache), then switch.
         False when another re-embedder holds this knowledge base."""
         space = embedding_space(embedding)
-        key = int.from_bytes(hashlib.sha256(f"reembed:{knowledge_id}".encode()).digest()[:8], "big", signed=True)
-        async with self.c.engine.connect() as lock_conn:
-            got = (await lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar()
-            if not got:
+        async with self.c.engine.connect() as lock_conn, session_lock(lock_conn, f"reembed:{knowledge_id}") as held:
+            if not held:
                 return False
-            try:
-                rows = (
-                    await lock_conn.execute(
-                        select(chunks.c.content_sha, chunks.c.heading, chunks.c.text)
-                        .where(chunks.c.tenant_id == tenant_id, chunks.c.knowledge_id == knowledge_id)
-                        .distinct()
-                    )
-                ).all()
-                await lock_conn.commit()
-                texts = {sha: embed_text(heading, body) for sha, heading, body in rows}
-                hashes = list(texts)
-                for start in range(0, len(hashes), self.batch):
-                    part = {sha: texts[sha] for sha in hashes[start : start + self.batch]}
-                    async with self.c.engine.begin() as conn:
-                        vectors = await cached_vectors(conn, self.c.embedders, tenant_id, embedding, part)
-                    if any(v is None for v in vectors.values()):
-                        # The new model refuses (bad key, unknown model): keep the old one and try later.
-                        self._refused[(knowledge_id, space)] = time.monotonic()
-                        log.warning("reembedding_refused", knowledge_id=knowledge_id, space=space)
-                        return False
-                    log.info("reembedding_progress", knowledge_id=knowledge_id, space=space, done=min(start + self.batch, len(hashes)), total=len(hashes))
-                ctx = CommandContext(tenant_id=tenant_id, actor=f"worker:{self.name}")
-                switched = await self.c.knowledge.switch_embedding(ctx, uuid.UUID(knowledge_id), space)
-                log.info("reembedding_done", knowledge_id=knowledge_id, space=space, chunks=len(hashes), switched=switched)
-                return switched
-            finally:
-                await lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                await lock_conn.commit()
-
+            rows = (
+                await lock_conn.execute(
+                    select(chunks.c.content_sha, chunks.c.heading, chunks.c.text)
+                    .where(chunks.c.tenant_id == tenant_id, chunks.c.knowledge_id == knowledge_id)
+                    .distinct()
+                )
+            ).all()
+            await lock_conn.commit()
+            texts = {sha: embed_text(heading, body) for sha, heading, body in rows}
+            hashes = list(texts)
+            for start in range(0, len(hashes), self.batch):
+                part = {sha: texts[sha] for sha in hashes[start : start + self.batch]}
+                async with self.c.engine.begin() as conn:
+                    vectors = await cached_vectors(conn, self.c.embedders, tenant_id, embedding, part)
+                if any(v is None for v in vectors.values()):
+                    # The new model refuses (bad key, unknown model): keep the old one and try later.
+                    self._refused[(knowledge_id, space)] = time.monotonic()
+                    log.warning("reembedding_refused", knowledge_id=knowledge_id, space=space)
+                    return False
+                log.info("reembedding_progress", knowledge_id=knowledge_id, space=space, done=min(start + self.batch, len(hashes)), total=len(hashes))
+            ctx = CommandContext(tenant_id=tenant_id, actor=f"worker:{self.name}")
+            switched = await self.c.knowledge.switch_embedding(ctx, uuid.UUID(knowledge_id), space)
+            log.info("reembedding_done", knowledge_id=knowledge_id, space=space, chunks=len(hashes), switched=switched)
+            return switched
 
 class IndexBuilder:
     """Builds the HNSW index of each new embedding space, concurrently with the writers (a build can take
@@ -195,12 +182,7 @@ class IndexBuilder:
         self.poll_s = poll_s
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await build_indexes(self.c.engine)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("vector_index_build_failed", error_type=type(exc).__name__, error=str(exc)[:300])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
+        async def build() -> None:
+            await build_indexes(self.c.engine)
+
+        await run_every(self.poll_s, stop, build, name="vector_index_build")

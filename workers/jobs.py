@@ -1,13 +1,19 @@
-"""What every worker on the ``PARLEY_JOBS`` work queue does the same way: pull jobs while there is room
-for them, run each as a task, and hand the running ones back when stopping."""
+"""What workers do the same way: pull jobs from the ``PARLEY_JOBS`` work queue while there is room for
+them, run each as a task, and hand the running ones back when stopping; and run background work every
+few seconds until stopped."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["run_jobs"]
+import structlog
+
+__all__ = ["run_jobs", "run_every"]
+
+log = structlog.get_logger("parley.worker")
 
 
 async def run_jobs(sub: Any, handle: Callable[[Any], Awaitable[None]], *, concurrency: int, stop: asyncio.Event) -> None:
@@ -35,3 +41,17 @@ async def run_jobs(sub: Any, handle: Callable[[Any], Awaitable[None]], *, concur
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_every(interval_s: float, stop: asyncio.Event, work: Callable[[], Awaitable[None]], *, name: str) -> None:
+    """``work()`` now and then every ``interval_s`` until ``stop`` is set. A failure is logged and the
+    next round tries again (Postgres or a provider may be back by then)."""
+    while not stop.is_set():
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(f"{name}_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -11,7 +11,6 @@ polling fallback.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any
 
 import psycopg
@@ -23,16 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.eventstore import EventStore
 from schema.events import EventEnvelope, encode
 from schema.jobs import IngestJob, Job, encode_ingest_job, encode_job
+from schema.locks import advisory_key
 from schema.subjects import Subjects
 from schema.tables import relay_positions
 
 __all__ = ["Relay"]
 
 log = structlog.get_logger("parley.relay")
-
-
-def _lock_key(namespace: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{namespace}:relay".encode()).digest()[:8], "big", signed=True)
 
 
 class Relay:
@@ -121,7 +117,7 @@ class Relay:
                 await asyncio.sleep(1)
 
     async def _standby(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> None:
-        key = _lock_key(self.subjects.namespace)
+        key = advisory_key(f"{self.subjects.namespace}:relay")
         announced = False
         while not stop.is_set():
             row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()

@@ -19,26 +19,26 @@ from api import dto_knowledge as dto
 from api.deps import App, Caller, command_context
 from application.identity import Principal
 from domain.errors import BadRequest, Forbidden, NotFound, TooLarge, UnsupportedType
+from domain.knowledge import LOCAL_EMBEDDING_MODEL, Hit, Reader
 from domain.knowledge import Document as DocumentAggregate
-from domain.knowledge import Hit
 from domain.knowledge import KnowledgeBase as KnowledgeAggregate
 from projections.conversations import MAX_PAGE
-from projections.knowledge import Reader, get_document, get_knowledge, list_documents, list_knowledge
+from projections.knowledge import get_document, get_knowledge, list_documents, list_knowledge
 from workers.bootstrap import Container
 
-__all__ = ["ChatFilesController", "DocumentController", "KnowledgeController", "document_dto", "citation_dto"]
+__all__ = ["ChatFilesController", "DocumentController", "KnowledgeController", "document_dto"]
 
 MAX_FILES_PER_REQUEST = 20
 _MULTIPART_SLACK = 1024 * 1024
 
 
 def _reader(caller: Principal) -> Reader:
-    return Reader(tenant_id=caller.tenant_id, user_id=str(caller.user_id), role=caller.role, is_admin=caller.is_admin)
+    return Reader(tenant_id=caller.tenant_id, user_id=caller.user_id, role=caller.role, is_admin=caller.is_admin)
 
 
 def knowledge_dto(kb: KnowledgeAggregate | dict[str, Any], caller: Principal) -> dto.KnowledgeBase:
     if isinstance(kb, dict):
-        return dto.KnowledgeBase(**{**kb, "created_at": kb["created_at"], "updated_at": kb["updated_at"]})
+        return dto.KnowledgeBase(**kb)
     level = kb.level_for(caller.user_id, caller.role, is_admin=caller.is_admin) or "read"
     return dto.KnowledgeBase(
         id=str(kb.id),
@@ -95,10 +95,6 @@ def hit_dto(h: Hit) -> dto.SearchHit:
         vector_rank=h.vector_rank,
         text_rank=h.text_rank,
     )
-
-
-def citation_dto(c: dict[str, Any]) -> dto.Citation:
-    return dto.Citation(**{k: v for k, v in c.items() if k in dto.Citation.__struct_fields__})
 
 
 async def _uploads(request: Request[Any, Any, Any], c: Container) -> list[tuple[bytes, str, str | None, str | None]]:
@@ -176,7 +172,7 @@ class KnowledgeController(Controller):
             caller,
             name=data.name,
             description=data.description,
-            embedding_model=data.embedding_model or "all-minilm-l6-v2",
+            embedding_model=data.embedding_model or LOCAL_EMBEDDING_MODEL,
             provider_id=data.provider_id,
             chunk_size=data.chunk_size,
             chunk_overlap=data.chunk_overlap,
