@@ -111,10 +111,9 @@ class HttpEmbedder:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.model = model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = HttpUpstream(
             base_url,
-            headers=headers,
+            api_key=api_key,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
             transport=transport,

@@ -56,19 +56,21 @@ def upstream_errors(what: str) -> Iterator[None]:
 
 
 class HttpUpstream:
-    """A lazily opened ``httpx.AsyncClient`` with the engine's timeouts and headers."""
+    """A lazily opened ``httpx.AsyncClient`` with the engine's timeouts and headers; ``api_key``, when
+    given, goes as a Bearer token."""
 
     def __init__(
         self,
         base_url: str,
         *,
+        api_key: str | None = None,
         headers: dict[str, str] | None = None,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._headers = headers or {}
+        self._headers = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
         self._timeout = httpx.Timeout(
             connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=connect_timeout_s
         )

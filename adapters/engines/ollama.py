@@ -32,10 +32,9 @@ class OllamaEngine:
         read_timeout_s: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = HttpUpstream(
             base_url,
-            headers=headers,
+            api_key=api_key,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
             transport=transport,

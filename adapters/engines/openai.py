@@ -39,12 +39,10 @@ class OpenAIEngine:
         read_timeout_s: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Accept": "text/event-stream"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
         self._http = HttpUpstream(
             base_url,
-            headers=headers,
+            api_key=api_key,
+            headers={"Accept": "text/event-stream"},
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
             transport=transport,
