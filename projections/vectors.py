@@ -406,7 +406,10 @@ class VectorIndex:
             return []
         dims, index_name = int(row.dims), (row.index_name if row.indexed else None)
         if len(scope.vector) != dims:
-            raise DimensionChanged(f"the query has {len(scope.vector)} dimensions, the index {dims}")
+            # The provider changed its model's dimension: its vectors cannot be compared; full text answers
+            # (as the projector keeps such chunks for full text).
+            log.warning("query_dimension_changed", space=scope.space, query_dims=len(scope.vector), index_dims=dims)
+            return []
         halfvec = index_name is not None and dims > MAX_INDEXED_DIMS
         vtype = _vector_type(dims, halfvec)
         distance = f"(embedding::{vtype} <=> CAST(:qv AS {vtype}))"
