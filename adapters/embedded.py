@@ -2,12 +2,17 @@
 
 Nothing else in parley knows these engines are embedded: everything connects by URL, so the embedded
 path and the production path are the same code. Data stays under ``PARLEY_HOME`` across restarts.
+
+While they run, the launcher keeps their URLs and its own pid in ``PARLEY_HOME/engines.json`` (readable by
+its owner only: a URL may carry a password), so that a command run from another terminal in the same
+project (``parley audit verify``, ``parley rebuild``) finds them; ``running_engines()`` reads it back.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -16,13 +21,13 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-__all__ = ["EmbeddedEngines", "EngineUrls", "EngineStartError"]
+__all__ = ["EmbeddedEngines", "EngineUrls", "EngineStartError", "RECORD_FILE", "running_engines"]
 
 log = structlog.get_logger("parley.embedded")
 # pgserver logs every handle at INFO, some of it from atexit after streams are closed.
@@ -38,6 +43,38 @@ class EngineUrls:
     database_url: str
     nats_url: str
     redis_url: str
+
+
+RECORD_FILE = "engines.json"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and someone else's
+        return True
+    return True
+
+
+def _read_record(home: Path) -> tuple[int, EngineUrls] | None:
+    try:
+        record = json.loads((home / RECORD_FILE).read_text())
+        return int(record["pid"]), EngineUrls(
+            database_url=record["database_url"], nats_url=record["nats_url"], redis_url=record["redis_url"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not ours to read
+        return None
+
+
+def running_engines(home: Path) -> EngineUrls | None:
+    """The URLs of the engines a launcher runs under ``home`` now, or None: no record, or a stale one
+    whose process is gone (killed before it could remove it)."""
+    found = _read_record(home)
+    if found is None or not _process_alive(found[0]):
+        return None
+    return found[1]
 
 
 def _free_port() -> int:
@@ -69,6 +106,7 @@ class EmbeddedEngines:
     fast: bool = False
     _pg: object | None = None
     _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    _recorded: bool = False
 
     def __enter__(self) -> EmbeddedEngines:
         return self
@@ -181,19 +219,49 @@ class EmbeddedEngines:
     def start(
         self, *, database_url: str | None = None, nats_url: str | None = None, redis_url: str | None = None
     ) -> EngineUrls:
-        """Start an engine for each URL not given; return the URLs of all three."""
+        """Start an engine for each URL not given; return the URLs of all three, also recorded in
+        ``home/engines.json`` until ``stop()``. Refuses to start beside another launcher on the same home."""
         self.home.mkdir(parents=True, exist_ok=True)
+        found = _read_record(self.home)
+        if found is not None and found[0] != os.getpid() and _process_alive(found[0]):
+            raise EngineStartError(
+                f"parley is already running under {self.home} (pid {found[0]}): stop it first, or set another "
+                f"PARLEY_HOME (if that process is not parley, remove {self.home / RECORD_FILE})"
+            )
         try:
-            return EngineUrls(
+            urls = EngineUrls(
                 database_url=database_url or self.start_postgres(),
                 nats_url=nats_url or self.start_nats(),
                 redis_url=redis_url or self.start_redis(),
             )
+            self._write_record(urls)
+            return urls
         except BaseException:
             self.stop()
             raise
 
+    def _write_record(self, urls: EngineUrls) -> None:
+        record = {"pid": os.getpid(), "started_at": time.time(), **asdict(urls)}
+        staging = self.home / f".{RECORD_FILE}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            staging.unlink()
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2)
+        staging.replace(self.home / RECORD_FILE)  # atomic: a reader never sees half a record
+        self._recorded = True
+
+    def _remove_record(self) -> None:
+        if not self._recorded:
+            return
+        self._recorded = False
+        found = _read_record(self.home)
+        if found is not None and found[0] == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                (self.home / RECORD_FILE).unlink()
+
     def stop(self) -> None:
+        self._remove_record()  # first: from now on a command says nothing runs rather than failing to connect
         for name, proc in reversed(self._procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

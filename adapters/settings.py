@@ -54,6 +54,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Generation workers: how many generations one worker runs at once, and where the local model runs.
     worker_concurrency: int = 4
     local_device: str = "auto"
+    # `parley worker` (and so `parley serve`) loads the local model at start, so the first answer does not
+    # wait for it. PARLEY_PRELOAD_LOCAL_MODEL defaults to true; settings built in code (tests, benchmarks,
+    # which start many workers) default to false and load a model only where a request asks for one.
+    preload_local_model: bool = False
     # Knowledge: where uploaded bytes go (None: the Postgres table; "file:///dir"; "s3://bucket/prefix?..."),
     # upload and per-tenant storage limits, fetching web pages by URL (off: outbound requests are a risk
     # an operator opts into), and how many chunks an answer retrieves.
@@ -147,6 +151,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             enable_echo_engine=boolean("ENABLE_ECHO_ENGINE", False),
             worker_concurrency=integer("WORKER_CONCURRENCY", 4, 1, 1024),
             local_device=get("LOCAL_DEVICE") or "auto",
+            preload_local_model=boolean("PRELOAD_LOCAL_MODEL", True),
             blob_store=None if get("BLOB_STORE") in (None, "postgres") else url("BLOB_STORE", ("file", "s3")),
             max_upload_bytes=integer("MAX_UPLOAD_BYTES", 25 * 1024 * 1024, 1024, 1 << 31),
             tenant_storage_bytes=integer("TENANT_STORAGE_BYTES", 2 * 1024**3, 1024, 1 << 50),
@@ -185,6 +190,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_ENABLE_ECHO_ENGINE": "true" if self.enable_echo_engine else "false",
             "PARLEY_WORKER_CONCURRENCY": str(self.worker_concurrency),
             "PARLEY_LOCAL_DEVICE": self.local_device,
+            "PARLEY_PRELOAD_LOCAL_MODEL": "true" if self.preload_local_model else "false",
             "PARLEY_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
             "PARLEY_TENANT_STORAGE_BYTES": str(self.tenant_storage_bytes),
             "PARLEY_ALLOW_URL_FETCH": "true" if self.allow_url_fetch else "false",

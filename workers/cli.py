@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from adapters.embedded import EngineStartError, running_engines
 from adapters.logging import configure_logging
 from adapters.settings import Settings, SettingsError
 
@@ -38,10 +39,28 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _require_urls(settings: Settings, *names: str) -> None:
-    missing = [n for n in names if not getattr(settings, n)]
-    if missing:
-        raise SettingsError([f"PARLEY_{n.upper()} is required for this command (or use 'parley serve')" for n in missing])
+class NothingRunning(Exception):
+    """No ``PARLEY_*_URL`` is set and no ``parley serve`` runs under ``PARLEY_HOME``."""
+
+
+def _with_engines(settings: Settings, *needed: str) -> Settings:
+    """``settings`` with the URLs of the engines this command needs: the ``PARLEY_*_URL`` variables when
+    any is set, else those of the engines that ``parley serve`` runs under ``PARLEY_HOME``."""
+    given = [n for n in ("database_url", "nats_url", "redis_url") if getattr(settings, n)]
+    if given:  # the environment names the deployment: never mix in the embedded engines
+        missing = [n for n in needed if n not in given]
+        if missing:
+            raise SettingsError(
+                [f"PARLEY_{n.upper()} is required for this command beside PARLEY_{given[0].upper()}" for n in missing]
+            )
+        return settings
+    urls = running_engines(settings.home)
+    if urls is None:
+        raise NothingRunning(
+            f"nothing is running under {settings.home}: start it with 'make run' (parley serve), or set "
+            "PARLEY_DATABASE_URL, PARLEY_NATS_URL and PARLEY_REDIS_URL to use other engines"
+        )
+    return settings.with_urls(database_url=urls.database_url, nats_url=urls.nats_url, redis_url=urls.redis_url)
 
 
 def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -63,7 +82,7 @@ def cmd_api(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "nats_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
 
     async def main() -> None:
         c = await bootstrap(settings)
@@ -84,7 +103,7 @@ def cmd_relay(args: argparse.Namespace) -> None:
     from workers.relay import Relay
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "nats_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
 
     async def main(stop: asyncio.Event) -> None:
         c = await bootstrap(settings, pool_size=2)
@@ -102,7 +121,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from workers.ingest import IndexBuilder, IngestionWorker, ReEmbedder
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "nats_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
 
     async def main(stop: asyncio.Event) -> None:
         c = await bootstrap(settings, pool_size=4)
@@ -124,7 +143,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "nats_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
     chosen = _check_projector_names(args.names)
 
     async def main(stop: asyncio.Event) -> None:
@@ -147,13 +166,16 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from workers.generate import GenerationWorker
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "nats_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
 
     async def main(stop: asyncio.Event) -> None:
         c = await bootstrap(settings, pool_size=4)
         js = await c.connect_nats("parley-worker")
         try:
-            await GenerationWorker(c, js=js, nc=c.nc, concurrency=args.concurrency).run(stop)
+            worker = GenerationWorker(
+                c, js=js, nc=c.nc, concurrency=args.concurrency, preload_local=settings.preload_local_model
+            )
+            await worker.run(stop)
         finally:
             await c.close()
 
@@ -182,7 +204,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "redis_url")
     chosen = _check_projector_names([args.name])
 
     async def main() -> None:
@@ -214,7 +236,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "redis_url")
 
     async def main() -> int:
         c = await bootstrap(settings, pool_size=2)
@@ -238,7 +260,7 @@ def cmd_admin_create_tenant(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "redis_url")
 
     async def main() -> None:
         c = await bootstrap(settings, pool_size=2)
@@ -266,7 +288,7 @@ def cmd_admin_create_user(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "redis_url")
     password = os.environ.get("PARLEY_NEW_USER_PASSWORD") or getpass.getpass("password for the new user: ")
 
     async def main() -> None:
@@ -296,7 +318,7 @@ def cmd_usage_report(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
-    _require_urls(settings, "database_url", "redis_url")
+    settings = _with_engines(settings, "database_url", "redis_url")
     try:
         start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
     except ValueError as exc:
@@ -335,6 +357,7 @@ def cmd_usage_report(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from adapters.embedded import EmbeddedEngines
 
+    started = time.monotonic()
     settings = _settings(args)
     engines = EmbeddedEngines(settings.home, fast=settings.embedded_fast)
     urls = engines.start(database_url=settings.database_url, nats_url=settings.nats_url, redis_url=settings.redis_url)
@@ -353,13 +376,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    base_url = f"http://{settings.host}:{settings.port}"
     try:
         for name in parts:
             spawn(name)
-        print(f"parley serving on http://{settings.host}:{settings.port} (Ctrl-C stops)", flush=True)
+        print(f"parley starting on {base_url} (Ctrl-C stops)", flush=True)
         restarts: dict[str, list[float]] = {n: [] for n in parts}
+        announced, next_probe = False, 0.0
         while not stopping:
             time.sleep(0.2)
+            if not announced and time.monotonic() >= next_probe:  # each probe is a request log line: 1/s
+                next_probe = time.monotonic() + 1
+                if line := _ready_line(settings, base_url, started):
+                    print(line, flush=True)
+                    announced = True
             for name, proc in list(children.items()):
                 if proc.poll() is not None and not stopping:
                     recent = [t for t in restarts[name] if time.monotonic() - t < 60]
@@ -381,6 +411,29 @@ def cmd_serve(args: argparse.Namespace) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         engines.stop()
+
+
+def _ready_line(settings: Settings, base_url: str, started: float) -> str | None:
+    """What ``parley serve`` says once ``/health/ready`` says the API, the engines and a worker with its
+    models loaded are all up (or a model failed to load, which waiting will not mend); None until then."""
+    import httpx
+
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    try:
+        body = httpx.get(f"http://{host}:{settings.port}/health/ready", timeout=1).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    engines = body.get("checks", {}).get("engines")
+    if body.get("status") == "not_ready" or engines not in ("ok", "failed"):
+        return None
+    seconds = time.monotonic() - started
+    loads = [e for w in body.get("workers", []) for e in w.get("engines", [])]
+    notes = [f"{e['kind']} model loaded in {e['load_seconds']:.1f} s" for e in loads if e["state"] == "ready"]
+    notes += [f"the {e['kind']} model failed to load: {e['error']}" for e in loads if e["state"] == "failed"]
+    log.info("parley_ready", url=base_url, seconds=round(seconds, 1), engines=engines)
+    detail = f" ({'; '.join(dict.fromkeys(notes))})" if notes else ""
+    return f"parley ready at {base_url} in {seconds:.1f} s{detail}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except SettingsError as exc:
+    except (SettingsError, NothingRunning, EngineStartError) as exc:
         print(f"parley: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -1,13 +1,16 @@
-"""Liveness, readiness (the event store, NATS and Redis all answer) and Prometheus metrics."""
+"""Liveness, readiness (the event store, NATS and Redis answer, and the generation workers have loaded
+their engines: see ``adapters.readiness.readiness`` for what each answer means) and Prometheus metrics."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import msgspec
 from litestar import Controller, Response, get
 
 from adapters.metrics import CONTENT_TYPE
+from adapters.readiness import WorkerRecords, WorkerStatus, readiness
 from api.deps import App
 
 
@@ -17,6 +20,13 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
         return name, "ok"
     except Exception as exc:  # any failure means not ready; say which
         return name, f"error: {type(exc).__name__}"
+
+
+async def _live_workers(records: WorkerRecords) -> list[WorkerStatus] | None:
+    try:
+        return await asyncio.wait_for(records.live(), timeout=2)
+    except Exception:  # Redis does not answer: its own check says why
+        return None
 
 
 class HealthController(Controller):
@@ -36,15 +46,22 @@ class HealthController(Controller):
                 raise ConnectionError("nats disconnected")
             await c.nc.flush(timeout=1)
 
-        checks = dict(
-            await asyncio.gather(
+        checks_done, workers = await asyncio.gather(
+            asyncio.gather(
                 _check("event_store", c.store.call(c.store.max_id)),
                 _check("nats", nats()),
                 _check("redis", c.redis.ping()),
-            )
+            ),
+            _live_workers(WorkerRecords(c.redis, c.settings.namespace)),
         )
-        ok = all(v == "ok" for v in checks.values())
-        return Response({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+        checks = dict(checks_done)
+        status, checks["engines"] = readiness(all(v == "ok" for v in checks.values()), workers)
+        body = {
+            "status": status,
+            "checks": checks,
+            "workers": [{**msgspec.to_builtins(w), "state": w.state} for w in workers or []],
+        }
+        return Response(body, status_code=503 if status == "not_ready" else 200)
 
 
 class MetricsController(Controller):
