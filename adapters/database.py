@@ -27,14 +27,17 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
 
 
 def _add_missing_columns(sync_conn: Any) -> None:
-    """Columns added to a table after it was created (always nullable or defaulted, as events evolve)."""
+    """Columns added to a table after it was created (always nullable or defaulted, as events evolve), and
+    columns that became optional (a NOT NULL dropped)."""
     inspector = inspect(sync_conn)
     for table in metadata.sorted_tables:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
+        present = {c["name"]: c for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name not in present:
                 ddl = CreateColumn(column).compile(dialect=sync_conn.dialect)
                 sync_conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN IF NOT EXISTS {ddl}'))
+            elif column.nullable and not column.primary_key and not present[column.name]["nullable"]:
+                sync_conn.execute(text(f'ALTER TABLE "{table.name}" ALTER COLUMN "{column.name}" DROP NOT NULL'))
 
 
 async def create_tables(engine: AsyncEngine) -> None:

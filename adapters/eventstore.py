@@ -84,6 +84,7 @@ def notification_to_envelope(app: Application[uuid.UUID], n: Notification) -> Ev
         occurred_at=occurred_at,
         tenant_id=str(meta.get("tenant_id", "")),
         actor=str(meta.get("actor", "system")),
+        via=meta.get("via"),
         correlation_id=str(meta.get("correlation_id", "")),
         causation_id=meta.get("causation_id"),
         traceparent=meta.get("traceparent"),

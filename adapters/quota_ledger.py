@@ -59,16 +59,20 @@ class NotReady(Exception):
 
 
 _RESERVE = """
--- KEYS: ready, reservation, open set, counters...   ARGV: amount, generation, now, ttl, limits...
+-- KEYS: ready, reservation, open set, counters...   ARGV: amount, generation, now, ttl, minimum, limits...
+-- Reserves ``amount``, or as much of it as every limit has room for, down to ``minimum``.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_ready'} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'ok'} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'ok', redis.call('HGET', KEYS[2], 'amount')} end
 local amount = tonumber(ARGV[1])
+local minimum = tonumber(ARGV[5])
 local n = #KEYS - 3
 for i = 1, n do
-  local limit = ARGV[4 + i]
+  local limit = ARGV[5 + i]
   if limit ~= '' then
     local used = tonumber(redis.call('GET', KEYS[3 + i]) or '0')
-    if used + amount > tonumber(limit) then return {'refused', tostring(i), tostring(used), limit} end
+    local room = tonumber(limit) - used
+    if room < minimum then return {'refused', tostring(i), tostring(used), limit} end
+    if room < amount then amount = room end
   end
 end
 local keys = {}
@@ -80,7 +84,7 @@ end
 redis.call('HSET', KEYS[2], 'amount', amount, 'keys', table.concat(keys, ' '), 'created_at', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
-return {'ok'}
+return {'ok', tostring(amount)}
 """
 
 _SETTLE = """
@@ -166,16 +170,33 @@ class QuotaLedger:
     ) -> Refused | None:
         """Count ``amount`` on every scope if it fits every limit, else count nothing and say which limit
         refused. Reserving the same generation twice counts it once. Raises ``NotReady``."""
-        if amount < 0:
-            raise ValueError("amount must not be negative")
+        granted = await self.reserve_up_to(tenant_id, day, scopes, amount, generation_id, minimum=amount, now=now)
+        return granted if isinstance(granted, Refused) else None
+
+    async def reserve_up_to(
+        self,
+        tenant_id: str,
+        day: str,
+        scopes: Sequence[tuple[str, int | None]],
+        amount: int,
+        generation_id: str,
+        *,
+        minimum: int,
+        now: float | None = None,
+    ) -> Refused | int:
+        """Count as much of ``amount`` as every limit has room for, at least ``minimum``, and return it;
+        else count nothing and say which limit refused. Reserving the same generation twice counts it
+        once (and returns what the first reserved). Raises ``NotReady``."""
+        if amount < 0 or not 0 <= minimum <= amount:
+            raise ValueError("0 <= minimum <= amount")
         keys = [self._ready_key(tenant_id, day), self._res_key(generation_id), self._open_key]
         keys += [self.counter_key(tenant_id, day, scope) for scope, _ in scopes]
-        args: list[str | int | float] = [amount, generation_id, now if now is not None else time.time(), self.ttl_s]
+        args: list[str | int | float] = [amount, generation_id, now if now is not None else time.time(), self.ttl_s, minimum]
         args += ["" if limit is None else limit for _, limit in scopes]
         result = await self._reserve(keys=keys, args=args)
         match result[0]:
             case "ok":
-                return None
+                return int(result[1])
             case "not_ready":
                 raise NotReady(f"quota counters of {tenant_id}/{day} are not built")
             case _:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import unquote
 
 from litestar import Request
 from litestar.datastructures import State
@@ -12,8 +13,8 @@ from litestar.di import NamedDependency
 
 from adapters.rate_limit import SlidingWindowLimiter, TtlCache
 from application.context import CommandContext
-from application.identity import Principal
-from domain.errors import Forbidden, RateLimited, Unauthenticated
+from application.identity import EndUser, Principal
+from domain.errors import BadRequest, Forbidden, RateLimited, Unauthenticated
 from domain.identity import tenant_id_for
 from domain.quotas import DEFAULT_RATE_LIMITS, QuotaPolicy, policy_id_for
 from projections.identity import tenant_for_host
@@ -26,6 +27,7 @@ __all__ = [
     "command_context",
     "request_tenant",
     "check_rate",
+    "client_chat_id",
     "App",
     "Caller",
     "TenantSlug",
@@ -67,11 +69,53 @@ async def request_tenant(request: Request[Any, Any, Any], state: State) -> str:
     return c.settings.default_tenant
 
 
-def _base_context(request: Request[Any, Any, Any], tenant_id: str, actor: str) -> CommandContext:
+# The end user of a request, as a gateway in front of parley names them: Open WebUI's forwarded headers
+# (ENABLE_FORWARD_USER_INFO_HEADERS), or parley's own for any other front end.
+_END_USER_HEADERS = {
+    "email": ("x-parley-user-email", "x-openwebui-user-email"),
+    "name": ("x-parley-user-name", "x-openwebui-user-name"),
+    "role": ("x-parley-user-role", "x-openwebui-user-role"),
+    "id": ("x-openwebui-user-id",),
+}
+_CHAT_ID_HEADERS = ("x-parley-chat-id", "x-openwebui-chat-id")
+_MAX_CLIENT_CHAT_ID = 200
+
+
+def _header(request: Request[Any, Any, Any], names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = request.headers.get(name)
+        if value is not None and value.strip():
+            return value.strip()
+    return None
+
+
+def _end_user(request: Request[Any, Any, Any], p: Principal) -> EndUser | None:
+    """The end user the request names, if it names one (and may: ``p`` is a gateway)."""
+    found = {key: _header(request, names) for key, names in _END_USER_HEADERS.items()}
+    if not any(found.values()):
+        return None
+    p.require_gateway()
+    if not found["email"]:
+        raise BadRequest("END_USER_EMAIL_REQUIRED", "name the end user by e-mail (X-Parley-User-Email)", field="email")
+    name = unquote(found["name"]) if found["name"] else None  # Open WebUI percent-encodes names
+    return EndUser(email=found["email"][:254], name=name, role=found["role"])
+
+
+def client_chat_id(request: Request[Any, Any, Any]) -> str | None:
+    """The front end's own id of the chat a request belongs to (``X-Parley-Chat-Id``, Open WebUI's
+    ``X-OpenWebUI-Chat-Id``)."""
+    value = _header(request, _CHAT_ID_HEADERS)
+    if value is not None and (len(value) > _MAX_CLIENT_CHAT_ID or any(ord(ch) < 32 for ch in value)):
+        raise BadRequest("INVALID_CHAT_ID", f"a chat id is 1-{_MAX_CLIENT_CHAT_ID} printable characters", field="chat_id")
+    return value
+
+
+def _base_context(request: Request[Any, Any, Any], tenant_id: str, actor: str, via: str | None = None) -> CommandContext:
     traceparent = request.headers.get("traceparent")
     return CommandContext(
         tenant_id=tenant_id,
         actor=actor,
+        via=via,
         correlation_id=request.scope.get("state", {}).get("correlation_id", ""),
         traceparent=traceparent if traceparent and _TRACEPARENT.match(traceparent) else None,
         ip=request.client.host if request.client else None,
@@ -88,6 +132,11 @@ async def optional_principal(request: Request[Any, Any, Any], state: State) -> P
     claimed = request.headers.get("x-tenant")
     if claimed and str(tenant_id_for(claimed.strip().lower())) != p.tenant_id and claimed != p.tenant_id:
         raise Forbidden("TENANT_MISMATCH", "the credential belongs to another tenant")
+    end_user = _end_user(request, p)
+    if end_user is not None:
+        # The gateway's own requests go in its name; the end user is created in its tenant.
+        ctx = _base_context(request, p.tenant_id, p.actor)
+        p = await c.identity.gateway_principal(ctx, p, end_user)
     request.scope.setdefault("state", {})["actor"] = p.actor
     return p
 
@@ -133,7 +182,7 @@ async def principal(request: Request[Any, Any, Any], state: State) -> Principal:
         raise Unauthenticated("UNAUTHENTICATED", "sign in, or send an API key")
     if p.via == "api_key":
         await check_rate(state, p.tenant_id, f"apikey:{p.api_key_id}", "api_key_per_minute")
-    else:
+    else:  # a session, or an end user a gateway named: the user's own limit
         await check_rate(state, p.tenant_id, f"user:{p.user_id}", "user_per_minute")
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         p.require_scope("write")
@@ -144,7 +193,7 @@ async def principal(request: Request[Any, Any, Any], state: State) -> Principal:
 
 def command_context(request: Request[Any, Any, Any], p: Principal | None = None, tenant_id: str = "") -> CommandContext:
     if p is not None:
-        return _base_context(request, p.tenant_id, p.actor)
+        return _base_context(request, p.tenant_id, p.actor, p.on_behalf_via)
     return _base_context(request, tenant_id, "anonymous")
 
 

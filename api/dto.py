@@ -69,10 +69,22 @@ class PasswordBody(_Body):
     new_password: Password
 
 
+RoleMap = Annotated[dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=20)]], Meta(max_length=32)]
+
+
 class ApiKeyCreate(_Body):
+    """``gateway`` in ``scopes`` (tenant admins only): the key of an application in front of parley that
+    names each request's end user (``X-OpenWebUI-User-*`` or ``X-Parley-User-*`` headers); ``role_map``
+    turns the role it forwards into the parley role of end users it creates (else the tenant's default)."""
+
     name: Name
-    scopes: Annotated[list[Annotated[str, Meta(max_length=20)]], Meta(max_length=3)] = msgspec.field(default_factory=lambda: ["read", "write"])
+    scopes: Annotated[list[Annotated[str, Meta(max_length=20)]], Meta(max_length=4)] = msgspec.field(default_factory=lambda: ["read", "write"])
     expires_in_days: int | None = None
+    role_map: RoleMap | None = None
+
+
+class ApiKeyUpdate(_Body):
+    role_map: RoleMap
 
 
 class UserCreate(_Body):
@@ -122,6 +134,7 @@ class ApiKey(msgspec.Struct, kw_only=True):
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    role_map: dict[str, str] | None = None
 
 
 class ApiKeyCreated(msgspec.Struct, kw_only=True):
@@ -131,6 +144,7 @@ class ApiKeyCreated(msgspec.Struct, kw_only=True):
     prefix: str
     scopes: list[str]
     expires_at: datetime | None = None
+    role_map: dict[str, str] | None = None
 
 
 class Tenant(msgspec.Struct, kw_only=True):
@@ -154,6 +168,7 @@ class AuditEntry(msgspec.Struct, kw_only=True):
     seq: int
     occurred_at: datetime
     actor: str
+    via: str | None = None
     action: str
     target_type: str
     target_id: str

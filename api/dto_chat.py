@@ -6,7 +6,7 @@ content, which the domain checks so that an oversized one is answered 413 MESSAG
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -68,6 +68,25 @@ class Provider(msgspec.Struct, kw_only=True):
     created_at: datetime | None = None
 
 
+class Capabilities(_Body):
+    """What a model can serve (each field optional: the rest keep their values, or the defaults of the
+    provider's kind). ``params``: the optional parameters it honours, among seed, top_k, min_p,
+    frequency_penalty, presence_penalty, repetition_penalty, logit_bias, response_format, reasoning_effort."""
+
+    context_window: int | UnsetType = UNSET
+    max_output_tokens: int | None | UnsetType = UNSET
+    tools: bool | UnsetType = UNSET
+    vision: bool | UnsetType = UNSET
+    params: Annotated[list[Annotated[str, Meta(max_length=40)]], Meta(max_length=20)] | UnsetType = UNSET
+
+
+def capabilities_given(value: Capabilities | None | UnsetType) -> dict[str, Any] | None:
+    if value is None or value is UNSET:
+        return None
+    assert isinstance(value, Capabilities)
+    return {f: getattr(value, f) for f in value.__struct_fields__ if getattr(value, f) is not UNSET}
+
+
 class ModelCreate(_Body):
     name: ModelName
     provider: ModelName
@@ -75,6 +94,7 @@ class ModelCreate(_Body):
     display_name: DisplayName | None = None
     defaults: Params | None = None
     open_to_tenant: bool = True
+    capabilities: Capabilities | None = None
 
 
 class ModelUpdate(_Body):
@@ -84,6 +104,7 @@ class ModelUpdate(_Body):
     active: bool | UnsetType = UNSET
     knowledge_ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=50)] | UnsetType = UNSET
     """Knowledge every answer of the model draws on (as far as the asking user may read it)."""
+    capabilities: Capabilities | UnsetType = UNSET
 
 
 class GrantBody(_Body):
@@ -102,6 +123,8 @@ class Model(msgspec.Struct, kw_only=True, omit_defaults=True):
     provider_kind: str
     upstream_model: str
     defaults: dict[str, Any]
+    capabilities: dict[str, Any] | None = None
+    """context_window, max_output_tokens, tools, vision, params (the optional parameters it honours)."""
     provider_id: str | None = None
     provider: str | None = None
     open_to_tenant: bool | None = None
@@ -157,6 +180,15 @@ class Message(msgspec.Struct, kw_only=True):
     timings: dict[str, Any] | None = None
     citations: list[dict[str, Any]] | None = None
     """The sources an answer drew on: document, chunk, score (``n`` is the [n] the answer cites)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """An assistant message's tool calls: id, name, arguments (JSON text)."""
+    tool_call_id: str | None = None
+    """A tool message: the call it answers."""
+    tool_name: str | None = None
+    tool_latency_ms: float | None = None
+    """A tool message: from the answer that made the call to the result handed back."""
+    images: list[dict[str, Any]] | None = None
+    """A user message's images: sha256 and media type."""
     created_at: datetime | None = None
 
 
@@ -218,7 +250,7 @@ class GenerationError(msgspec.Struct, kw_only=True):
 
 class GenerationView(msgspec.Struct, kw_only=True):
     id: str
-    chat_id: str
+    chat_id: str | None
     model: str
     status: str
     """requested, running, completed, failed or cancelled."""
@@ -234,6 +266,9 @@ class GenerationView(msgspec.Struct, kw_only=True):
     requested_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    purpose: str = "chat"
+    """chat, or a front end's housekeeping: title, tags, follow_ups, queries, autocomplete, emoji, task."""
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class CancelAccepted(msgspec.Struct, kw_only=True):
@@ -243,10 +278,23 @@ class CancelAccepted(msgspec.Struct, kw_only=True):
 
 
 # --- OpenAI-compatible ---------------------------------------------------------------------------------
+class OpenAIFunctionCall(msgspec.Struct, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=256)]
+    arguments: Annotated[str, Meta(max_length=1_000_000)] = ""
+
+
+class OpenAIToolCall(msgspec.Struct, kw_only=True):
+    id: Annotated[str, Meta(min_length=1, max_length=256)]
+    function: OpenAIFunctionCall
+    type: Literal["function"] = "function"
+
+
 class OpenAIMessage(msgspec.Struct, kw_only=True):
     role: Annotated[str, Meta(max_length=20)]
     content: str | list[dict[str, Any]] | None = None
     name: Annotated[str, Meta(max_length=100)] | None = None
+    tool_calls: Annotated[list[OpenAIToolCall], Meta(max_length=128)] | None = None
+    tool_call_id: Annotated[str, Meta(max_length=256)] | None = None
 
 
 class OpenAIStreamOptions(msgspec.Struct, kw_only=True):
@@ -254,7 +302,10 @@ class OpenAIStreamOptions(msgspec.Struct, kw_only=True):
 
 
 class ChatCompletionRequest(msgspec.Struct, kw_only=True):
-    """The fields parley honours; others that OpenAI SDKs send (``user``, ``logit_bias``…) are ignored."""
+    """OpenAI's Chat Completions request. What a model does not honour is refused (400
+    ``unsupported_parameter``), except ``tools`` for a model that cannot call them: answered without,
+    and recorded as ignored. Fields OpenAI defines for its own bookkeeping (``user``, ``metadata``,
+    ``store``, ``service_tier``) are accepted and not acted on."""
 
     model: ModelName
     messages: Annotated[list[OpenAIMessage], Meta(min_length=1, max_length=1000)]
@@ -267,4 +318,18 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: Annotated[str, Meta(max_length=20)] | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    tools: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    modalities: list[str] | None = None
     user: Annotated[str, Meta(max_length=256)] | None = None

@@ -26,7 +26,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from domain.chats import Generation
-from schema.tokens import TokenChunk, decode_chunk
+from schema.tokens import TokenChunk, ToolCallPiece, decode_chunk
 from workers.bootstrap import Container
 
 __all__ = ["FINAL_SEQ", "HEARTBEAT_S", "StreamEvent", "connect", "parse_event_id", "read_generation"]
@@ -55,6 +55,8 @@ class StreamEvent:
     error_message: str | None = None
     published_at: float = 0.0
     """On a token from the token stream: when the worker published it (``TokenChunk.published_at``)."""
+    tool_calls: tuple[ToolCallPiece, ...] = ()
+    """On a token: pieces of the tool calls the answer makes."""
 
     @property
     def event_id(self) -> str:
@@ -100,7 +102,11 @@ def _ending(g: Generation, *, client_attempt: int, client_seq: int) -> list[Stre
     if (client_attempt, client_seq) != (g.attempt, FINAL_SEQ):
         if client_attempt > 0:
             events.append(StreamEvent("restart", attempt=g.attempt))
-        if g.text or g.thinking:
+        calls = tuple(
+            ToolCallPiece(index=i, id=c["id"], name=c["name"], arguments=c.get("arguments", ""))
+            for i, c in enumerate(g.tool_calls)
+        )
+        if g.text or g.thinking or calls:
             events.append(
                 StreamEvent(
                     "token",
@@ -109,6 +115,7 @@ def _ending(g: Generation, *, client_attempt: int, client_seq: int) -> list[Stre
                     text=g.text,
                     thinking=g.thinking,
                     completion_tokens=g.completion_tokens,
+                    tool_calls=calls,
                 )
             )
     return events + _final(
@@ -247,6 +254,7 @@ async def read_generation(
                 thinking=chunk.thinking,
                 completion_tokens=chunk.completion_tokens,
                 published_at=chunk.published_at,
+                tool_calls=chunk.tool_calls,
             )
     finally:
         # Runs also when the client went away and the response task is being cancelled: shield it, or

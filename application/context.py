@@ -16,6 +16,8 @@ class CommandContext:
     tenant_id: str
     actor: str = "system"
     """``user:<uuid>``, ``apikey:<uuid>``, ``system`` or ``anonymous``."""
+    via: str | None = None
+    """``apikey:<uuid>``: the gateway through which ``actor``, an end user it named, acted."""
     correlation_id: str = ""
     causation_id: str | None = None
     traceparent: str | None = None

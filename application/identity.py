@@ -36,13 +36,23 @@ from domain.identity import (
     check_name,
     check_password_strength,
     check_role,
+    check_role_map,
     check_slug,
     email_index_id,
     normalize_email,
     tenant_id_for,
 )
 
-__all__ = ["AccessClaims", "Identity", "Principal", "TokenPair", "UserInfo", "TenantInfo", "NewApiKey"]
+__all__ = [
+    "AccessClaims",
+    "EndUser",
+    "Identity",
+    "Principal",
+    "TokenPair",
+    "UserInfo",
+    "TenantInfo",
+    "NewApiKey",
+]
 
 
 @dataclass(frozen=True)
@@ -58,12 +68,13 @@ class AccessClaims:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a user through a session's access token, or through one of their API keys."""
+    """Who is calling: a user through a session's access token, through one of their API keys, or an end
+    user named by a gateway key (``via`` "gateway": ``api_key_id`` is the gateway's key)."""
 
     tenant_id: str
     user_id: uuid.UUID
     role: str
-    via: str  # "token" or "api_key"
+    via: str  # "token", "api_key" or "gateway"
     session_id: str | None = None
     api_key_id: uuid.UUID | None = None
     scopes: tuple[str, ...] = ("read", "write", "admin")
@@ -73,12 +84,24 @@ class Principal:
         return f"apikey:{self.api_key_id}" if self.via == "api_key" else f"user:{self.user_id}"
 
     @property
+    def on_behalf_via(self) -> str | None:
+        """The gateway key through which an end user acts (what the audit log names beside the user)."""
+        return f"apikey:{self.api_key_id}" if self.via == "gateway" else None
+
+    @property
     def is_admin(self) -> bool:
         return self.role == "admin" and "admin" in self.scopes
 
     def require_admin(self) -> None:
         if not self.is_admin:
             raise Forbidden("ADMIN_REQUIRED", "this needs the admin role")
+
+    def require_gateway(self) -> None:
+        """Only a key with the ``gateway`` scope may name the end user of a request."""
+        if self.via != "api_key" or "gateway" not in self.scopes:
+            raise Forbidden(
+                "GATEWAY_SCOPE_REQUIRED", "only an API key with the 'gateway' scope may name the end user of a request"
+            )
 
     def require_scope(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -130,6 +153,16 @@ class NewApiKey:
     prefix: str
     scopes: list[str]
     expires_at: datetime | None
+    role_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EndUser:
+    """The end user a gateway names: as its front end forwarded them."""
+
+    email: str
+    name: str | None = None
+    role: str | None = None
 
 
 def _now() -> datetime:
@@ -239,12 +272,14 @@ class Identity:
 
         return UserInfo.of(await self.store.execute(ctx, command))
 
-    def _add_user(self, t: Tenant, email: str, name: str, role: str, password_hash: str, by: str) -> User:
+    def _add_user(
+        self, t: Tenant, email: str, name: str, role: str, password_hash: str | None, by: str, *, may_claim_admin: bool = True
+    ) -> User:
         if self.store.find(EmailIndex, email_index_id(t.tenant_id, email)) is not None:
             raise Conflict("EMAIL_TAKEN", "an account with this e-mail exists in this tenant", field="email")
         user = User(tenant_id=t.tenant_id, email=email, name=name, role=role, password_hash=password_hash, created_by=by)
         index = EmailIndex(tenant_id=t.tenant_id, email=email, user_id=user.id)
-        if t.first_admin_id is None:
+        if t.first_admin_id is None and may_claim_admin:
             if role != "admin":
                 user.change_role("admin")
             t.claim_first_admin(user.id)
@@ -502,6 +537,57 @@ class Identity:
             scopes=tuple(key.scopes),
         )
 
+    async def gateway_principal(self, ctx: CommandContext, gateway: Principal, end_user: EndUser) -> Principal:
+        """The end user a gateway key names, as a principal of the key's tenant: found by e-mail, or
+        created on first sight (an event, by the key) with the role the key's role map gives the
+        forwarded role, else the tenant's default role. Refused as a sign-in would be: deactivated (403
+        ``USER_DEACTIVATED``) or awaiting approval (403 ``USER_PENDING``). The end user acts with the
+        key's read/write scopes, never as an admin of anything."""
+        gateway.require_gateway()
+        try:
+            email = normalize_email(end_user.email)
+        except Invalid:
+            raise Invalid("INVALID_END_USER", "the forwarded end-user e-mail is not an e-mail address", field="email") from None
+        tenant_id = gateway.tenant_id
+        index = await self.store.call(self.store.find, EmailIndex, email_index_id(tenant_id, email))
+        user = await self.store.call(self.store.find, User, index.user_id) if index is not None else None
+        if user is None:
+            user = await self._create_end_user(ctx, gateway, email, end_user)
+        if not user.active:
+            raise Forbidden("USER_DEACTIVATED", "this account is deactivated")
+        if user.role == "pending":
+            raise Forbidden("USER_PENDING", "this account awaits an administrator's approval")
+        return Principal(
+            tenant_id=tenant_id,
+            user_id=user.id,
+            role=user.role,
+            via="gateway",
+            api_key_id=gateway.api_key_id,
+            scopes=tuple(s for s in gateway.scopes if s in ("read", "write")),
+        )
+
+    async def _create_end_user(self, ctx: CommandContext, gateway: Principal, email: str, end_user: EndUser) -> User:
+        try:
+            name = check_name(end_user.name or "")
+        except Invalid:
+            name = check_name(email.split("@", 1)[0][:100] or "user")
+
+        def command() -> User:
+            key = self.store.get(ApiKey, gateway.api_key_id) if gateway.api_key_id else None
+            tenant = self._tenant(gateway.tenant_id)
+            mapped = key.role_map.get((end_user.role or "").strip().lower()) if key is not None else None
+            return self._add_user(
+                tenant, email, name, mapped or tenant.default_role, None, ctx.actor, may_claim_admin=False
+            )
+
+        try:
+            return await self.store.execute(ctx, command)
+        except Conflict:  # a request beside this one created them first
+            index = await self.store.call(self.store.find, EmailIndex, email_index_id(gateway.tenant_id, email))
+            if index is None:
+                raise
+            return await self.store.call(self.store.get, User, index.user_id)
+
     async def _record_misuse(
         self, ctx: CommandContext, tenant_id: str, user_id: uuid.UUID, kind: str, token_id: str
     ) -> None:
@@ -519,6 +605,7 @@ class Identity:
         name: str,
         scopes: Sequence[str] = ("read", "write"),
         expires_in_days: int | None = None,
+        role_map: dict[str, str] | None = None,
     ) -> NewApiKey:
         if principal.via != "token":
             raise Forbidden("SESSION_REQUIRED", "API keys are created from a signed-in session")
@@ -530,6 +617,11 @@ class Identity:
             raise Invalid("INVALID_SCOPE", f"scopes must be among {', '.join(API_KEY_SCOPES)}", field="scopes")
         if "admin" in scopes and principal.role != "admin":
             raise Forbidden("SCOPE_NOT_ALLOWED", "only admins can create admin-scoped keys")
+        if "gateway" in scopes and principal.role != "admin":
+            raise Forbidden("SCOPE_NOT_ALLOWED", "only tenant admins can create gateway keys")
+        if role_map and "gateway" not in scopes:
+            raise Invalid("NOT_A_GATEWAY_KEY", "only gateway keys map roles", field="role_map")
+        checked_map = check_role_map(role_map or {})
         if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
             raise Invalid("INVALID_EXPIRY", "expires_in_days must be between 1 and 3650", field="expires_in_days")
         key_id = uuid.uuid4()
@@ -548,12 +640,29 @@ class Identity:
                 key_hash=secret_hash(secret),
                 scopes=sorted(set(scopes)),
                 expires_at=expires_at,
+                role_map=checked_map,
             )
             self.store.save(key)
             return key
 
         key = await self.store.execute(ctx, command)
-        return NewApiKey(key.id, key.name, secret, prefix, key.scopes, key.expires_at)
+        return NewApiKey(key.id, key.name, secret, prefix, key.scopes, key.expires_at, key.role_map)
+
+    async def set_role_map(
+        self, ctx: CommandContext, principal: Principal, key_id: uuid.UUID, role_map: dict[str, str]
+    ) -> dict[str, str]:
+        """A tenant admin changes how a gateway key's end users' roles map (for users it creates next)."""
+        principal.require_admin()
+
+        def command() -> dict[str, str]:
+            key = self.store.find(ApiKey, key_id)
+            if key is None or key.tenant_id != principal.tenant_id:
+                raise NotFound("API_KEY_NOT_FOUND", "no such API key")
+            key.set_role_map(role_map)
+            self.store.save(key)
+            return dict(key.role_map)
+
+        return await self.store.execute(ctx, command)
 
     async def revoke_api_key(self, ctx: CommandContext, principal: Principal, key_id: uuid.UUID) -> None:
         def command() -> None:

@@ -28,7 +28,7 @@ from application.context import CommandContext
 from application.embeddings import Embedder, EmbeddingError, Embeddings
 from application.engines import ChatTurn, EngineRequest
 from application.identity import Principal
-from application.ports import EventStorePort
+from application.ports import Blobs, EventStorePort
 from domain.chats import Chat
 from domain.errors import Forbidden, Invalid, NotFound, ParleyError, TooLarge, Unavailable, UnsupportedType
 from domain.knowledge import (
@@ -65,12 +65,6 @@ MAX_QUERY_CHARS = 2_000
 MAX_SEARCH_RESULTS = 50
 # Refusals decided in the request, and the error kind each is answered with.
 _REFUSALS: dict[str, type[ParleyError]] = {"UNSUPPORTED_TYPE": UnsupportedType}
-
-
-class Blobs(Protocol):
-    async def put(self, tenant_id: str, sha256: str, data: bytes) -> None: ...
-
-    async def get(self, tenant_id: str, sha256: str) -> bytes: ...
 
 
 class Parsed(Protocol):

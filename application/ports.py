@@ -13,7 +13,7 @@ from application.context import CommandContext
 if TYPE_CHECKING:
     from application.identity import AccessClaims
 
-__all__ = ["EventStorePort", "PasswordHasher", "AccessTokenIssuer", "TokenVersionCache"]
+__all__ = ["EventStorePort", "PasswordHasher", "AccessTokenIssuer", "TokenVersionCache", "Blobs"]
 
 A = TypeVar("A", bound=Aggregate)
 R = TypeVar("R")
@@ -58,3 +58,11 @@ class TokenVersionCache(Protocol):
     async def end_session(self, session_id: str, ttl_s: int) -> None: ...
 
     async def first_sighting(self, token_id: str, window_s: int = 60) -> bool: ...
+
+
+class Blobs(Protocol):
+    """Content-addressed bytes per tenant (uploads, images, tool definitions): ``put`` is idempotent."""
+
+    async def put(self, tenant_id: str, sha256: str, data: bytes) -> None: ...
+
+    async def get(self, tenant_id: str, sha256: str) -> bytes: ...

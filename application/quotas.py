@@ -149,38 +149,43 @@ class Quotas:
         amount: int,
         generation_id: uuid.UUID | str,
         *,
+        minimum: int | None = None,
         policy: QuotaPolicy | None = None,
         now: datetime | None = None,
-    ) -> None:
-        """Reserve ``amount`` tokens for the generation against every applicable limit, or raise 429
-        ``QUOTA_EXCEEDED`` with the limit that refused and when it resets."""
+    ) -> int:
+        """Reserve ``amount`` tokens for the generation against every applicable limit (or, with
+        ``minimum``, as much of it as the limits leave, at least ``minimum``) and return what was reserved;
+        or raise 429 ``QUOTA_EXCEEDED`` with the limit that refused and when it resets."""
         if policy is None:
             policy = await self.store.call(self.policy, principal.tenant_id)
         now = now or self.clock()
         tenant_id, user_id = principal.tenant_id, str(principal.user_id)
         day = day_of(now, policy.timezone)
         scopes = self.scopes(policy, user_id, principal.role, model)
+        needed = amount if minimum is None else minimum
         for _ in range(50):
             try:
-                refused = await self.ledger.reserve(tenant_id, day.isoformat(), scopes, amount, str(generation_id))
+                granted = await self.ledger.reserve_up_to(
+                    tenant_id, day.isoformat(), scopes, amount, str(generation_id), minimum=needed
+                )
                 break
             except NotReady:
                 await self.rebuild(tenant_id, day, policy.timezone)
         else:
             raise Unavailable("QUOTA_UNAVAILABLE", "quota counters are being rebuilt; retry shortly")
-        if refused is None:
-            return
-        scope = refused.scope.split(":", 1)[0]
+        if isinstance(granted, int):
+            return granted
+        scope = granted.scope.split(":", 1)[0]
         public_scope = f"user_model:{model}" if scope == "user_model" else scope
         reset_at = next_midnight(now, policy.timezone)
         raise RateLimited(
             "QUOTA_EXCEEDED",
-            f"this request needs {amount} tokens; the {public_scope} daily limit of {refused.limit} has "
-            f"{max(0, refused.limit - refused.used)} left until {reset_at.isoformat()}",
+            f"this request needs {needed} tokens; the {public_scope} daily limit of {granted.limit} has "
+            f"{max(0, granted.limit - granted.used)} left until {reset_at.isoformat()}",
             scope=public_scope,
-            limit=refused.limit,
-            used=refused.used,
-            requested=amount,
+            limit=granted.limit,
+            used=granted.used,
+            requested=needed,
             reset_at=reset_at.isoformat(),
         )
 

@@ -37,7 +37,10 @@ __all__ = [
 
 ROLES = ("admin", "user", "premium", "guest", "pending")
 SIGNUP_ROLES = ("user", "premium", "guest", "pending")
-API_KEY_SCOPES = ("read", "write", "admin")
+API_KEY_SCOPES = ("read", "write", "admin", "gateway")
+"""``gateway``: the key belongs to an application in front of parley (Open WebUI, any chat front end) that
+names the end user of each request; that user's rights, quotas and audit apply, never the key owner's."""
+MAX_ROLE_MAP = 32
 
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
 # Postgres text cannot hold NUL, and no name or e-mail needs a control character: refuse them at the door
@@ -90,6 +93,21 @@ def check_password_strength(password: str, email: str = "") -> None:
 def check_role(role: str) -> None:
     if role not in ROLES:
         raise Invalid("INVALID_ROLE", f"role must be one of {', '.join(ROLES)}", field="role")
+
+
+def check_role_map(role_map: dict[str, str]) -> dict[str, str]:
+    """Front-end role (case aside) -> parley role; admin is never given through a gateway."""
+    if len(role_map) > MAX_ROLE_MAP:
+        raise Invalid("INVALID_ROLE_MAP", f"a role map has at most {MAX_ROLE_MAP} entries", field="role_map")
+    checked = {}
+    for theirs, ours in role_map.items():
+        if not isinstance(theirs, str) or not 0 < len(theirs) <= 64 or not isinstance(ours, str):
+            raise Invalid("INVALID_ROLE_MAP", "a role map maps role names to parley roles", field="role_map")
+        check_role(ours)
+        if ours == "admin":
+            raise Invalid("INVALID_ROLE_MAP", "a gateway cannot make admins", field="role_map")
+        checked[theirs.strip().lower()] = ours
+    return checked
 
 
 def check_slug(slug: str) -> None:
@@ -154,8 +172,10 @@ class Tenant(Aggregate):
 class User(Aggregate):
     @event("UserRegistered")
     def __init__(
-        self, tenant_id: str, email: str, name: str, role: str, password_hash: str, created_by: str
+        self, tenant_id: str, email: str, name: str, role: str, password_hash: str | None, created_by: str
     ) -> None:
+        """``password_hash`` is None for a user who signs in elsewhere (named by a gateway): no password
+        opens that account."""
         self.tenant_id = tenant_id
         self.email = email
         self.name = name
@@ -250,6 +270,7 @@ class ApiKey(Aggregate):
         key_hash: str,
         scopes: list[str],
         expires_at: datetime | None,
+        role_map: dict[str, str] | None = None,
     ) -> None:
         self.tenant_id = tenant_id
         self.user_id = user_id
@@ -259,6 +280,24 @@ class ApiKey(Aggregate):
         self.scopes = list(scopes)
         self.expires_at = expires_at
         self.revoked = False
+        self.role_map: dict[str, str] = dict(role_map or {})
+
+    @property
+    def is_gateway(self) -> bool:
+        return "gateway" in self.scopes
+
+    def set_role_map(self, role_map: dict[str, str]) -> None:
+        """How a gateway's end users' roles (as the front end names them) become parley roles for users
+        it creates; a role not in the map gets the tenant's default role."""
+        if not self.is_gateway:
+            raise Invalid("NOT_A_GATEWAY_KEY", "only gateway keys map roles", field="role_map")
+        checked = check_role_map(role_map)
+        if checked != self.role_map:
+            self._set_role_map(role_map=checked)
+
+    @event("ApiKeyRoleMapChanged")
+    def _set_role_map(self, role_map: dict[str, str]) -> None:
+        self.role_map = dict(role_map)
 
     def check_usable(self, now: datetime) -> None:
         if self.revoked:

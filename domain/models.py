@@ -1,9 +1,12 @@
-"""Model providers and the models on them, with access grants; generation parameters and their bounds."""
+"""Model providers and the models on them, with access grants and capabilities; generation parameters
+and their bounds."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -13,9 +16,14 @@ from domain.errors import Conflict, Invalid
 
 __all__ = [
     "PROVIDER_KINDS",
+    "CORE_PARAMS",
+    "OPTIONAL_PARAMS",
+    "Capabilities",
     "Provider",
     "Model",
+    "check_capabilities",
     "check_params",
+    "default_capabilities",
     "model_id_for",
     "provider_id_for",
     "check_model_name",
@@ -23,9 +31,98 @@ __all__ = [
 ]
 
 PROVIDER_KINDS = ("local", "openai", "ollama", "echo")
-MAX_NEW_TOKENS = 8192
+MAX_NEW_TOKENS = 1 << 20
+MAX_CONTEXT_WINDOW = 1 << 24
 MAX_SYSTEM_PROMPT = 16_000
+MAX_RESPONSE_FORMAT_BYTES = 64 * 1024
+MAX_LOGIT_BIAS = 300
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
+
+CORE_PARAMS = ("temperature", "top_p", "max_tokens", "stop", "system_prompt")
+"""Parameters every engine honours."""
+OPTIONAL_PARAMS = (
+    "seed", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias",
+    "response_format", "reasoning_effort",
+)  # fmt: skip
+"""Parameters a model honours only where its capabilities say so; a request that sets one of them for a
+model that does not is refused (400 ``UNSUPPORTED_PARAMETER``), never silently dropped."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can serve. ``context_window``: tokens of prompt and answer together;
+    ``max_output_tokens``: the most an answer may have (None: the rest of the window); ``tools``: it can
+    call functions; ``vision``: it reads images; ``params``: the ``OPTIONAL_PARAMS`` it honours."""
+
+    context_window: int
+    tools: bool
+    vision: bool
+    params: tuple[str, ...]
+    max_output_tokens: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "params": list(self.params)}
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> Capabilities:
+        return cls(
+            context_window=int(raw["context_window"]),
+            tools=bool(raw["tools"]),
+            vision=bool(raw["vision"]),
+            params=tuple(raw.get("params") or ()),
+            max_output_tokens=raw.get("max_output_tokens"),
+        )
+
+    def answer_room(self, prompt_tokens: int) -> int:
+        """The most tokens an answer to a prompt of this size can have."""
+        room = self.context_window - prompt_tokens
+        return max(1, min(room, self.max_output_tokens) if self.max_output_tokens else room)
+
+
+_DEFAULT_CAPABILITIES = {
+    # SmolLM2-135M-Instruct: 8,192 positions, no tool template, no vision; the local sampler does the rest.
+    "local": Capabilities(
+        8192, tools=False, vision=False,
+        params=("seed", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias"),
+    ),
+    # OpenAI's own parameters; top_k, min_p and repetition_penalty (vLLM, llama.cpp, TGI) are for the
+    # admin to turn on for servers that take them. The context window is the admin's to state.
+    "openai": Capabilities(
+        128_000, tools=True, vision=True,
+        params=("seed", "frequency_penalty", "presence_penalty", "logit_bias", "response_format", "reasoning_effort"),
+        max_output_tokens=16_384,
+    ),
+    "ollama": Capabilities(
+        8192, tools=True, vision=False,
+        params=("seed", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "response_format"),
+    ),
+    "echo": Capabilities(8192, tools=False, vision=False, params=("seed",)),
+}  # fmt: skip
+
+
+def default_capabilities(provider_kind: str) -> Capabilities:
+    return _DEFAULT_CAPABILITIES.get(provider_kind, _DEFAULT_CAPABILITIES["openai"])
+
+
+def check_capabilities(raw: dict[str, Any], base: Capabilities) -> Capabilities:
+    """``base`` with the given fields changed, each checked."""
+    unknown = set(raw) - {"context_window", "max_output_tokens", "tools", "vision", "params"}
+    if unknown:
+        raise Invalid("INVALID_CAPABILITIES", f"unknown capability: {', '.join(sorted(unknown))}", field="capabilities")
+    merged = {**base.as_dict(), **raw}
+    window, output = merged["context_window"], merged["max_output_tokens"]
+    if isinstance(window, bool) or not isinstance(window, int) or not 16 <= window <= MAX_CONTEXT_WINDOW:
+        raise Invalid("INVALID_CAPABILITIES", f"context_window is an integer of 16-{MAX_CONTEXT_WINDOW}", field="context_window")
+    if output is not None and (isinstance(output, bool) or not isinstance(output, int) or not 1 <= output <= window):
+        raise Invalid("INVALID_CAPABILITIES", "max_output_tokens is an integer up to the context window", field="max_output_tokens")
+    for flag in ("tools", "vision"):
+        if not isinstance(merged[flag], bool):
+            raise Invalid("INVALID_CAPABILITIES", f"{flag} is true or false", field=flag)
+    params = merged["params"]
+    if not isinstance(params, list | tuple) or not all(p in OPTIONAL_PARAMS for p in params):
+        raise Invalid("INVALID_CAPABILITIES", f"params are among {', '.join(OPTIONAL_PARAMS)}", field="params")
+    return Capabilities(window, merged["tools"], merged["vision"], tuple(dict.fromkeys(params)), output)
 
 
 def provider_id_for(tenant_id: str, name: str) -> UUID:
@@ -33,7 +130,13 @@ def provider_id_for(tenant_id: str, name: str) -> UUID:
 
 
 def model_id_for(tenant_id: str, name: str) -> UUID:
-    """Deterministic: a model's name is unique per tenant without a read model."""
+    """Deterministic, and the same for any case of the name: a model's name is unique per tenant, case
+    aside, without a read model. (Models registered before names were case-insensitive keep the id of
+    their name as written; ``Models`` finds those too.)"""
+    return uuid5(NAMESPACE_URL, f"/tenants/{tenant_id}/models/{name.lower()}")
+
+
+def legacy_model_id_for(tenant_id: str, name: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"/tenants/{tenant_id}/models/{name}")
 
 
@@ -57,10 +160,48 @@ def _number(params: dict[str, Any], key: str, low: float, high: float, *, intege
     params[key] = int(value) if integer else float(value)
 
 
+def _logit_bias(params: dict[str, Any]) -> None:
+    bias = params.get("logit_bias")
+    if bias is None or bias == {}:
+        params.pop("logit_bias", None)
+        return
+    if not isinstance(bias, dict) or len(bias) > MAX_LOGIT_BIAS:
+        raise Invalid("INVALID_PARAMETER", f"logit_bias maps up to {MAX_LOGIT_BIAS} token ids to biases", field="logit_bias")
+    checked: dict[str, float] = {}
+    for token, value in bias.items():
+        try:
+            token_id = int(str(token))
+        except ValueError:
+            raise Invalid("INVALID_PARAMETER", "logit_bias keys are token ids", field="logit_bias") from None
+        if token_id < 0 or isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
+            raise Invalid("INVALID_PARAMETER", "logit_bias values are numbers between -100 and 100", field="logit_bias")
+        checked[str(token_id)] = float(value)
+    params["logit_bias"] = checked
+
+
+def _response_format(params: dict[str, Any]) -> None:
+    fmt = params.get("response_format")
+    if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        params.pop("response_format", None)
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema"):
+        raise Invalid(
+            "INVALID_PARAMETER", "response_format is {\"type\": \"text\" | \"json_object\" | \"json_schema\"}", field="response_format"
+        )
+    if fmt["type"] == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("schema", {}), dict):
+            raise Invalid(
+                "INVALID_PARAMETER", "json_schema needs a name and a schema object", field="response_format"
+            )
+    if len(json.dumps(fmt)) > MAX_RESPONSE_FORMAT_BYTES:
+        raise Invalid("INVALID_PARAMETER", f"response_format is at most {MAX_RESPONSE_FORMAT_BYTES} bytes", field="response_format")
+
+
 def check_params(raw: dict[str, Any] | None) -> dict[str, Any]:
-    """Validated generation parameters (unknown keys refused)."""
+    """Validated generation parameters (unknown keys refused; those set to null dropped)."""
     params = dict(raw or {})
-    unknown = set(params) - {"temperature", "top_p", "max_tokens", "stop", "seed", "system_prompt"}
+    unknown = set(params) - set(CORE_PARAMS) - set(OPTIONAL_PARAMS)
     if unknown:
         raise Invalid("INVALID_PARAMETER", f"unknown parameter(s): {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
     _number(params, "temperature", 0.0, 2.0)
@@ -68,7 +209,22 @@ def check_params(raw: dict[str, Any] | None) -> dict[str, Any]:
     if params.get("top_p") == 0.0:
         raise Invalid("INVALID_PARAMETER", "top_p must be greater than 0", field="top_p")
     _number(params, "max_tokens", 1, MAX_NEW_TOKENS, integer=True)
-    _number(params, "seed", 0, 2**31 - 1, integer=True)
+    _number(params, "seed", 0, 2**63 - 1, integer=True)
+    _number(params, "top_k", -1, 1 << 20, integer=True)
+    if params.get("top_k") in (-1, 0):  # "no top-k", as vLLM and Ollama spell it
+        params.pop("top_k")
+    _number(params, "min_p", 0.0, 1.0)
+    _number(params, "frequency_penalty", -2.0, 2.0)
+    _number(params, "presence_penalty", -2.0, 2.0)
+    _number(params, "repetition_penalty", 0.01, 10.0)
+    _logit_bias(params)
+    _response_format(params)
+    if "reasoning_effort" in params:
+        effort = params["reasoning_effort"]
+        if effort is None:
+            params.pop("reasoning_effort")
+        elif effort not in REASONING_EFFORTS:
+            raise Invalid("INVALID_PARAMETER", f"reasoning_effort is one of {', '.join(REASONING_EFFORTS)}", field="reasoning_effort")
     if "stop" in params:
         stop = params["stop"]
         if stop is None:
@@ -111,6 +267,8 @@ class Provider(Aggregate):
 
 class Model(Aggregate):
     knowledge_ids = cast(tuple[str, ...], ())  # the default for models registered before knowledge existed
+    capabilities_set = cast(dict[str, Any] | None, None)
+    """What the admin said the model can do; None: the defaults of its provider's kind."""
 
     @staticmethod
     def create_id(tenant_id: str, name: str, **_: Any) -> UUID:
@@ -139,6 +297,40 @@ class Model(Aggregate):
         self.active = True
         self.granted_users: list[str] = []
         self.granted_roles: list[str] = []
+
+    @property
+    def capabilities(self) -> Capabilities:
+        if self.capabilities_set is None:
+            return default_capabilities(self.provider_kind)
+        return Capabilities.of(self.capabilities_set)
+
+    def set_capabilities(self, changes: dict[str, Any]) -> None:
+        checked = check_capabilities(changes, self.capabilities).as_dict()
+        if checked != self.capabilities.as_dict() or self.capabilities_set is None:
+            self._set_capabilities(capabilities=checked)
+
+    @event("ModelCapabilitiesChanged")
+    def _set_capabilities(self, capabilities: dict[str, Any]) -> None:
+        self.capabilities_set = dict(capabilities)
+
+    def check_serves(self, params: dict[str, Any], *, images: bool) -> None:
+        """Refuse what this model cannot do: an optional parameter it does not honour, images it cannot
+        read, a ``max_tokens`` past what it can write."""
+        caps = self.capabilities
+        for name in OPTIONAL_PARAMS:
+            if name in params and name not in caps.params:
+                raise Invalid(
+                    "UNSUPPORTED_PARAMETER", f"model '{self.name}' does not support '{name}'", field=name, model=self.name
+                )
+        if images and not caps.vision:
+            raise Invalid("IMAGES_NOT_SUPPORTED", f"model '{self.name}' does not read images", field="messages", model=self.name)
+        limit = caps.max_output_tokens or caps.context_window
+        if params.get("max_tokens", 0) > limit:
+            raise Invalid(
+                "MAX_TOKENS_TOO_LARGE",
+                f"max_tokens is too large: {params['max_tokens']}; model '{self.name}' writes at most {limit} tokens",
+                field="max_tokens",
+            )
 
     def can_use(self, user_id: UUID | str, role: str) -> bool:
         if not self.active:

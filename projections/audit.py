@@ -61,7 +61,8 @@ HASHED_FIELDS = (
     "detail",
     "prev_hash",
 )
-"""Every column but ``hash``. Part of the hash format: changing it means rebuilding the audit log."""
+"""Every column but ``hash`` (and ``via``, hashed only where set, so rows from before it hash as they did).
+Part of the hash format: changing it means rebuilding the audit log."""
 
 MAX_PAGE = 500
 
@@ -113,6 +114,8 @@ def _canonical(value: Any) -> Any:
 def row_hash(row: Mapping[Any, Any]) -> str:
     """sha256 hex of ``prev_hash`` + the canonical JSON of the row's ``HASHED_FIELDS``."""
     content = {name: row[name] for name in HASHED_FIELDS}
+    if row.get("via") is not None:
+        content["via"] = row["via"]
     content["event_id"] = str(content["event_id"])
     content["occurred_at"] = _utc(content["occurred_at"]).isoformat(timespec="microseconds")
     canonical = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -137,6 +140,7 @@ def audit_row(event: EventEnvelope, *, seq: int, prev_hash: str) -> dict[str, An
         "event_id": str(event.event_id),
         "occurred_at": _utc(event.occurred_at),
         "actor": _fit(c.actor, event.actor),
+        "via": _fit(c.via, event.via),
         "action": _fit(c.action, event.type),
         "target_type": _fit(c.target_type, event.aggregate_type),
         "target_id": _fit(c.target_id, str(event.aggregate_id)),
@@ -198,6 +202,7 @@ def _public(row: Mapping[Any, Any]) -> dict[str, Any]:
         "event_id": str(row["event_id"]),
         "occurred_at": _utc(row["occurred_at"]).isoformat(),
         "actor": row["actor"],
+        "via": row.get("via"),
         "action": row["action"],
         "target_type": row["target_type"],
         "target_id": row["target_id"],

@@ -19,6 +19,7 @@ from sqlalchemy import Column, Table, Text, and_, case, cast, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from domain.models import default_capabilities
 from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
 from schema.tables import chats, generations, messages, models, providers
@@ -73,6 +74,7 @@ class ModelsProjector(HandlesTypes):
             "ModelAccessGranted",
             "ModelAccessRevoked",
             "ModelKnowledgeChanged",
+            "ModelCapabilitiesChanged",
         }
     )
 
@@ -140,6 +142,12 @@ class ModelsProjector(HandlesTypes):
                     .where(models.c.model_id == aggregate_id)
                     .values(knowledge_ids=list(d["knowledge_ids"]), updated_at=e.occurred_at)
                 )
+            case "ModelCapabilitiesChanged":
+                await conn.execute(
+                    models.update()
+                    .where(models.c.model_id == aggregate_id)
+                    .values(capabilities=d.get("capabilities"), updated_at=e.occurred_at)
+                )
             case "ModelAccessGranted" | "ModelAccessRevoked":
                 granting = e.type == "ModelAccessGranted"
                 changes: dict[str, Any] = {"updated_at": e.occurred_at}
@@ -169,6 +177,7 @@ class ChatsProjector:
             "ChatKnowledgeChanged",
             "ChatFileAttached",
             "ChatFileDetached",
+            "ToolResultPosted",
         }
     )
     _generation_types = frozenset(
@@ -204,6 +213,7 @@ class ChatsProjector:
                         owner_id=d["owner_id"],
                         title=_fit(chats.c.title, d["title"]),
                         source=_fit(chats.c.source, d["source"]),
+                        client_chat_id=_fit(chats.c.client_chat_id, d.get("client_chat_id")),
                         archived=False,
                         deleted=False,
                         message_count=0,
@@ -228,7 +238,7 @@ class ChatsProjector:
                     chats.update().where(this_chat).values(deleted=True, updated_at=e.occurred_at)
                 )
                 await conn.execute(messages.delete().where(messages.c.chat_id == chat_id))
-            case "MessagePosted":
+            case "MessagePosted" | "ToolResultPosted":
                 message_id = _fit(messages.c.message_id, d["message_id"])
                 tenant_id = await self._touch(conn, chat_id, e, head=message_id)
                 if tenant_id is not None:
@@ -238,9 +248,14 @@ class ChatsProjector:
                             chat_id=chat_id,
                             tenant_id=tenant_id,
                             seq=e.id,
-                            role=_fit(messages.c.role, d["role"]),
-                            content=_fit(messages.c.content, d["content"]),
+                            role="tool" if e.type == "ToolResultPosted" else _fit(messages.c.role, d["role"]),
+                            content=_fit(messages.c.content, d.get("content", "")),
                             parent_id=_fit(messages.c.parent_id, d.get("parent_id")),
+                            tool_calls=d.get("tool_calls") or None,
+                            images=d.get("images") or None,
+                            tool_call_id=_fit(messages.c.tool_call_id, d.get("tool_call_id")),
+                            tool_name=_fit(messages.c.tool_name, d.get("name")),
+                            tool_latency_ms=d.get("latency_ms"),
                             created_at=e.occurred_at,
                         )
                     )
@@ -278,6 +293,7 @@ class ChatsProjector:
                             completion_tokens=int(d.get("completion_tokens") or 0),
                             timings=d.get("timings") or {},
                             citations=d.get("citations") or None,
+                            tool_calls=d.get("tool_calls") or None,
                             created_at=e.occurred_at,
                         )
                     )
@@ -303,9 +319,11 @@ class ChatsProjector:
                     generations.insert().values(
                         generation_id=str(e.aggregate_id),
                         tenant_id=d["tenant_id"],
-                        chat_id=d["chat_id"],
+                        chat_id=d.get("chat_id"),
                         user_id=d["user_id"],
                         model=_fit(g.model, d["model"]),
+                        purpose=_fit(g.purpose, d.get("purpose") or "chat"),
+                        tools_ignored=d.get("tools_ignored") or None,
                         user_message_id=_fit(g.user_message_id, d["user_message_id"]),
                         answer_message_id=_fit(g.answer_message_id, d["answer_message_id"]),
                         params=d.get("params") or {},
@@ -338,6 +356,7 @@ class ChatsProjector:
                 if e.type == "GenerationCompleted":
                     changes.update(
                         finish_reason=_fit(g.finish_reason, d.get("finish_reason")),
+                        tool_calls=d.get("tool_calls") or None,
                         ttft_ms=d.get("ttft_ms"),
                         tokens_per_s=d.get("tokens_per_s"),
                         duration_ms=d.get("duration_ms"),
@@ -359,6 +378,7 @@ def _model_dict(row: Any, *, admin: bool) -> dict[str, Any]:
         "provider_kind": row.provider_kind,
         "upstream_model": row.upstream_model,
         "defaults": row.defaults,
+        "capabilities": row.capabilities or default_capabilities(row.provider_kind).as_dict(),
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
@@ -454,6 +474,7 @@ def _chat_dict(row: Any) -> dict[str, Any]:
         "head_id": row.head_id,
         "knowledge_ids": list(row.knowledge_ids or []),
         "file_ids": list(row.file_ids or []),
+        "client_chat_id": row.client_chat_id,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
@@ -508,6 +529,11 @@ _MESSAGE_COLUMNS = (
     "completion_tokens",
     "timings",
     "citations",
+    "tool_calls",
+    "tool_call_id",
+    "tool_name",
+    "tool_latency_ms",
+    "images",
     "created_at",
 )
 
@@ -573,6 +599,9 @@ def _generation_dict(row: Any) -> dict[str, Any]:
         "requested_at": row.requested_at,
         "started_at": row.started_at,
         "finished_at": row.finished_at,
+        "purpose": row.purpose,
+        "tool_calls": row.tool_calls,
+        "tools_ignored": row.tools_ignored,
     }
 
 

@@ -34,6 +34,7 @@ class IdentityProjector(HandlesTypes):
             "TokensRevoked",
             "ApiKeyCreated",
             "ApiKeyRevoked",
+            "ApiKeyRoleMapChanged",
         }
     )
 
@@ -94,7 +95,12 @@ class IdentityProjector(HandlesTypes):
                         scopes=d["scopes"],
                         created_at=e.occurred_at,
                         expires_at=d.get("expires_at"),
+                        role_map=d.get("role_map") or None,
                     )
+                )
+            case "ApiKeyRoleMapChanged":
+                await conn.execute(
+                    api_keys.update().where(api_keys.c.key_id == aggregate_id).values(role_map=d.get("role_map") or None)
                 )
             case "ApiKeyRevoked":
                 await conn.execute(
@@ -175,6 +181,7 @@ async def list_api_keys(engine: AsyncEngine, tenant_id: str, user_id: str) -> li
                 "created_at": r.created_at,
                 "expires_at": r.expires_at,
                 "revoked_at": r.revoked_at,
+                "role_map": r.role_map,
             }
             for r in rows
         ]

@@ -33,6 +33,7 @@ from schema.tables import (
     usage_monthly,
     usage_roles,
     usage_timezones,
+    usage_tools,
     users,
 )
 
@@ -69,10 +70,32 @@ def _tokens(value: Any) -> int:
         return 0
 
 
+async def _day(conn: AsyncConnection, tenant: str, e: EventEnvelope) -> date:
+    """The tenant-local day of the event."""
+    timezone = (
+        await conn.execute(select(usage_timezones.c.timezone).where(usage_timezones.c.tenant_id == tenant))
+    ).scalar() or "UTC"
+    try:
+        return day_of(e.occurred_at, timezone)
+    except (ValueError, KeyError):  # a zone this machine lacks: UTC rather than a stalled projector
+        return day_of(e.occurred_at, "UTC")
+
+
+async def _count_tool(conn: AsyncConnection, tenant: str, day: date, user: str, tool: str, **counts: float) -> None:
+    t = usage_tools.c
+    stmt = insert(usage_tools).values(tenant_id=tenant, day=day, user_id=user, tool=tool[:100], **counts)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "day", "user_id", "tool"],
+            set_={name: t[name] + stmt.excluded[name] for name in counts},
+        )
+    )
+
+
 # --- projector -----------------------------------------------------------------------------------------
 class UsageProjector(HandlesTypes):
     name = "usage"
-    tables: Sequence[Table] = (usage_daily, usage_monthly, usage_generations, usage_roles, usage_timezones)
+    tables: Sequence[Table] = (usage_daily, usage_monthly, usage_generations, usage_roles, usage_timezones, usage_tools)
     _types = frozenset(
         {
             "UserRegistered",
@@ -80,6 +103,7 @@ class UsageProjector(HandlesTypes):
             "QuotaPolicyCreated",
             "QuotaTimezoneSet",
             "GenerationRequested",
+            "ToolResultPosted",
             *_OUTCOMES,
         }
     )
@@ -119,6 +143,8 @@ class UsageProjector(HandlesTypes):
                 )
             case "GenerationRequested":
                 await self._requested(conn, e)
+            case "ToolResultPosted":
+                await self._tool_result(conn, e)
             case _:
                 await self._finished(conn, e)
 
@@ -128,13 +154,7 @@ class UsageProjector(HandlesTypes):
         if tenant is None or user is None:
             return
         model = str(d.get("model") or "")[:100]
-        timezone = (
-            await conn.execute(select(usage_timezones.c.timezone).where(usage_timezones.c.tenant_id == tenant))
-        ).scalar() or "UTC"
-        try:
-            day = day_of(e.occurred_at, timezone)
-        except (ValueError, KeyError):  # a zone this machine lacks: UTC rather than a stalled projector
-            day = day_of(e.occurred_at, "UTC")
+        day = await _day(conn, tenant, e)
         role = (
             await conn.execute(select(usage_roles.c.role).where(usage_roles.c.user_id == user))
         ).scalar() or "unknown"
@@ -169,6 +189,23 @@ class UsageProjector(HandlesTypes):
             )
         )
 
+    async def _tool_result(self, conn: AsyncConnection, e: EventEnvelope) -> None:
+        """A tool's result handed back: counted for the user who handed it back, on the tool's name."""
+        tenant, user = _uuid(e.tenant_id), _uuid(e.data.get("user_id"))
+        if tenant is None or user is None:
+            return
+        latency = e.data.get("latency_ms")
+        await _count_tool(
+            conn,
+            tenant,
+            await _day(conn, tenant, e),
+            user,
+            str(e.data.get("name") or "unknown"),
+            results=1,
+            result_bytes=_tokens(e.data.get("size")),
+            result_latency_ms=float(latency) if isinstance(latency, int | float) else 0.0,
+        )
+
     async def _finished(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         # The generation leaves the open set as it is billed: a generation finishes once.
         row = (
@@ -185,6 +222,9 @@ class UsageProjector(HandlesTypes):
         ).first()
         if row is None:
             return
+        for call in e.data.get("tool_calls") or ():
+            if isinstance(call, dict):
+                await _count_tool(conn, row.tenant_id, row.day, row.user_id, str(call.get("name") or "unknown"), calls=1)
         prompt, completion = _tokens(e.data.get("prompt_tokens")), _tokens(e.data.get("completion_tokens"))
         outcome = usage_daily.c[_OUTCOMES[e.type]]
         u = usage_daily.c
@@ -222,9 +262,9 @@ class UsageProjector(HandlesTypes):
 
 
 # --- queries -------------------------------------------------------------------------------------------
-def check_report(start: date, end: date, group_by: str) -> None:
+def check_report(start: date, end: date, group_by: str | None = None) -> None:
     """The rules a report's arguments follow, for the API and the CLI alike."""
-    if group_by not in GROUPINGS:
+    if group_by is not None and group_by not in GROUPINGS:
         raise Invalid("INVALID_GROUP_BY", f"group_by must be one of {', '.join(GROUPINGS)}", field="group_by")
     if end < start:
         raise Invalid("INVALID_RANGE", "'from' must not be after 'to'", field="from")
@@ -379,6 +419,44 @@ async def usage_of_day(engine: AsyncEngine, tenant_id: str, user_id: str | uuid.
             )
         ).scalar_one()
     return {"models": per_model, "tenant_total": int(tenant_total)}
+
+
+async def tool_usage(
+    engine: AsyncEngine, tenant_id: str, *, start: date, end: date, user_id: str | uuid.UUID | None = None
+) -> list[dict[str, Any]]:
+    """Per tool over tenant-local days ``start``..``end``: the calls answers made, the results handed back,
+    their bytes and mean time from call to result; most called first."""
+    tenant = _uuid(tenant_id)
+    if tenant is None:
+        return []
+    t = usage_tools.c
+    where = [t.tenant_id == tenant, t.day >= start, t.day <= end]
+    if user_id is not None:
+        where.append(t.user_id == _uuid(user_id))
+    stmt = (
+        select(
+            t.tool,
+            func.sum(t.calls).label("calls"),
+            func.sum(t.results).label("results"),
+            func.sum(t.result_bytes).label("result_bytes"),
+            func.sum(t.result_latency_ms).label("latency"),
+        )
+        .where(*where)
+        .group_by(t.tool)
+        .order_by(func.sum(t.calls).desc(), t.tool)
+    )
+    async with engine.connect() as conn:
+        rows = await conn.execute(stmt)
+        return [
+            {
+                "tool": r.tool,
+                "calls": int(r.calls),
+                "results": int(r.results),
+                "result_bytes": int(r.result_bytes),
+                "mean_result_latency_ms": round(float(r.latency) / int(r.results), 1) if r.results else None,
+            }
+            for r in rows
+        ]
 
 
 async def model_exists(engine: AsyncEngine, tenant_id: str, name: str) -> bool:

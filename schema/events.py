@@ -32,6 +32,8 @@ class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     actor: str
     """``user:<uuid>``, ``apikey:<uuid>``, ``system`` or ``anonymous``."""
+    via: str | None = None
+    """``apikey:<uuid>`` when ``actor`` is an end user a gateway key named."""
     correlation_id: str
     causation_id: str | None = None
     traceparent: str | None = None

@@ -92,6 +92,7 @@ api_keys = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
+    Column("role_map", JSONB),  # gateway keys: front-end role -> parley role for the end users they create
     Index("ix_rm_api_keys_user", "tenant_id", "user_id"),
 )
 
@@ -115,6 +116,7 @@ audit_log = Table(
     Column("detail", JSONB, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("via", String(100)),  # the gateway key through which the actor (an end user it named) acted
     Index("ix_rm_audit_tenant_time", "tenant_id", "occurred_at"),
     Index("ix_rm_audit_tenant_actor", "tenant_id", "actor"),
     Index("ix_rm_audit_tenant_action", "tenant_id", "action"),
@@ -164,6 +166,7 @@ models = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("knowledge_ids", JSONB, nullable=False, server_default="[]"),  # knowledge its answers draw on
+    Column("capabilities", JSONB),  # as the admin set them; None: the defaults of the provider's kind
     UniqueConstraint("tenant_id", "name", name="uq_rm_models_tenant_name"),
 )
 
@@ -183,6 +186,7 @@ chats = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),  # time of the chat's latest event
     Column("knowledge_ids", JSONB, nullable=False, server_default="[]"),  # knowledge its answers draw on
     Column("file_ids", JSONB, nullable=False, server_default="[]"),  # documents uploaded into the chat
+    Column("client_chat_id", Text),  # the front end's own id of the chat (Open WebUI's), where it sent one
 )
 Index("ix_rm_chats_owner_updated", chats.c.tenant_id, chats.c.owner_id, chats.c.updated_at.desc())
 
@@ -205,6 +209,11 @@ messages = Table(
     Column("timings", JSONB),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("citations", JSONB, nullable=True),  # the sources an answer drew on (knowledge)
+    Column("tool_calls", JSONB),  # assistant: the calls it made [{id, name, arguments}]
+    Column("tool_call_id", Text),  # tool: the call this result answers
+    Column("tool_name", String(100)),  # tool: the function's name
+    Column("tool_latency_ms", Double),  # tool: from the call's answer to its result
+    Column("images", JSONB),  # user: [{sha256, media_type}] (the bytes are in the blob store)
     Index("ix_rm_messages_chat_created", "chat_id", "created_at"),
 )
 
@@ -213,7 +222,7 @@ generations = Table(
     metadata,
     Column("generation_id", UUID(as_uuid=False), primary_key=True),
     Column("tenant_id", UUID(as_uuid=False), nullable=False),
-    Column("chat_id", UUID(as_uuid=False), nullable=False),
+    Column("chat_id", UUID(as_uuid=False)),  # None: housekeeping outside any chat
     Column("user_id", UUID(as_uuid=False), nullable=False),
     Column("model", String(100), nullable=False),
     Column("user_message_id", String(64), nullable=False),
@@ -235,6 +244,9 @@ generations = Table(
     Column("requested_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    Column("purpose", String(20), nullable=False, server_default="chat"),  # chat, or a front end's title, tags...
+    Column("tool_calls", JSONB),  # the calls the answer made
+    Column("tools_ignored", JSONB),  # names of tools sent to a model that cannot call them
     Index("ix_rm_generations_chat", "tenant_id", "chat_id"),
 )
 
@@ -309,6 +321,23 @@ usage_monthly = Table(
     Column("completed", Integer, nullable=False, server_default="0"),
     Column("failed", Integer, nullable=False, server_default="0"),
     Column("cancelled", Integer, nullable=False, server_default="0"),
+)
+
+# Tool calls per tenant-local day, user and tool: how often each tool was called (from the answers that
+# called it) and how its results came back (from the results clients handed in).
+__all__ += ["usage_tools"]
+
+usage_tools = Table(
+    "rm_usage_tools",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=False), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("user_id", UUID(as_uuid=False), primary_key=True),
+    Column("tool", String(100), primary_key=True),
+    Column("calls", Integer, nullable=False, server_default="0"),
+    Column("results", Integer, nullable=False, server_default="0"),
+    Column("result_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("result_latency_ms", Double, nullable=False, server_default="0"),  # summed over results with one
 )
 
 # The original bytes of uploaded documents, by content hash per tenant (the default blob store; a directory

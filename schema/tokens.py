@@ -6,6 +6,9 @@ Each delivery attempt of a generation restarts ``seq`` at 1; a reader that sees 
 than before must drop the text of the earlier attempt (the worker died and another one started over).
 The last message of an attempt has ``done`` set, with the final status and usage.
 
+Tool calls stream as ``tool_calls`` pieces: the first piece of call ``index`` carries its ``id`` and
+``name``, later ones add to its ``arguments`` (OpenAI's streamed shape).
+
 Version 1. Evolve only by adding fields with defaults.
 """
 
@@ -13,7 +16,14 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["TokenChunk", "encode_chunk", "decode_chunk"]
+__all__ = ["TokenChunk", "ToolCallPiece", "encode_chunk", "decode_chunk"]
+
+
+class ToolCallPiece(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 class TokenChunk(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +42,7 @@ class TokenChunk(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     published_at: float = 0.0
     """``time.time()`` when the worker published the chunk (0 when unknown): for measuring delivery lag."""
+    tool_calls: tuple[ToolCallPiece, ...] = ()
 
     @property
     def event_id(self) -> str:

@@ -122,9 +122,10 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         build=build_embedder,
         device=None if settings.local_device == "auto" else settings.local_device,
     )
+    blobs = open_blob_store(settings.blob_store, engine=engine)
     knowledge = Knowledge(
         store=store,
-        blobs=open_blob_store(settings.blob_store, engine=engine),
+        blobs=blobs,
         embedders=embedders,
         index=VectorIndex(engine),
         detect=documents.detect_type,
@@ -138,8 +139,8 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         knowledge=knowledge,
         embedders=embedders,
         models=models,
-        chats=Chats(store=store, models=models, quotas=quotas),
-        generations=Generations(store=store, models=models),
+        chats=Chats(store=store, models=models, quotas=quotas, blobs=blobs),
+        generations=Generations(store=store, models=models, blobs=blobs),
         quotas=quotas,
         store=store,
         engine=engine,

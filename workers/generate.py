@@ -22,13 +22,14 @@ from typing import Any
 import msgspec
 import structlog
 
+from adapters.readiness import EngineStatus, WorkerBeacon, WorkerRecords
 from application.context import CommandContext
 from application.conversations import EngineTarget, Outcome, Retrieval
 from application.engines import Engine, EngineError, EngineRequest
 from application.knowledge import citations_of, with_sources
-from domain.chats import Generation
+from domain.chats import Generation, tool_call_id_for
 from schema.jobs import decode_job
-from schema.tokens import TokenChunk, encode_chunk
+from schema.tokens import TokenChunk, ToolCallPiece, encode_chunk
 from workers.bootstrap import Container
 from workers.jobs import run_jobs
 
@@ -39,18 +40,114 @@ log = structlog.get_logger("parley.worker")
 CHUNK_INTERVAL_S = 0.03  # one token message per ~30 ms of tokens
 
 
+class ToolCalls:
+    """The tool calls of one attempt as their pieces stream in: each call gets parley's id for it (the
+    upstream's ids are its own business), and the whole calls are kept for the outcome."""
+
+    def __init__(self, generation_id: uuid.UUID) -> None:
+        self.generation_id = generation_id
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def add(self, deltas: Any) -> list[ToolCallPiece]:
+        pieces = []
+        for delta in deltas:
+            call = self._calls.get(delta.index)
+            if call is None:
+                call = self._calls[delta.index] = {
+                    "id": tool_call_id_for(self.generation_id, len(self._calls)),
+                    "name": delta.name or "",
+                    "arguments": "",
+                }
+                first = True
+            else:
+                first = False
+                if delta.name and not call["name"]:
+                    call["name"] = delta.name
+            call["arguments"] += delta.arguments
+            pieces.append(
+                ToolCallPiece(
+                    index=list(self._calls).index(delta.index),
+                    id=call["id"] if first else None,
+                    name=call["name"] if first else None,
+                    arguments=delta.arguments,
+                )
+            )
+        return pieces
+
+    def finished(self) -> list[dict[str, str]]:
+        return [dict(call) for call in self._calls.values()]
+
+
 class EngineRegistry:
-    """One engine per (kind, base URL, key) per process: the local model loads once."""
+    """One engine per (kind, base URL, key) per process: the local model loads once. An engine preloaded
+    at start is the one that then serves requests; its state (loading, ready, failed) is in ``statuses()``
+    and ``changed`` is set whenever that state changes."""
 
     def __init__(self, c: Container) -> None:
         self.c = c
         self._engines: dict[tuple[str, str | None, str | None], Engine] = {}
         self._lock = asyncio.Lock()
+        self._preloads: dict[str, EngineStatus] = {}
+        self._loading: dict[tuple[str, str | None, str | None], asyncio.Task[None]] = {}
+        self.changed = asyncio.Event()
+
+    @property
+    def kinds(self) -> list[str]:
+        from adapters.engines import ENGINE_KINDS
+
+        return [k for k in ENGINE_KINDS if k != "echo" or self.c.settings.enable_echo_engine]
+
+    def statuses(self) -> list[EngineStatus]:
+        return list(self._preloads.values())
+
+    def preload(self, target: EngineTarget) -> asyncio.Task[None]:
+        """Load ``target``'s model now, in the background: it is ``loading`` from this call on. A request
+        for it that arrives meanwhile gets the same engine and waits for the load."""
+        self._set(EngineStatus(kind=target.kind, model=target.upstream_model, state="loading"))
+        key = self._key(target)
+        task = self._loading[key] = asyncio.create_task(self._preload(target))
+        task.add_done_callback(lambda _: self._loading.pop(key, None))
+        return task
+
+    async def _preload(self, target: EngineTarget) -> None:
+        started = time.perf_counter()
+        status = EngineStatus(kind=target.kind, model=target.upstream_model, state="ready")
+        try:
+            engine = await self._engine(target)
+            warmup = getattr(engine, "warmup", None)  # engines with nothing to load have none
+            if warmup is not None:
+                await warmup(target.upstream_model)
+        except Exception as exc:  # reported, not raised: the worker goes on with its other engines
+            error = (getattr(exc, "message", None) or str(exc) or type(exc).__name__)[:300]
+            status = msgspec.structs.replace(status, state="failed", error=error)
+        status = msgspec.structs.replace(status, load_seconds=round(time.perf_counter() - started, 3))
+        if status.error is None:
+            log.info("engine_preloaded", kind=status.kind, model=status.model, seconds=status.load_seconds)
+        else:
+            log.warning("engine_preload_failed", kind=status.kind, model=status.model, error=status.error)
+        self._set(status)
+
+    def _set(self, status: EngineStatus) -> None:
+        self._preloads[f"{status.kind}:{status.model}"] = status
+        self.changed.set()
+
+    @staticmethod
+    def _key(target: EngineTarget) -> tuple[str, str | None, str | None]:
+        return (target.kind, target.base_url, target.api_key)
 
     async def get(self, target: EngineTarget) -> Engine:
+        """The engine for ``target``, once it is loaded if it is being preloaded (waiting here holds no
+        thread, as waiting inside the engine for its load would)."""
+        engine = await self._engine(target)
+        loading = self._loading.get(self._key(target))
+        if loading is not None:
+            await asyncio.shield(loading)  # a cancelled request leaves the load to go on
+        return engine
+
+    async def _engine(self, target: EngineTarget) -> Engine:
         from adapters.engines import build_engine
 
-        key = (target.kind, target.base_url, target.api_key)
+        key = self._key(target)
         async with self._lock:
             engine = self._engines.get(key)
             if engine is None:
@@ -87,6 +184,7 @@ class GenerationWorker:
         max_deliver: int = 3,
         sweep_every_s: float = 30.0,
         sweep_after_s: float | None = None,
+        preload_local: bool = False,
     ) -> None:
         self.c = c
         self.js = js
@@ -100,10 +198,15 @@ class GenerationWorker:
         self.sweep_every_s = sweep_every_s
         self.sweep_after_s = sweep_after_s
         self.engines = EngineRegistry(c)
+        # Load the local model at start (`parley worker` reads PARLEY_PRELOAD_LOCAL_MODEL); off by default
+        # so that in-process workers (tests, benchmarks) load a model only when a request asks for one.
+        self.preload_local = preload_local
         self._cancels: dict[str, asyncio.Event] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig
+
+        from adapters.engines import DEFAULT_LOCAL_MODEL
 
         sub = await self.js.pull_subscribe(
             self.subjects.jobs_all,
@@ -121,14 +224,25 @@ class GenerationWorker:
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.subjects.jobs_stream}.{self.subjects.workers_durable}",
             cb=self._on_given_up,
         )
-        log.info("worker_started", worker=self.name, concurrency=self.concurrency)
-        sweeper = asyncio.create_task(self._sweep_reservations(stop))
+        log.info("worker_started", worker=self.name, concurrency=self.concurrency, preload_local=self.preload_local)
+        background = [asyncio.create_task(self._sweep_reservations(stop))]
+        if self.preload_local:  # beside job pulling: jobs for other engines go on meanwhile
+            background.append(self.engines.preload(EngineTarget("local", None, None, DEFAULT_LOCAL_MODEL)))
+        beacon = WorkerBeacon(
+            WorkerRecords(self.c.redis, self.c.settings.namespace),
+            name=self.name,
+            concurrency=self.concurrency,
+            kinds=self.engines.kinds,
+            engines=self.engines.statuses,
+        )
+        background.append(asyncio.create_task(beacon.run(stop, wake=self.engines.changed)))
         try:
             # Stopping hands running generations back to the queue for another worker, now.
             await run_jobs(sub, self._handle, concurrency=self.concurrency, stop=stop)
         finally:
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await cancels.unsubscribe()
             await advisories.unsubscribe()
             await sub.unsubscribe()
@@ -222,6 +336,7 @@ class GenerationWorker:
             if generation.cancel_requested:
                 cancel.set()
             citations: list[dict[str, Any]] = []
+            request = await self.c.generations.complete_request(generation, request)
             if started.retrieval is not None:
                 request, citations = await self._retrieve(started.retrieval, request)
             outcome = await self._generate(job.generation_id, attempt, target, request, cancel)
@@ -283,10 +398,12 @@ class GenerationWorker:
         prompt_tokens = 0
         finish_reason = "stop"
         last_flush = time.perf_counter()
+        calls = ToolCalls(uuid.UUID(generation_id))
+        pending_calls: list[ToolCallPiece] = []
 
         async def flush() -> None:
             nonlocal seq, last_flush
-            if not pending_text and not pending_thinking:
+            if not pending_text and not pending_thinking and not pending_calls:
                 return
             seq += 1
             chunk = TokenChunk(
@@ -296,9 +413,11 @@ class GenerationWorker:
                 text="".join(pending_text),
                 thinking="".join(pending_thinking),
                 completion_tokens=completion_tokens,
+                tool_calls=tuple(pending_calls),
             )
             pending_text.clear()
             pending_thinking.clear()
+            pending_calls.clear()
             await self._publish(chunk)
             last_flush = time.perf_counter()
 
@@ -316,6 +435,7 @@ class GenerationWorker:
                 ttft_ms=((first_token_at or started) - started) * 1000,
                 tokens_per_s=completion_tokens / decode_s if decode_s > 0 and completion_tokens else 0.0,
                 duration_ms=elapsed * 1000,
+                tool_calls=calls.finished(),
                 **extra,
             )
 
@@ -338,13 +458,14 @@ class GenerationWorker:
                     chunk = next_chunk.result()
                 except StopAsyncIteration:
                     break
-                if chunk.text or chunk.thinking:
+                if chunk.text or chunk.thinking or chunk.tool_calls:
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
                     text.append(chunk.text)
                     thinking.append(chunk.thinking)
                     pending_text.append(chunk.text)
                     pending_thinking.append(chunk.thinking)
+                    pending_calls.extend(calls.add(chunk.tool_calls))
                 if chunk.completion_tokens is not None:
                     completion_tokens = chunk.completion_tokens
                 if chunk.prompt_tokens is not None:

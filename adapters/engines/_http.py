@@ -11,7 +11,7 @@ import httpx
 
 from application.engines import EngineError
 
-__all__ = ["HttpUpstream", "error_message", "upstream_errors"]
+__all__ = ["HttpUpstream", "error_message", "http_failure", "upstream_errors"]
 
 
 def error_message(body: bytes, fallback: str) -> str:
@@ -31,6 +31,33 @@ def error_message(body: bytes, fallback: str) -> str:
         if isinstance(data.get("message"), str):
             return data["message"]
     return fallback
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def http_failure(status: int, body: bytes, url: str) -> EngineError:
+    """The ``EngineError`` for an upstream's HTTP error answer. What the upstream refuses as a bad request
+    (400, 413, 422) is the request's fault: status 400 with the upstream's own code and message, so the
+    client learns what to change (a prompt past the context window is ``CONTEXT_LENGTH_EXCEEDED``, as at
+    OpenAI). Its rate limit is a 429. Anything else (a bad provider key, a missing model, a crash) is the
+    deployment's: ``UPSTREAM_HTTP_ERROR``, a 502 to the client."""
+    message = error_message(body, f"HTTP {status} from {url}")
+    code = _error_code(body)
+    if status in (400, 413, 422):
+        if code == "context_length_exceeded" or "context length" in message.lower():
+            return EngineError("CONTEXT_LENGTH_EXCEEDED", message, status=400, param="messages")
+        return EngineError("UPSTREAM_REJECTED", message, status=400)
+    if status == 429:
+        return EngineError("UPSTREAM_RATE_LIMITED", message, status=429)
+    return EngineError("UPSTREAM_HTTP_ERROR", message, status=status)
 
 
 @contextmanager

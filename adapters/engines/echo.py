@@ -24,6 +24,8 @@ __all__ = ["EchoEngine"]
 
 _NOTHING_TO_ECHO = "The echo engine has no user message to repeat."
 _SLOW_DELAY_S = 0.05
+_REPEAT_TOKENS = 256
+"""How long a repeating answer runs when the request sets no ``max_tokens``."""
 
 
 class EchoEngine:
@@ -49,8 +51,9 @@ class EchoEngine:
         repeat = self.repeat or request.model in ("echo-repeat", "echo-slow")
         delay_s = _SLOW_DELAY_S if request.model == "echo-slow" else self.delay_s
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
-        if repeat or len(words) > request.max_tokens:
-            limit, finish = max(0, request.max_tokens), "length"
+        max_tokens = request.max_tokens if request.max_tokens is not None else (_REPEAT_TOKENS if repeat else len(words))
+        if repeat or len(words) > max_tokens:
+            limit, finish = max(0, max_tokens), "length"
         else:
             limit, finish = len(words), "stop"
         text = ""

@@ -418,11 +418,14 @@ class _ModelRunner:
         seq.prompt_ids = self.encode_prompt(request.messages)
         if len(seq.prompt_ids) >= self.context_length:
             raise EngineError(
-                "ENGINE_ERROR",
-                f"the prompt has {len(seq.prompt_ids)} tokens; {self.name} reads at most {self.context_length}",
+                "CONTEXT_LENGTH_EXCEEDED",
+                f"This model's maximum context length is {self.context_length} tokens. However, your messages "
+                f"resulted in {len(seq.prompt_ids)} tokens. Please reduce the length of the messages.",
                 status=400,
+                param="messages",
             )
-        seq.max_new = max(1, min(request.max_tokens, self.context_length - len(seq.prompt_ids)))
+        room = self.context_length - len(seq.prompt_ids)
+        seq.max_new = max(1, room if request.max_tokens is None else min(request.max_tokens, room))
         if request.temperature > 0 and request.seed is not None:
             seq.generator = torch.Generator(device=self.device).manual_seed(request.seed)
         cache = DynamicCache(config=self.model.config)
@@ -442,20 +445,58 @@ class _ModelRunner:
             self._batches.append(_Batch(self, seq, cache))
 
     def encode_prompt(self, messages: list[ChatTurn]) -> list[int]:
+        """The prompt's token ids: the chat template with a new assistant turn opened, or, when the last
+        turn is the assistant's, that turn left open so the answer continues it ("continue response")."""
         turns = [{"role": m.role, "content": m.content} for m in messages]
+        continues = bool(messages) and messages[-1].role == "assistant"
         if getattr(self.tokenizer, "chat_template", None):
-            encoded = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+            encoded = self.tokenizer.apply_chat_template(
+                turns, add_generation_prompt=not continues, continue_final_message=continues, tokenize=True
+            )
             if hasattr(encoded, "keys"):  # transformers 5 returns a BatchEncoding
                 encoded = encoded["input_ids"]
             return [int(t) for t in encoded]
-        text = "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant: "
+        text = "".join(f"{m.role}: {m.content}\n" for m in messages)
+        text = text[:-1] if continues else text + "assistant: "
         return [int(t) for t in self.tokenizer(text)["input_ids"]]
+
+    def _adjusted(self, logits: Any, seq: _Sequence) -> Any:
+        """The logits after ``logit_bias`` and the penalties: ``repetition_penalty`` on every token of
+        prompt and answer (as transformers applies it), ``frequency_penalty`` per occurrence and
+        ``presence_penalty`` once for tokens of the answer (as OpenAI defines them)."""
+        torch, request = self.torch, seq.request
+        if request.logit_bias:
+            ids = [int(k) for k in request.logit_bias if 0 <= int(k) < logits.shape[-1]]
+            if ids:
+                index = torch.tensor(ids, device=logits.device)
+                bias = torch.tensor([float(request.logit_bias[str(i)]) for i in ids], device=logits.device)
+                logits = logits.index_add(0, index, bias.to(logits.dtype))
+        if request.repetition_penalty not in (None, 1.0):
+            seen = torch.tensor(sorted(set(seq.prompt_ids) | set(seq.generated)), device=logits.device, dtype=torch.long)
+            scores = logits[seen]
+            penalty = float(request.repetition_penalty)
+            logits = logits.index_copy(0, seen, torch.where(scores < 0, scores * penalty, scores / penalty))
+        if (request.frequency_penalty or request.presence_penalty) and seq.generated:
+            counts = torch.bincount(
+                torch.tensor(seq.generated, device=logits.device), minlength=logits.shape[-1]
+            )[: logits.shape[-1]].to(logits.dtype)
+            logits = logits - counts * float(request.frequency_penalty or 0.0)
+            logits = logits - (counts > 0).to(logits.dtype) * float(request.presence_penalty or 0.0)
+        return logits
 
     def _choose(self, logits: Any, seq: _Sequence) -> int:
         torch, request = self.torch, seq.request
+        logits = self._adjusted(logits.float(), seq)
         if request.temperature <= 0:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits.float() / request.temperature, dim=-1)
+        logits = logits / request.temperature
+        if request.top_k:
+            kth = torch.topk(logits, min(int(request.top_k), logits.shape[-1])).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if request.min_p:
+            probs = probs.masked_fill(probs < float(request.min_p) * probs.max(), 0.0)
+            probs = probs / probs.sum()
         if 0 < request.top_p < 1:
             sorted_probs, order = torch.sort(probs, descending=True)
             outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= request.top_p

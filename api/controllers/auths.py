@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
@@ -98,10 +98,25 @@ class AuthController(Controller):
             name=data.name,
             scopes=data.scopes,
             expires_in_days=data.expires_in_days,
+            role_map=data.role_map,
         )
         return dto.ApiKeyCreated(
-            id=key.id, name=key.name, key=key.key, prefix=key.prefix, scopes=key.scopes, expires_at=key.expires_at
+            id=key.id,
+            name=key.name,
+            key=key.key,
+            prefix=key.prefix,
+            scopes=key.scopes,
+            expires_at=key.expires_at,
+            role_map=key.role_map or None,
         )
+
+    @patch("/api-keys/{key_id:uuid}", operation_id="UpdateApiKey")
+    async def update_key(
+        self, request: Request[Any, Any, Any], key_id: FromPath[UUID], data: JSONBody[dto.ApiKeyUpdate], c: App, caller: Caller
+    ) -> dict[str, Any]:
+        """A tenant admin changes a gateway key's role map (for the end users it creates from now on)."""
+        role_map = await c.identity.set_role_map(command_context(request, caller), caller, key_id, data.role_map)
+        return {"id": str(key_id), "role_map": role_map}
 
     @delete("/api-keys/{key_id:uuid}", operation_id="RevokeApiKey", status_code=HTTP_204_NO_CONTENT)
     async def revoke_key(self, request: Request[Any, Any, Any], key_id: FromPath[UUID], c: App, caller: Caller) -> None:

@@ -50,6 +50,8 @@ def chat_dto(chat: ChatAggregate | dict[str, Any]) -> dto_chat.Chat:
 
 def _message(m: dict[str, Any]) -> dto_chat.Message:
     fields = {k: v for k, v in m.items() if k in dto_chat.Message.__struct_fields__}
+    if m.get("role") == "tool" and "name" in m:  # the aggregate's name of a tool message
+        fields["tool_name"] = m["name"]
     if fields.get("generation_id") is not None:
         fields["generation_id"] = str(fields["generation_id"])
     return dto_chat.Message(**fields)
@@ -74,6 +76,7 @@ def chat_detail_dto(chat: ChatAggregate | dict[str, Any]) -> dto_chat.ChatDetail
 
 
 def accepted(sent: Sent) -> dto_chat.Accepted:
+    assert sent.chat_id is not None
     return dto_chat.Accepted(
         chat_id=str(sent.chat_id),
         message_id=sent.message_id,

@@ -34,7 +34,7 @@ def _view_from_row(row: dict[str, Any]) -> dto.GenerationView:
     )
     return dto.GenerationView(
         id=str(row["id"]),
-        chat_id=str(row["chat_id"]),
+        chat_id=str(row["chat_id"]) if row["chat_id"] else None,
         model=row["model"],
         status=row["status"],
         attempt=int(row["attempt"] or 0),
@@ -51,13 +51,15 @@ def _view_from_row(row: dict[str, Any]) -> dto.GenerationView:
         requested_at=row["requested_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        purpose=row.get("purpose") or "chat",
+        tool_calls=row.get("tool_calls"),
     )
 
 
 def _view_from_aggregate(g: Generation) -> dto.GenerationView:
     return dto.GenerationView(
         id=str(g.id),
-        chat_id=str(g.chat_id),
+        chat_id=str(g.chat_id) if g.chat_id else None,
         model=g.model,
         status=g.status,
         attempt=g.attempt,
@@ -74,6 +76,8 @@ def _view_from_aggregate(g: Generation) -> dto.GenerationView:
         finish_reason=g.finish_reason,
         error=dto.GenerationError(code=g.error_code, message=g.error_message or "") if g.error_code else None,
         requested_at=g.created_on,
+        purpose=g.purpose,
+        tool_calls=list(g.tool_calls) or None,
     )
 
 
@@ -93,6 +97,8 @@ async def sse_messages(events: AsyncIterator[StreamEvent]) -> AsyncIterator[Serv
                     "completion_tokens": e.completion_tokens,
                     "published_at": e.published_at,
                 }
+                if e.tool_calls:
+                    data["tool_calls"] = e.tool_calls
                 yield ServerSentEventMessage(event="token", id=e.event_id, data=_json(data))
             case "restart":
                 yield ServerSentEventMessage(
@@ -134,7 +140,8 @@ class GenerationController(Controller):
             ),
         ] = None,
     ) -> ServerSentEvent:
-        """Server-sent events: ``token`` {text, thinking, completion_tokens, published_at (the worker's
+        """Server-sent events: ``token`` {text, thinking, completion_tokens, tool_calls (pieces: index, id,
+        name, arguments), published_at (the worker's
         clock, epoch seconds; 0 when replayed)} with id ``attempt:seq``;
         ``restart`` {attempt} (drop the text so far); ``error`` {code, message}; ``done`` {status,
         finish_reason, usage}. Leaving does not stop the generation."""

@@ -53,6 +53,7 @@ def model_dto(m: ModelAggregate | dict[str, Any], *, provider: str | None = None
         provider_kind=m.provider_kind,
         upstream_model=m.upstream_model,
         defaults=m.defaults,
+        capabilities=m.capabilities.as_dict(),
         provider_id=str(m.provider_id),
         provider=provider,
         open_to_tenant=m.open_to_tenant,
@@ -120,6 +121,7 @@ class ModelController(Controller):
             display_name=data.display_name,
             defaults=data.defaults,
             open_to_tenant=data.open_to_tenant,
+            capabilities=dto.capabilities_given(data.capabilities),
         )
         return model_dto(model, provider=data.provider)
 
@@ -144,6 +146,7 @@ class ModelController(Controller):
             open_to_tenant=given(data.open_to_tenant),
             active=given(data.active),
             knowledge_ids=given(data.knowledge_ids),
+            capabilities=dto.capabilities_given(data.capabilities),
         )
         return model_dto(model)
 

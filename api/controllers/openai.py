@@ -23,13 +23,15 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import JSONBody, PathParameter
 from litestar.response import Stream
 
+from adapters.images import image_from_url
 from api import dto_chat as dto
-from api.deps import App, Caller, command_context
+from api.deps import App, Caller, client_chat_id, command_context
 from api.dto_knowledge import EmbeddingsRequest
 from api.errors import STATUS_OF
 from api.sse import StreamEvent, read_generation
+from application.conversations import Conversation
 from application.embeddings import LOCAL_EMBEDDING_MODEL
-from application.engines import ChatTurn
+from application.engines import ChatTurn, Image, ToolCall
 from domain.errors import BadRequest, Invalid, NotFound, ParleyError
 from projections.conversations import list_models
 
@@ -92,32 +94,65 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     return openai_error(500, "internal error", code="internal_error")
 
 
-def _text_of(message: dto.OpenAIMessage) -> str:
-    if message.content is None:
-        return ""
+MAX_IMAGES = 50
+MAX_CHAT_REQUEST_BYTES = 64 * 1024 * 1024
+"""A completion request may carry images (up to 20 MB each, base64 in the JSON body)."""
+# What a failed generation's code says about whose fault it was: the request's (400), a limit (429), or
+# the deployment's (502, the default).
+_FAILURE_STATUS = {"CONTEXT_LENGTH_EXCEEDED": 400, "UPSTREAM_REJECTED": 400, "UPSTREAM_RATE_LIMITED": 429}
+
+
+async def _turn(message: dto.OpenAIMessage, c: App, images_left: list[int]) -> ChatTurn:
+    role = _ROLES.get(message.role)
+    if role is None:
+        raise BadRequest("INVALID_ROLE", f"unknown message role '{message.role}'", field="messages")
+    texts: list[str] = []
+    images: list[Image] = []
     if isinstance(message.content, str):
-        return message.content
-    parts = []
-    for part in message.content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise BadRequest("UNSUPPORTED_CONTENT", "only text content parts are supported", field="messages")
-        parts.append(part["text"])
-    return "".join(parts)
-
-
-def _turns(data: dto.ChatCompletionRequest) -> list[ChatTurn]:
-    turns = []
-    for message in data.messages:
-        role = _ROLES.get(message.role)
-        if role is None:
-            raise BadRequest("INVALID_ROLE", f"unknown message role '{message.role}'", field="messages")
-        turns.append(ChatTurn(role=role, content=_text_of(message)))
-    return turns
+        texts.append(message.content)
+    for part in message.content if isinstance(message.content, list) else ():
+        kind = part.get("type")
+        if kind in ("text", "refusal") and isinstance(part.get(kind), str):
+            texts.append(part[kind])
+        elif kind == "image_url" and role == "user":
+            spec = part.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            if not isinstance(url, str):
+                raise BadRequest("UNSUPPORTED_CONTENT", "an image_url part needs a url", field="messages")
+            images_left[0] -= 1
+            if images_left[0] < 0:
+                raise BadRequest("TOO_MANY_IMAGES", f"at most {MAX_IMAGES} images per request", field="messages")
+            images.append(
+                await image_from_url(url, allow_fetch=c.settings.allow_url_fetch, allow_private=c.settings.url_fetch_private)
+            )
+        else:
+            raise BadRequest(
+                "UNSUPPORTED_CONTENT", f"content parts of type '{kind}' are not supported here", field="messages"
+            )
+    if role == "tool" and not message.tool_call_id:
+        raise BadRequest("TOOL_CALL_ID_REQUIRED", "a tool message names the call it answers (tool_call_id)", field="messages")
+    calls = tuple(
+        ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+        for call in (message.tool_calls or ())
+        if role == "assistant"
+    )
+    return ChatTurn(
+        role=role,
+        content="".join(texts),
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id if role == "tool" else None,
+        name=message.name if role == "tool" else None,
+        images=tuple(images),
+    )
 
 
 def _params(data: dto.ChatCompletionRequest) -> dict[str, Any]:
     if data.n is not None and data.n != 1:
         raise BadRequest("UNSUPPORTED_N", "only n=1 is supported", field="n")
+    if data.logprobs or data.top_logprobs:
+        raise BadRequest("UNSUPPORTED_PARAMETER", "logprobs are not supported", field="logprobs")
+    if data.modalities and set(data.modalities) - {"text"}:
+        raise BadRequest("UNSUPPORTED_PARAMETER", "only text output is supported", field="modalities")
     max_tokens = data.max_completion_tokens if data.max_completion_tokens is not None else data.max_tokens
     given = {
         "temperature": data.temperature,
@@ -125,14 +160,39 @@ def _params(data: dto.ChatCompletionRequest) -> dict[str, Any]:
         "max_tokens": max_tokens,
         "stop": data.stop,
         "seed": data.seed,
+        "frequency_penalty": data.frequency_penalty,
+        "presence_penalty": data.presence_penalty,
+        "logit_bias": data.logit_bias,
+        "response_format": data.response_format,
+        "reasoning_effort": data.reasoning_effort,
+        "top_k": data.top_k,
+        "min_p": data.min_p,
+        "repetition_penalty": data.repetition_penalty,
     }
     return {k: v for k, v in given.items() if v is not None}
 
 
-class _Answer:
-    """The text a client has been sent, kept right across a restarted attempt: the new attempt's text is
-    passed on only past what was already sent, as long as it agrees with it (greedy or seeded decoding
-    repeats itself; otherwise the stream ends with an error)."""
+async def _conversation(request: Request[Any, Any, Any], data: dto.ChatCompletionRequest, c: App) -> Conversation:
+    images_left = [MAX_IMAGES]
+    turns = [await _turn(m, c, images_left) for m in data.messages]
+    return Conversation(
+        turns=turns,
+        model=data.model,
+        params=_params(data),
+        tools=data.tools or (),
+        tool_choice=data.tool_choice,
+        parallel_tool_calls=data.parallel_tool_calls,
+        client_chat_id=client_chat_id(request),
+        source="openai",
+        streamed=data.stream,
+    )
+
+
+class _Channel:
+    """What a client has been sent on one channel (the text, or one tool call's arguments), kept right
+    across a restarted attempt: the new attempt's output is passed on only past what was already sent, as
+    long as it agrees with it (greedy or seeded decoding repeats itself; otherwise the stream ends with an
+    error)."""
 
     def __init__(self) -> None:
         self.sent = ""
@@ -158,12 +218,94 @@ class _Answer:
         return new
 
 
+class _Answer:
+    """The answer as sent so far: its text and its tool calls (a header each, id and name, then the
+    arguments), each a channel that survives a restarted attempt."""
+
+    def __init__(self) -> None:
+        self.text = _Channel()
+        self.calls: dict[int, tuple[str, str]] = {}
+        self.arguments: dict[int, _Channel] = {}
+
+    def restart(self) -> None:
+        self.text.restart()
+        for channel in self.arguments.values():
+            channel.restart()
+
+    def add(self, e: StreamEvent) -> tuple[str, list[dict[str, Any]]] | None:
+        """The text and the tool-call deltas of ``e`` that the client lacks (None: a restarted attempt
+        that disagrees with what was sent)."""
+        text = self.text.add(e.text)
+        if text is None:
+            return None
+        deltas = []
+        for piece in e.tool_calls:
+            delta: dict[str, Any] = {"index": piece.index}
+            if piece.id is not None:
+                head = (piece.id, piece.name or "")
+                known = self.calls.get(piece.index)
+                if known is not None and known != head:
+                    return None
+                if known is None:
+                    self.calls[piece.index] = head
+                    self.arguments[piece.index] = _Channel()
+                    delta.update(id=piece.id, type="function", function={"name": piece.name or "", "arguments": ""})
+            channel = self.arguments.get(piece.index)
+            if channel is None:
+                return None
+            arguments = channel.add(piece.arguments)
+            if arguments is None:
+                return None
+            if arguments:
+                delta.setdefault("function", {})["arguments"] = arguments
+            if len(delta) > 1:
+                deltas.append(delta)
+        return text, deltas
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": self.arguments[i].sent}}
+            for i, (call_id, name) in sorted(self.calls.items())
+        ]
+
+
 def _finish_reason(e: StreamEvent) -> str:
-    return e.finish_reason if e.status == "completed" and e.finish_reason in ("stop", "length") else "stop"
+    if e.status == "completed" and e.finish_reason in ("stop", "length", "tool_calls"):
+        return e.finish_reason
+    return "stop"
 
 
 def _sse(value: Any) -> bytes:
     return b"data: " + msgspec.json.encode(value) + b"\n\n"
+
+
+def _failure(error: StreamEvent | None) -> tuple[int, str, str]:
+    """(status, code, message) of a failed generation, its status by whose fault it was."""
+    code = (error.error_code if error else None) or "GENERATION_FAILED"
+    message = (error.error_message if error else None) or "the generation failed"
+    return _FAILURE_STATUS.get(code, 502), code.lower(), message
+
+
+async def _opening(events: AsyncIterator[StreamEvent]) -> tuple[list[StreamEvent], bool]:
+    """The stream's first events up to the first that says how it begins: output, or a failure before
+    any (a prompt past the context window, a request the upstream refused). True when it failed so."""
+    held: list[StreamEvent] = []
+    async for e in events:
+        if e.kind == "heartbeat":
+            continue
+        held.append(e)
+        if e.kind == "done":
+            return held, e.status == "failed" and not any(h.kind == "token" for h in held)
+        if e.kind == "token":
+            return held, False
+    return held, False
+
+
+async def _chain(held: list[StreamEvent], rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    for e in held:
+        yield e
+    async for e in rest:
+        yield e
 
 
 class OpenAIController(Controller):
@@ -171,7 +313,12 @@ class OpenAIController(Controller):
     tags = ["openai"]
     exception_handlers = {ParleyError: _parley_error, HTTPException: _http_error, Exception: _unexpected}
 
-    @post("/chat/completions", operation_id="CreateChatCompletion", status_code=200)
+    @post(
+        "/chat/completions",
+        operation_id="CreateChatCompletion",
+        status_code=200,
+        request_max_body_size=MAX_CHAT_REQUEST_BYTES,
+    )
     async def chat_completions(
         self,
         request: Request[Any, Any, Any],
@@ -180,21 +327,31 @@ class OpenAIController(Controller):
         caller: Caller,
     ) -> Response[Any]:
         """Answers the conversation with a ``chat.completion``, or streams ``chat.completion.chunk`` events
-        ending with ``data: [DONE]`` (the usage chunk before it when ``stream_options.include_usage``)."""
-        turns, params = _turns(data), _params(data)
-        sent = await c.chats.start_conversation(
-            command_context(request, caller),
-            caller,
-            turns=turns,
-            model=data.model,
-            params=params,
-            source="openai",
-        )
+        ending with ``data: [DONE]`` (the usage chunk before it when ``stream_options.include_usage``).
+        Nothing is sent before the answer begins, so a request that cannot be answered (a prompt past the
+        model's context window: 400 ``context_length_exceeded``) is an HTTP error, streamed or not.
+
+        ``X-OpenWebUI-Chat-Id`` / ``X-Parley-Chat-Id`` keep a client's chat in one parley chat; a gateway
+        key names the end user with ``X-OpenWebUI-User-*`` / ``X-Parley-User-*``."""
+        sent = await c.chats.converse(command_context(request, caller), caller, await _conversation(request, data, c))
         generation = await c.generations.get(caller, sent.generation_id)
         completion_id = f"chatcmpl-{sent.generation_id.hex}"
         created = int(time.time())
-        headers = {"X-Parley-Generation-Id": str(sent.generation_id), "X-Parley-Chat-Id": str(sent.chat_id)}
+        headers = {"X-Parley-Generation-Id": str(sent.generation_id)}
+        if sent.chat_id is not None and sent.purpose == "chat":
+            headers["X-Parley-Chat-Id"] = str(sent.chat_id)
+        if sent.purpose != "chat":
+            headers["X-Parley-Purpose"] = sent.purpose
+        if sent.tools_ignored:
+            headers["X-Parley-Tools-Ignored"] = str(len(sent.tools_ignored))
         events = read_generation(c, generation)
+        held, failed = await _opening(events)
+        if failed:
+            await events.aclose()  # type: ignore[attr-defined]
+            status, code, message = _failure(next((e for e in held if e.kind == "error"), None))
+            param = "messages" if code == "context_length_exceeded" else None
+            return openai_error(status, message, code=code, param=param, kind=None if status < 500 else "server_error")
+        events = _chain(held, events)
         if data.stream:
             include_usage = bool(data.stream_options and data.stream_options.include_usage)
             body = _stream(
@@ -221,10 +378,9 @@ class OpenAIController(Controller):
         name = model.lstrip("/")
         rows = await list_models(c.engine, caller.tenant_id, caller.user_id, caller.role)
         for row in rows:
-            if row["name"] == name:
+            if name.lower() in (row["name"].lower(), str(row["id"])):
                 return _model(row)
         raise NotFound("MODEL_NOT_FOUND", f"no model named '{name}'", field="model")
-
 
     @post("/embeddings", operation_id="CreateEmbeddings", status_code=200)
     async def embeddings(self, data: JSONBody[EmbeddingsRequest], c: App, caller: Caller) -> dict[str, Any]:
@@ -234,7 +390,7 @@ class OpenAIController(Controller):
         texts = _embedding_inputs(data)
         if data.encoding_format not in ("float", "base64"):
             raise Invalid("INVALID_ENCODING_FORMAT", "encoding_format is 'float' or 'base64'", field="encoding_format")
-        if data.model in (LOCAL_EMBEDDING_MODEL, "sentence-transformers/all-MiniLM-L6-v2"):
+        if data.model.lower() in (LOCAL_EMBEDDING_MODEL, "sentence-transformers/all-minilm-l6-v2"):
             embedding: dict[str, Any] = {"provider_id": None, "model": LOCAL_EMBEDDING_MODEL}
         else:
             model = await c.store.call(c.models.usable, caller, data.model)
@@ -286,7 +442,18 @@ def _model(row: dict[str, Any]) -> dict[str, Any]:
         "object": "model",
         "created": int(created.timestamp()) if created else 0,
         "owned_by": row.get("provider_kind") or "parley",
+        "name": row.get("display_name") or row["name"],
+        "parley_id": str(row["id"]),
+        "capabilities": row.get("capabilities"),
     }
+
+
+def _message(text: str, answer: _Answer) -> dict[str, Any]:
+    calls = answer.tool_calls()
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
 
 
 async def _complete(
@@ -307,21 +474,26 @@ async def _complete(
             elif e.kind == "error":
                 error = e
             elif e.kind == "token":
-                part = answer.add(e.text)
-                if part is None:
+                added = answer.add(e)
+                if added is None:
                     return openai_error(502, RESTARTED, code="generation_restarted", kind="server_error")
-                text.append(part)
+                text.append(added[0])
             elif e.kind == "done":
                 if error is not None or e.status == "failed":
-                    return _failed(error)
-                message = {"role": "assistant", "content": "".join(text), "refusal": None}
+                    status, code, message = _failure(error)
+                    return openai_error(status, message, code=code, kind=None if status < 500 else "server_error")
                 body = {
                     "id": completion_id,
                     "object": "chat.completion",
                     "created": created,
                     "model": model,
                     "choices": [
-                        {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish_reason(e)}
+                        {
+                            "index": 0,
+                            "message": _message("".join(text), answer),
+                            "logprobs": None,
+                            "finish_reason": _finish_reason(e),
+                        }
                     ],
                     "usage": e.usage(),
                     "system_fingerprint": None,
@@ -333,12 +505,6 @@ async def _complete(
 
 
 RESTARTED = "the generation restarted after a worker failure and changed its answer; retry the request"
-
-
-def _failed(error: StreamEvent | None) -> Response[Any]:
-    code = (error.error_code if error else None) or "GENERATION_FAILED"
-    message = (error.error_message if error else None) or "the generation failed"
-    return openai_error(502, message, code=code.lower(), kind="server_error")
 
 
 async def _stream(
@@ -373,18 +539,19 @@ async def _stream(
             elif e.kind == "error":
                 error = e
             elif e.kind == "token":
-                part = answer.add(e.text)
-                if part is None:
+                added = answer.add(e)
+                if added is None:
                     yield failure(RESTARTED, "generation_restarted")
                     break
-                if part:
-                    yield delta({"content": part})
+                text, calls = added
+                if text:
+                    yield delta({"content": text})
+                if calls:
+                    yield delta({"tool_calls": calls})
             elif e.kind == "done":
                 if error is not None or e.status == "failed":
-                    code = (error.error_code if error else None) or "GENERATION_FAILED"
-                    yield failure(
-                        (error.error_message if error else None) or "the generation failed", code.lower()
-                    )
+                    _, code, message = _failure(error)
+                    yield failure(message, code)
                     break
                 yield delta({}, _finish_reason(e))
                 if usage:

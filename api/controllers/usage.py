@@ -19,7 +19,7 @@ from domain.errors import NotFound
 from domain.quotas import QuotaPolicy, day_of, next_midnight, policy_id_for
 from projections.conversations import list_models
 from projections.identity import get_user_row
-from projections.usage import check_report, model_exists, report_csv, usage_of_day, usage_report
+from projections.usage import check_report, model_exists, report_csv, tool_usage, usage_of_day, usage_report
 
 __all__ = ["UsageController"]
 
@@ -190,3 +190,23 @@ class UsageController(Controller):
             totals=UsageTotals(**report.totals),
         )
         return Response(content=page, media_type=MediaType.JSON)
+
+    @get("/tools", operation_id="GetToolUsage")
+    async def tools(
+        self,
+        c: App,
+        caller: Caller,
+        start: Annotated[date | None, QueryParameter(name="from")] = None,
+        end: Annotated[date | None, QueryParameter(name="to")] = None,
+        user_id: Annotated[UUID | None, QueryParameter()] = None,
+    ) -> dict[str, Any]:
+        """Tool calls of the caller's tenant over tenant-local days ``from``..``to`` (default: the last 30),
+        per tool: the calls models made, the results clients handed back, their bytes and the mean time
+        from call to result."""
+        caller.require_admin()
+        policy = await _policy(c, caller.tenant_id)
+        end = end or day_of(datetime.now(UTC), policy.timezone)
+        start = start or end - timedelta(days=29)
+        check_report(start, end)
+        items = await tool_usage(c.engine, caller.tenant_id, start=start, end=end, user_id=user_id)
+        return {"from": start.isoformat(), "to": end.isoformat(), "timezone": policy.timezone, "items": items}

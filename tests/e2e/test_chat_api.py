@@ -370,10 +370,19 @@ async def test_every_bad_message_is_refused_and_writes_nothing(
         {"top_p": 0},
         {"seed": -4},
         {"stop": ["a", "b", "c", "d", "e"]},
-        {"frequency_penalty": 1},
+        {"frequency_penalty": 3},
+        {"colour": "red"},
+        {"logit_bias": {"not-a-token": 1}},
+        {"response_format": {"type": "yaml"}},
+        {"reasoning_effort": "extreme"},
     ):
         await refused(
             user, chat, {"content": "hi", "model": "echo", "params": params}, 422, "INVALID_PARAMETER"
+        )
+    # A parameter this model does not honour is refused, never silently dropped.
+    for params in ({"frequency_penalty": 1}, {"top_k": 5}, {"response_format": {"type": "json_object"}}):
+        await refused(
+            user, chat, {"content": "hi", "model": "echo", "params": params}, 422, "UNSUPPORTED_PARAMETER"
         )
     await refused(user, chat, {"content": "hi"}, 400, None)
     await refused(user, chat, {"content": "hi", "model": "echo", "colour": "red"}, 400, None)

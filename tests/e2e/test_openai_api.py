@@ -16,6 +16,10 @@ from tests.conftest import Pipeline
 from workers.bootstrap import Container
 
 PASSWORD = "correct horse 9"
+# A 1x1 PNG.
+PNG_URL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -216,21 +220,28 @@ async def test_errors_take_openai_shape_and_write_nothing(
     await refused(openai.BadRequestError, 400, "invalid_parameter", max_tokens=-1)
     await refused(openai.BadRequestError, 400, "invalid_parameter", top_p=0)
     await refused(openai.BadRequestError, 400, "empty_message", messages=[{"role": "user", "content": " "}])
-    await refused(
-        openai.BadRequestError,
-        400,
-        "last_message_not_user",
-        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-    )
     await refused(openai.BadRequestError, 400, "invalid_role", messages=[{"role": "wizard", "content": "hi"}])
     await refused(
         openai.BadRequestError,
         400,
         "unsupported_content",
-        messages=[
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
-        ],
+        messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}],
     )
+    await refused(
+        openai.PermissionDeniedError,
+        403,
+        "url_fetch_disabled",
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}],
+    )
+    await refused(
+        openai.BadRequestError,
+        400,
+        "images_not_supported",
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG_URL}}]}],
+    )
+    await refused(openai.BadRequestError, 400, "unsupported_parameter", extra_body={"top_k": 5})
+    await refused(openai.BadRequestError, 400, "unsupported_parameter", logprobs=True)
+    await refused(openai.BadRequestError, 400, "tool_call_id_required", messages=[{"role": "tool", "content": "42"}])
     await refused(openai.BadRequestError, 400, "invalid_request", messages=[])
     await refused(
         openai.APIStatusError, 413, "message_too_large", messages=[{"role": "user", "content": "x" * 100_001}]

@@ -21,7 +21,17 @@ model                behaviour
 ``fake-truncate``    sends ``cut_after`` chunks, then ends the body cleanly, with no finish nor [DONE]
 ``fake-badjson``     sends one chunk, then a line that is not JSON
 ``fake-nostream``    OpenAI only: ignores ``stream: true`` and answers with one chat.completion object
+``fake-tools``       OpenAI only: given ``tools`` and a last message from the user, calls a tool (the
+                     one ``tool_choice`` names, else the first; with ``parallel_tool_calls`` not false
+                     and two tools or more, the first two) with ``{"query": <the user's text>}``,
+                     arguments streamed in three pieces, ``finish_reason: "tool_calls"``; after a tool
+                     result, answers "The tool said: <result>"
 ===================  =================================================================================
+
+Any chat model: images in a user message (``image_url`` data URLs) are described in the answer as
+``[image image/png 68 bytes]``; ``response_format`` ``json_object`` / ``json_schema`` makes the answer a JSON
+object ``{"said": <text>}``; a prompt of more than ``context_words`` words is refused with OpenAI's 400
+``context_length_exceeded`` body.
 
 Embeddings (``/v1/embeddings``, ``/api/embed``) take the model name the same way:
 
@@ -50,6 +60,7 @@ the words of all messages, ``completion_tokens`` the words sent. Every request i
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import math
@@ -69,7 +80,7 @@ __all__ = ["FakeUpstreams", "RecordedRequest", "fake_embedding", "fake_upstreams
 
 MODELS = (
     "fake-ok", "fake-think", "fake-slow", "fake-401", "fake-500", "fake-hang", "fake-stall", "fake-cut",
-    "fake-truncate", "fake-badjson", "fake-nostream",
+    "fake-truncate", "fake-badjson", "fake-nostream", "fake-tools",
 )  # fmt: skip
 _REASONING = "Let me think about what they said."
 _EMBED_MODEL = re.compile(r"fake-embed-(\d+)(-reversed)?")
@@ -122,7 +133,10 @@ class FakeUpstreams:
     """Start with ``with FakeUpstreams() as fake:``; point engines at ``fake.openai_url`` or
     ``fake.ollama_url``."""
 
-    def __init__(self, *, cut_after: int = 3, slow_delay_s: float = 0.05, slow_words: int = 400) -> None:
+    def __init__(
+        self, *, cut_after: int = 3, slow_delay_s: float = 0.05, slow_words: int = 400, context_words: int = 2000
+    ) -> None:
+        self.context_words = context_words
         self.cut_after = cut_after
         self.slow_delay_s = slow_delay_s
         self.slow_words = slow_words
@@ -260,12 +274,18 @@ class FakeUpstreams:
 
     def _reply(self, body: dict[str, Any], max_tokens: int | None, stop: list[str]) -> _Reply:
         messages = body.get("messages") or []
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-        said = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+        prompt_tokens = sum(len(_text(m.get("content")).split()) for m in messages)
+        last = messages[-1] if messages else {}
+        said = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        images = [f"[image {kind} {size} bytes]" for kind, size in _images(last.get("content"))]
         if body.get("model") == "fake-slow":
             words = [f"word{i}" for i in range(self.slow_words)]
+        elif last.get("role") == "tool":
+            words = ["The", "tool", "said:", *_text(last.get("content")).split()]
         else:
-            words = ["You", "said:", *said.split()]
+            words = ["You", "said:", *said.split(), *images]
+        if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+            words = json.dumps({"said": " ".join(words)}).split(" ")
         tokens = [w if i == 0 else f" {w}" for i, w in enumerate(words)]
         finish = "stop"
         if max_tokens is not None and len(tokens) > max_tokens:
@@ -284,6 +304,28 @@ class FakeUpstreams:
             tokens, finish = kept, "stop"
         thinking = [w if i == 0 else f" {w}" for i, w in enumerate(_REASONING.split())]
         return _Reply(tokens, finish, prompt_tokens, thinking if body.get("model") == "fake-think" else [])
+
+    @staticmethod
+    def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The calls ``fake-tools`` makes: none unless it has tools and the user spoke last."""
+        tools = [t["function"]["name"] for t in body.get("tools") or [] if isinstance(t, dict) and "function" in t]
+        messages = body.get("messages") or []
+        if body.get("model") != "fake-tools" or not tools or not messages or messages[-1].get("role") != "user":
+            return []
+        choice = body.get("tool_choice")
+        if choice == "none":
+            return []
+        if isinstance(choice, dict):
+            tools = [choice["function"]["name"]]
+        elif body.get("parallel_tool_calls") is not False:
+            tools = tools[:2]
+        else:
+            tools = tools[:1]
+        query = _text(messages[-1].get("content"))
+        return [
+            {"id": f"call_up{i}", "name": name, "arguments": json.dumps({"query": query, "n": i})}
+            for i, name in enumerate(tools)
+        ]
 
     async def _failure(self, model: str, writer: asyncio.StreamWriter, *, ollama: bool) -> bool:
         """Answer the error behaviours; True when the request was one."""
@@ -363,6 +405,14 @@ class FakeUpstreams:
         model = str(body.get("model", ""))
         if await self._failure(model, writer, ollama=False):
             return
+        words = sum(len(_text(m.get("content")).split()) for m in body.get("messages") or [])
+        if words > self.context_words:
+            await self._respond(writer, 400, {"error": {
+                "message": f"This model's maximum context length is {self.context_words} tokens. However, your "
+                           f"messages resulted in {words} tokens. Please reduce the length of the messages.",
+                "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})  # fmt: skip
+            return
+        calls = self._tool_calls(body)
         stop = body.get("stop") or []
         reply = self._reply(
             body,
@@ -375,10 +425,19 @@ class FakeUpstreams:
             "total_tokens": reply.prompt_tokens + len(reply.words) + len(reply.thinking),
         }
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if calls:
+            reply = _Reply([], "tool_calls", reply.prompt_tokens)
+            usage["completion_tokens"] = sum(len(c["arguments"].split()) for c in calls)
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.get("stream") or model == "fake-nostream":
-            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text or (None if calls else "")}
             if reply.thinking:
                 message["reasoning_content"] = "".join(reply.thinking)
+            if calls:
+                message["tool_calls"] = [
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    for c in calls
+                ]
             await self._respond(writer, 200, {
                 "id": ident, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": message, "finish_reason": reply.finish, "logprobs": None}],
@@ -400,6 +459,12 @@ class FakeUpstreams:
         pieces = [event({"role": "assistant", "content": ""})]
         pieces += [event({"reasoning_content": t}) for t in reply.thinking]
         pieces += [event({"content": w}) for w in reply.words]
+        for index, call in enumerate(calls):  # a header, then the arguments in three pieces, as OpenAI streams
+            pieces.append(event({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                                  "function": {"name": call["name"], "arguments": ""}}]}))  # fmt: skip
+            third = max(1, len(call["arguments"]) // 3)
+            parts = [call["arguments"][:third], call["arguments"][third : 2 * third], call["arguments"][2 * third :]]
+            pieces += [event({"tool_calls": [{"index": index, "function": {"arguments": part}}]}) for part in parts]
         end = [event({}, reply.finish)]
         if include_usage:
             end.append(event({}, None, choices=[], usage=usage))
@@ -488,6 +553,24 @@ class FakeUpstreams:
             writer, reader, "application/x-ndjson", model,
             [json.dumps(p).encode() + b"\n" for p in pieces], [json.dumps(final).encode() + b"\n"],
         )  # fmt: skip
+
+
+def _text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content or "")
+
+
+def _images(content: Any) -> list[tuple[str, int]]:
+    """(media type, size) of each data-URL image in a message's content."""
+    found = []
+    for part in content if isinstance(content, list) else []:
+        url = ((part.get("image_url") or {}).get("url") or "") if isinstance(part, dict) else ""
+        if url.startswith("data:") and ";base64," in url:
+            head, data = url.split(";base64,", 1)
+            found.append((head[5:], len(base64.b64decode(data))))
+    return found
 
 
 @contextmanager

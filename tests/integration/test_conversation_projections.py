@@ -150,6 +150,7 @@ async def test_chat_list_is_newest_first_searchable_and_filtered_by_archive(cont
         "head_id",
         "knowledge_ids",
         "file_ids",
+        "client_chat_id",
         "created_at",
         "updated_at",
     }
@@ -228,6 +229,11 @@ async def test_full_chat_holds_the_message_tree_with_usage_and_branches(containe
         "completion_tokens",
         "timings",
         "citations",
+        "tool_calls",
+        "tool_call_id",
+        "tool_name",
+        "tool_latency_ms",
+        "images",
         "created_at",
     }
     question = by_id[sent.message_id]
@@ -248,6 +254,11 @@ async def test_full_chat_holds_the_message_tree_with_usage_and_branches(containe
         "completion_tokens": 4,
         "timings": {"ttft_ms": 20.5, "tokens_per_s": 80.0, "duration_ms": 70.25},
         "citations": None,
+        "tool_calls": None,
+        "tool_call_id": None,
+        "tool_name": None,
+        "tool_latency_ms": None,
+        "images": None,
         "created_at": first["created_at"],
     }
     second = by_id[again.answer_message_id]
@@ -331,8 +342,11 @@ async def test_generation_moves_from_requested_to_completed(container: Container
         "requested_at",
         "started_at",
         "finished_at",
+        "purpose",
+        "tool_calls",
+        "tools_ignored",
     }
-    assert requested["status"] == "requested" and requested["attempt"] == 0
+    assert requested["status"] == "requested" and requested["attempt"] == 0 and requested["purpose"] == "chat"
     assert requested["chat_id"] == str(chat.id) and requested["user_id"] == str(p.user_id)
     assert requested["user_message_id"] == sent.message_id
     assert requested["answer_message_id"] == sent.answer_message_id
@@ -491,6 +505,7 @@ async def test_model_listing_respects_activity_grants_and_roles(container: Conta
         "provider_kind",
         "upstream_model",
         "defaults",
+        "capabilities",
         "created_at",
         "updated_at",
     }

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import openai
 import pytest
 
@@ -422,3 +423,57 @@ async def test_local_second_start_loads_the_cached_conversion(local: LocalEngine
 async def test_local_unknown_model_is_unavailable(local: LocalEngine) -> None:
     error, _ = await failure(local, ask("hi", model="no-such-model"))
     assert error.code == "MODEL_UNAVAILABLE"
+
+
+async def test_local_prompt_past_the_context_window_is_refused_before_decoding(local: LocalEngine) -> None:
+    error, text = await failure(local, ask("word " * 9000, model="", temperature=0))
+    assert (error.code, error.status, error.param, text) == ("CONTEXT_LENGTH_EXCEEDED", 400, "messages", "")
+    assert "maximum context length is 8192 tokens" in error.message
+
+
+async def test_local_without_max_tokens_writes_until_the_answer_ends(local: LocalEngine) -> None:
+    text, chunks = await collect(local, ask(FRANCE, model="", temperature=0))
+    assert "Paris" in text and chunks[-1].finish_reason == "stop"
+
+
+async def test_local_continues_an_answer_the_assistant_began(local: LocalEngine) -> None:
+    request = EngineRequest(
+        model="",
+        temperature=0,
+        max_tokens=8,
+        messages=[ChatTurn(role="user", content=FRANCE), ChatTurn(role="assistant", content="The capital of France is")],
+    )
+    text, _ = await collect(local, request)
+    assert "Paris" in text and not text.lstrip().startswith("The capital")
+
+
+async def test_local_logit_bias_and_penalties_steer_the_sampler(local: LocalEngine) -> None:
+    tokenizer = local.tokenizer()
+    plain, _ = await collect(local, ask(FRANCE, model="", temperature=0, max_tokens=12))
+    banned = tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    biased, _ = await collect(local, ask(FRANCE, model="", temperature=0, max_tokens=12, logit_bias={str(banned): -100.0}))
+    assert "Paris" in plain and banned not in tokenizer(biased, add_special_tokens=False)["input_ids"]
+    # A heavy frequency penalty makes a long greedy answer repeat its tokens less.
+    long = ask(PROMPTS[3], model="", temperature=0, max_tokens=48)
+    free, _ = await collect(local, long)
+    penalised, _ = await collect(local, msgspec.structs.replace(long, frequency_penalty=2.0, repetition_penalty=1.3))
+
+    def repeats(text: str) -> int:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return len(ids) - len(set(ids))
+
+    assert free != penalised and repeats(penalised) <= repeats(free)
+    # top_k=1 is greedy whatever the temperature; min_p=1 keeps only the likeliest token too.
+    for steer in ({"top_k": 1}, {"min_p": 1.0}):
+        sampled, _ = await collect(local, ask(FRANCE, model="", temperature=1.5, seed=3, max_tokens=12, **steer))
+        assert sampled == plain
+
+
+async def test_ollama_tool_calls_arrive_whole_as_deltas() -> None:
+    from adapters.engines.ollama import _tool_calls
+
+    message = {"tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]}
+    (delta,) = _tool_calls(message, first_index=2)
+    assert (delta.index, delta.name, json.loads(delta.arguments)) == (2, "get_weather", {"city": "Oslo"})
+    with pytest.raises(EngineError):
+        _tool_calls({"tool_calls": [{"function": {}}]}, first_index=0)

@@ -175,3 +175,20 @@ async def _interleave(
         expected = sum(v for g, v in billed.items() if owner[g] == u)
         assert await ledger.used(TENANT, DAY, user_scope(u)) == expected
         assert await ledger.used(TENANT, DAY, user_model_scope("m", u)) == expected
+
+
+async def test_an_open_size_reservation_takes_what_every_limit_leaves_down_to_its_minimum(settings: Settings) -> None:
+    ledger = await ready_ledger(settings)
+    assert await ledger.reserve(TENANT, DAY, scopes("u", 100, cap=1000), 70, "before") is None
+    # 8,192 asked, at least 16: the user limit leaves 30, so 30 it is, counted on every scope.
+    assert await ledger.reserve_up_to(TENANT, DAY, scopes("u", 100, cap=1000), 8192, "open", minimum=16) == 30
+    for scope in (user_scope("u"), TENANT_SCOPE):
+        assert await ledger.used(TENANT, DAY, scope) == 100
+    # Asked again (a retried command): what the first reserved, counted once.
+    assert await ledger.reserve_up_to(TENANT, DAY, scopes("u", 100, cap=1000), 8192, "open", minimum=16) == 30
+    assert await ledger.used(TENANT, DAY, user_scope("u")) == 100
+    # Nothing left: below the minimum is refused, and counts nowhere.
+    refused = await ledger.reserve_up_to(TENANT, DAY, scopes("u", 100, cap=1000), 8192, "next", minimum=16)
+    assert refused == Refused(scope=user_scope("u"), used=100, limit=100)
+    # Unlimited scopes never bound it: another user gets all they asked for, up to the tenant cap.
+    assert await ledger.reserve_up_to(TENANT, DAY, scopes("v", None, cap=1000), 8192, "other", minimum=16) == 900

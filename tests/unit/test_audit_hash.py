@@ -32,7 +32,20 @@ def envelope(**overrides: object) -> EventEnvelope:
 
 
 def test_hash_covers_every_column_but_itself() -> None:
-    assert set(HASHED_FIELDS) == {c.name for c in audit_log.columns} - {"hash"}
+    # ``via`` is hashed where it is set (see the test below), so rows from before it keep their hashes.
+    assert set(HASHED_FIELDS) | {"via"} == {c.name for c in audit_log.columns} - {"hash"}
+
+
+def test_a_gateway_row_names_the_key_and_its_hash_covers_it() -> None:
+    plain = audit_row(envelope(), seq=1, prev_hash=GENESIS_HASH)
+    assert plain["via"] is None
+    event = envelope(via="apikey:k-1")
+    row = audit_row(event, seq=1, prev_hash=GENESIS_HASH)
+    assert (row["actor"], row["via"]) == ("user:abc", "apikey:k-1")
+    assert row["hash"] == row_hash(row)
+    assert row_hash({**row, "via": "apikey:k-2"}) != row["hash"]
+    # Without ``via`` the row hashes exactly as rows did before the column existed.
+    assert row_hash({k: v for k, v in plain.items() if k != "via"}) == plain["hash"]
 
 
 def test_first_row_of_a_tenant_links_to_the_genesis_hash() -> None:
