@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Open WebUI 0.12.4 in its own venv, for tests/openwebui (parley as its OpenAI connection). torch is pinned
+# exactly and installed first: the CPU build of that version is on disk; a range would pull a CUDA build.
+OWUI_VENV  := .venv-openwebui
+OWUI_STAMP := $(OWUI_VENV)/.installed-stamp
 
-.PHONY: setup run test bench lint
+.PHONY: setup openwebui run test bench lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +21,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(OWUI_STAMP):
+	test -x $(OWUI_VENV)/bin/python || $(PYTHON) -m venv $(OWUI_VENV)
+	$(OWUI_VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	$(OWUI_VENV)/bin/pip install -q --disable-pip-version-check open-webui==0.12.4
+	touch $(OWUI_STAMP)
+
+openwebui: $(OWUI_STAMP)
+
 run: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/parley serve
 
-test: setup
+test: setup openwebui
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup

@@ -55,3 +55,17 @@ def test_workers_get_a_gpu_each() -> None:
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert worker["environment"]["PARLEY_LOCAL_DEVICE"] == "cuda"
+
+
+def test_open_webui_fronts_parley_with_a_gateway_key_and_forwards_its_users() -> None:
+    webui = SERVICES["open-webui"]
+    assert webui["image"].endswith(":v0.12.4")
+    env = webui["environment"]
+    assert env["OPENAI_API_BASE_URL"] == env["RAG_OPENAI_API_BASE_URL"] == "http://api:8000/v1"
+    assert env["OPENAI_API_KEY"].startswith("${PARLEY_GATEWAY_KEY:?"), "the gateway key is the operator's, never a default"
+    assert env["RAG_OPENAI_API_KEY"] == env["OPENAI_API_KEY"]
+    assert env["ENABLE_FORWARD_USER_INFO_HEADERS"] == "true", "without it every call is the key owner's"
+    assert env["RAG_EMBEDDING_ENGINE"] == "openai" and env["RAG_EMBEDDING_MODEL"] == "all-minilm-l6-v2"
+    assert env["OFFLINE_MODE"] == "true" and env["WEBUI_SECRET_KEY"].startswith("${OPEN_WEBUI_SECRET_KEY:?")
+    assert webui["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "openwebui" in COMPOSE["volumes"]
