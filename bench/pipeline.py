@@ -10,7 +10,10 @@ Each stream is one HTTP client doing what a browser does: ``POST /api/v1/chats/{
 N words unique to the stream, answered with exactly those N words: ``max_tokens`` N), then
 ``GET /api/v1/generations/{id}/stream``, reading server-sent events until ``done``. All streams of a round
 start at once (a burst: every SendMessage of the round is in flight together); the baseline is one stream
-at a time, repeated. Every round creates its chats first, outside the timing. Two models:
+at a time, repeated. Every round creates its chats first, outside the timing. The tenant's per-minute
+rate limits (120 requests per user by default) would refuse that traffic with ``429 RATE_LIMITED``: the
+admin raises them first through ``PUT /api/v1/quotas/rate-limits``, as an operator would; every request
+is still counted by the limiter. Two models:
 
 - ``full speed`` (``echo-repeat``, 64 tokens): the engine emits its tokens as fast as the worker takes
   them. Measures throughput and time to first token; alone, a generation may be over before its client
@@ -370,17 +373,43 @@ async def sign_up(http: httpx.AsyncClient, email: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
+RATE_LIMITS_CACHE_S = 5.0
+"""How long an API process keeps a tenant's rate limits (``api.deps._RateLimits``): a change applies to
+requests that load the policy after it, so at most this long after the change."""
+LIFTED_RATE_LIMITS = {"user_per_minute": 100_000, "api_key_per_minute": 100_000}
+"""The most the policy allows (the defaults, 120 a minute per user and per API key, would refuse a
+benchmark's burst with 429 RATE_LIMITED)."""
+
+
+async def lift_rate_limits(http: httpx.AsyncClient, admin: dict[str, str]) -> float:
+    """As an operator would: the tenant's per-minute rate limits per user and per API key raised to the
+    most the policy allows, through the admin API. Returns the ``time.monotonic()`` after which every
+    request sees them (see ``wait_rate_limits``); the limiter itself still counts every request."""
+    changed_at = time.monotonic()  # the PUT's own request may cache the old limits from here on
+    r = await http.put("/api/v1/quotas/rate-limits", json=LIFTED_RATE_LIMITS, headers=admin)
+    assert r.status_code == 200, r.text
+    assert all(r.json()["rate_limits"][k] == v for k, v in LIFTED_RATE_LIMITS.items()), r.text
+    return changed_at + RATE_LIMITS_CACHE_S + 0.2
+
+
+async def wait_rate_limits(effective_at: float) -> None:
+    await asyncio.sleep(max(0.0, effective_at - time.monotonic()))
+
+
 async def echo_user(http: httpx.AsyncClient) -> dict[str, str]:
-    """The tenant's first user (its admin) registers the echo provider and open ``echo-repeat`` and
-    ``echo-slow`` models; a second user streams."""
+    """The tenant's first user (its admin) lifts the tenant's rate limits, registers the echo provider
+    and open ``echo-repeat`` and ``echo-slow`` models; a second user streams."""
     admin = await sign_up(http, "admin@bench.example")
+    effective_at = await lift_rate_limits(http, admin)
     r = await http.post("/api/v1/providers", json={"name": "echoes", "kind": "echo"}, headers=admin)
     assert r.status_code == 201, r.text
     for name in (MODEL, PACED_MODEL):
         model = {"name": name, "provider": "echoes", "upstream_model": name}
         r = await http.post("/api/v1/models", json=model, headers=admin)
         assert r.status_code == 201, r.text
-    return await sign_up(http, "user@bench.example")
+    user = await sign_up(http, "user@bench.example")
+    await wait_rate_limits(effective_at)
+    return user
 
 
 def free_port() -> int:
@@ -685,7 +714,8 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(["python -m bench.pipeline", *(sys.argv[1:] if argv is None else argv)])
     machine = (
         f"{os.cpu_count()} CPUs, Postgres fsync off, {scale.tokens} tokens a stream at full speed, "
-        f"{scale.paced_tokens} paced"
+        f"{scale.paced_tokens} paced, tenant rate limits lifted to {LIFTED_RATE_LIMITS['user_per_minute']:,}/min "
+        "per user and per API key through PUT /api/v1/quotas/rate-limits"
     )
     progress(f"{command}: {machine}, layouts {', '.join(layouts)}, {load()}")
     home = Path(tempfile.mkdtemp(prefix="parley-bench-", dir="/tmp"))
