@@ -112,6 +112,8 @@ def check_capabilities(raw: dict[str, Any], base: Capabilities) -> Capabilities:
         raise Invalid("INVALID_CAPABILITIES", f"unknown capability: {', '.join(sorted(unknown))}", field="capabilities")
     merged = {**base.as_dict(), **raw}
     window, output = merged["context_window"], merged["max_output_tokens"]
+    if "max_output_tokens" not in raw and isinstance(window, int) and output is not None and output >= window:
+        output = None  # a smaller window than the kind's usual output limit: the window bounds the answer
     if isinstance(window, bool) or not isinstance(window, int) or not 16 <= window <= MAX_CONTEXT_WINDOW:
         raise Invalid("INVALID_CAPABILITIES", f"context_window is an integer of 16-{MAX_CONTEXT_WINDOW}", field="context_window")
     if output is not None and (isinstance(output, bool) or not isinstance(output, int) or not 1 <= output <= window):

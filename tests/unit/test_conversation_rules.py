@@ -188,3 +188,11 @@ def test_the_prompt_estimate_is_generous_for_every_script_and_counts_images() ->
     assert estimate_prompt_tokens([{"content": "", "images": [{"sha256": "a"}] * 2}]) == 2000
     call = {"name": "f", "arguments": "x" * 29}
     assert estimate_prompt_tokens([{"content": "", "tool_calls": [call]}]) == 10
+
+
+def test_a_window_smaller_than_the_kinds_output_limit_bounds_the_answer_itself() -> None:
+    openai_kind = default_capabilities("openai")
+    assert openai_kind.max_output_tokens == 16_384
+    assert check_capabilities({"context_window": 4096}, openai_kind).max_output_tokens is None
+    with pytest.raises(Invalid):
+        check_capabilities({"context_window": 4096, "max_output_tokens": 5000}, openai_kind)
