@@ -25,6 +25,7 @@ from api.controllers.usage import UsageController
 from api.controllers.users import TenantController, UserController
 from api.deps import container, optional_principal, principal, request_tenant
 from api.errors import exception_handlers
+from api.requests import ParleyRequest
 from workers.bootstrap import Container
 
 __all__ = ["create_app"]
@@ -103,6 +104,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             "tenant": Provide(request_tenant),
         },
         exception_handlers=exception_handlers,
+        request_class=ParleyRequest,
         middleware=[request_log_middleware],
         openapi_config=OpenAPIConfig(title="parley", version="0.1.0", path="/schema"),
         request_max_body_size=c.settings.max_request_bytes,

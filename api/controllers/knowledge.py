@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-import msgspec
 from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.datastructures import UploadFile
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -17,6 +16,7 @@ from msgspec import UNSET
 from adapters.web import fetch_url
 from api import dto_knowledge as dto
 from api.deps import App, Caller, command_context
+from api.requests import decode_json_body
 from application.identity import Principal
 from domain.errors import BadRequest, Forbidden, NotFound, TooLarge, UnsupportedType
 from domain.knowledge import LOCAL_EMBEDDING_MODEL, Hit, Reader
@@ -102,10 +102,7 @@ async def _uploads(request: Request[Any, Any, Any], c: Container) -> list[tuple[
     (bytes, filename, declared type, source URL) each."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        try:
-            body = msgspec.json.decode(await request.body(), type=dto.UrlUpload)
-        except msgspec.DecodeError as exc:
-            raise BadRequest("INVALID_BODY", f"expected {{\"url\": ...}}: {exc}") from None
+        body = decode_json_body(await request.body(), dto.UrlUpload)
         if not c.settings.allow_url_fetch:
             raise Forbidden("URL_FETCH_DISABLED", "this deployment does not fetch web pages; upload the file instead")
         page = await fetch_url(body.url, max_bytes=c.settings.max_upload_bytes, allow_private=c.settings.url_fetch_private)

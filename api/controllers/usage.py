@@ -6,7 +6,7 @@ Answers come from the usage read model, which follows the event store within mom
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -19,7 +19,15 @@ from domain.errors import NotFound
 from domain.quotas import QuotaPolicy, day_of, next_midnight, policy_id_for
 from projections.conversations import list_models
 from projections.identity import get_user_row
-from projections.usage import check_report, model_exists, report_csv, tool_usage, usage_of_day, usage_report
+from projections.usage import (
+    check_report,
+    model_exists,
+    report_csv,
+    report_range,
+    tool_usage,
+    usage_of_day,
+    usage_report,
+)
 
 __all__ = ["UsageController"]
 
@@ -153,8 +161,7 @@ class UsageController(Controller):
         group (no paging)."""
         caller.require_admin()
         policy = await _policy(c, caller.tenant_id)
-        end = end or day_of(datetime.now(UTC), policy.timezone)
-        start = start or end - timedelta(days=29)
+        start, end = report_range(start, end, day_of(datetime.now(UTC), policy.timezone))
         check_report(start, end, group_by)
         if user_id is not None and await get_user_row(c.engine, caller.tenant_id, str(user_id)) is None:
             raise NotFound("USER_NOT_FOUND", "no such user in this tenant", user_id=str(user_id))
@@ -205,8 +212,6 @@ class UsageController(Controller):
         from call to result."""
         caller.require_admin()
         policy = await _policy(c, caller.tenant_id)
-        end = end or day_of(datetime.now(UTC), policy.timezone)
-        start = start or end - timedelta(days=29)
-        check_report(start, end)
+        start, end = report_range(start, end, day_of(datetime.now(UTC), policy.timezone))
         items = await tool_usage(c.engine, caller.tenant_id, start=start, end=end, user_id=user_id)
         return {"from": start.isoformat(), "to": end.isoformat(), "timezone": policy.timezone, "items": items}
