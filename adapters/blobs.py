@@ -12,6 +12,8 @@ got. Three stores, one interface, picked by URL (``open_blob_store``):
   (or whatever else boto3's default chain finds, such as an instance role).
 
 Blocking I/O (files, boto3) runs in worker threads so the event loop never waits on a disk or a socket.
+``put_file`` stores what a file holds without ever holding it whole (an upload spooled to disk): piece by
+piece into a staging file, as a streamed S3 body, or through a binary ``COPY`` into Postgres.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import asyncio
 import hashlib
 import os
 import re
+import struct
 import threading
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,6 +44,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Tenant ids are UUIDs; anything that could climb out of a directory or split an object key is refused.
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _HASH_IN_THREAD_BYTES = 1 << 20  # hashing runs at ~1 GB/s: past a megabyte, keep it off the event loop
+_PIECE_BYTES = 1 << 20  # what put_file reads, hashes and sends at a time
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class BlobMissing(KeyError):
@@ -56,6 +63,11 @@ class BlobMissing(KeyError):
 class BlobStore(Protocol):
     async def put(self, tenant_id: str, sha256: str, data: bytes) -> None:
         """Store ``data`` (idempotent). ValueError when ``sha256`` is not the SHA-256 of ``data``."""
+        ...
+
+    async def put_file(self, tenant_id: str, sha256: str, file: IO[bytes]) -> None:
+        """Store what ``file`` holds from its start (idempotent), a piece at a time. ValueError when
+        ``sha256`` is not the SHA-256 of its bytes."""
         ...
 
     async def get(self, tenant_id: str, sha256: str) -> bytes:
@@ -86,8 +98,39 @@ async def _check_content(tenant_id: str, sha256: str, data: bytes) -> None:
         raise ValueError(f"the data's SHA-256 is {actual}, not {sha256}")
 
 
+def _size_of(file: IO[bytes]) -> int:
+    """The size of ``file``, left at its start."""
+    size = file.seek(0, os.SEEK_END)
+    file.seek(0)
+    return size
+
+
+def _hashed_pieces(file: IO[bytes], sha256: str) -> Callable[[], bytes]:
+    """A function that returns ``file``'s next piece (b"" at its end), hashing as it goes: at the end,
+    ValueError unless the bytes were those of ``sha256``."""
+    digest = hashlib.sha256()
+
+    def next_piece() -> bytes:
+        piece = file.read(_PIECE_BYTES)
+        digest.update(piece)
+        if not piece and digest.hexdigest() != sha256:
+            raise ValueError(f"the data's SHA-256 is {digest.hexdigest()}, not {sha256}")
+        return piece
+
+    return next_piece
+
+
 class PostgresBlobs:
-    """Blobs as ``bytea`` rows of the ``blobs`` table (``schema.tables``)."""
+    """Blobs as ``bytea`` rows of the ``blobs`` table (``schema.tables``).
+
+    ``put_file`` streams the bytes through ``COPY … FROM STDIN (FORMAT BINARY)``: one row whose ``data``
+    field is sent a piece at a time, so neither parley nor the driver's buffers ever hold a whole blob
+    (an ``INSERT`` parameter would be copied whole into libpq's output buffer, which keeps its size for
+    the life of the connection). ``COPY`` cannot skip a row that exists, so an existing blob is looked
+    for first, and one stored meanwhile by a concurrent upload (a unique violation) is the same bytes."""
+
+    _COPY = "COPY blobs (tenant_id, sha256, size, data, created_at) FROM STDIN (FORMAT BINARY)"
+    _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)  # binary timestamps count microseconds from here
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -98,6 +141,45 @@ class PostgresBlobs:
         statement = insert(blobs).values(**row, created_at=datetime.now(UTC)).on_conflict_do_nothing()
         async with self.engine.begin() as conn:
             await conn.execute(statement)
+
+    async def put_file(self, tenant_id: str, sha256: str, file: IO[bytes]) -> None:
+        _check_key(tenant_id, sha256)
+        if await self.exists(tenant_id, sha256):
+            return
+        size = await asyncio.to_thread(_size_of, file)
+        next_piece = _hashed_pieces(file, sha256)
+        try:
+            async with self.engine.begin() as conn:
+                driver = (await conn.get_raw_connection()).driver_connection
+                assert driver is not None, "an open connection has its driver's connection"
+                async with driver.cursor() as cursor, cursor.copy(self._COPY) as copy:
+                    await copy.write(self._row_head(tenant_id, sha256, size))
+                    while piece := await asyncio.to_thread(next_piece):
+                        await copy.write(piece)
+                    await copy.write(self._row_tail())
+        except UniqueViolation:
+            return  # stored meanwhile: the same key is the same bytes
+
+    @classmethod
+    def _row_head(cls, tenant_id: str, sha256: str, size: int) -> bytes:
+        """The binary COPY header and the row's fields up to the length of ``data``."""
+        header = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+        return (
+            header
+            + struct.pack("!h", 5)
+            + struct.pack("!i", 16)
+            + uuid.UUID(tenant_id).bytes
+            + struct.pack("!i", 64)
+            + sha256.encode()
+            + struct.pack("!iq", 8, size)
+            + struct.pack("!i", size)
+        )
+
+    @classmethod
+    def _row_tail(cls) -> bytes:
+        """``created_at`` and the end of the COPY data."""
+        micros = (datetime.now(UTC) - cls._EPOCH) // _MICROSECOND
+        return struct.pack("!iq", 8, micros) + struct.pack("!h", -1)
 
     async def get(self, tenant_id: str, sha256: str) -> bytes:
         _check_key(tenant_id, sha256)
@@ -139,17 +221,29 @@ class DirectoryBlobs:
 
     async def put(self, tenant_id: str, sha256: str, data: bytes) -> None:
         await _check_content(tenant_id, sha256, data)
-        await asyncio.to_thread(self._write, self.path(tenant_id, sha256), data)
+        await asyncio.to_thread(self._write, self.path(tenant_id, sha256), lambda file: file.write(data))
+
+    async def put_file(self, tenant_id: str, sha256: str, file: IO[bytes]) -> None:
+        path = self.path(tenant_id, sha256)
+
+        def copy(staging: IO[bytes]) -> None:
+            file.seek(0)
+            next_piece = _hashed_pieces(file, sha256)
+            while piece := next_piece():
+                staging.write(piece)
+
+        await asyncio.to_thread(self._write, path, copy)
 
     @staticmethod
-    def _write(path: Path, data: bytes) -> None:
+    def _write(path: Path, fill: Callable[[IO[bytes]], Any]) -> None:
+        """Write the blob at ``path`` through ``fill``, unless it is there already."""
         if path.is_file():
             return  # same name, same bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(staging, "wb") as file:
-                file.write(data)
+                fill(file)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(staging, path)
@@ -214,6 +308,21 @@ class S3Blobs:
             return  # an identical object is there already: spare the upload
         key = self.key(tenant_id, sha256)
         await asyncio.to_thread(lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data))
+
+    async def put_file(self, tenant_id: str, sha256: str, file: IO[bytes]) -> None:
+        key = self.key(tenant_id, sha256)
+        if await self.exists(tenant_id, sha256):
+            return
+
+        def upload() -> None:
+            file.seek(0)
+            next_piece = _hashed_pieces(file, sha256)
+            while next_piece():
+                pass  # checked before anything is sent: a failed check leaves no object behind
+            size = _size_of(file)
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=file, ContentLength=size)
+
+        await asyncio.to_thread(upload)
 
     async def get(self, tenant_id: str, sha256: str) -> bytes:
         key = self.key(tenant_id, sha256)

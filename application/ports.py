@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from eventsourcing.domain import Aggregate
 
@@ -65,4 +65,9 @@ class Blobs(Protocol):
 
     async def put(self, tenant_id: str, sha256: str, data: bytes) -> None: ...
 
+    async def put_file(self, tenant_id: str, sha256: str, file: IO[bytes]) -> None:
+        """``put`` for what a file holds, streamed: never whole in memory."""
+        ...
+
     async def get(self, tenant_id: str, sha256: str) -> bytes: ...
+
