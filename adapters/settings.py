@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -69,6 +70,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rag_top_k: int = 4
     rag_min_similarity: float = 0.3  # cosine similarity a retrieved chunk needs to go into the prompt
     ingest_concurrency: int = 2
+    # The edge (api/server.py). Forwarded headers (X-Forwarded-For, X-Forwarded-Proto) are believed only
+    # from these peers (addresses or networks); none by default, so a client cannot name its own address.
+    trusted_proxies: tuple[str, ...] = ()
+    # How long a request may take to arrive: its request line and headers in all, the longest pause
+    # within its body, and how long an idle keep-alive connection is kept.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_timeout_s: int = 5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -118,6 +127,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 problems.append(f"PARLEY_{name} must start with one of {', '.join(s + '://' for s in schemes)}")
             return raw
 
+        def networks(name: str) -> tuple[str, ...]:
+            found: list[str] = []
+            for item in (part.strip() for part in (get(name) or "").split(",")):
+                if not item:
+                    continue
+                try:
+                    found.append(str(ipaddress.ip_network(item)))
+                except ValueError:
+                    problems.append(f"PARLEY_{name}: {item!r} is not an IP address or network (10.0.0.5, 10.0.0.0/8)")
+            return tuple(found)
+
         home = Path(get("HOME") or Path.cwd() / ".parley").expanduser().resolve()
         namespace = get("NAMESPACE") or "parley"
         if not _NAMESPACE.match(namespace):
@@ -160,6 +180,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             rag_top_k=integer("RAG_TOP_K", 4, 1, 50),
             rag_min_similarity=number("RAG_MIN_SIMILARITY", 0.3, -1.0, 1.0),
             ingest_concurrency=integer("INGEST_CONCURRENCY", 2, 1, 256),
+            trusted_proxies=networks("TRUSTED_PROXIES"),
+            header_timeout_s=number("HEADER_TIMEOUT_S", 10.0, 0.1, 600.0),
+            body_timeout_s=number("BODY_TIMEOUT_S", 30.0, 0.1, 3600.0),
+            keep_alive_timeout_s=integer("KEEP_ALIVE_TIMEOUT_S", 5, 1, 3600),
         )
         if problems:
             raise SettingsError(problems)
@@ -198,6 +222,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_RAG_TOP_K": str(self.rag_top_k),
             "PARLEY_RAG_MIN_SIMILARITY": str(self.rag_min_similarity),
             "PARLEY_INGEST_CONCURRENCY": str(self.ingest_concurrency),
+            "PARLEY_TRUSTED_PROXIES": ",".join(self.trusted_proxies),
+            "PARLEY_HEADER_TIMEOUT_S": str(self.header_timeout_s),
+            "PARLEY_BODY_TIMEOUT_S": str(self.body_timeout_s),
+            "PARLEY_KEEP_ALIVE_TIMEOUT_S": str(self.keep_alive_timeout_s),
         }
         for name, value in (
             ("DATABASE_URL", self.database_url),

@@ -27,6 +27,7 @@ __all__ = [
     "command_context",
     "request_tenant",
     "check_rate",
+    "client_ip",
     "client_chat_id",
     "App",
     "Caller",
@@ -110,6 +111,13 @@ def client_chat_id(request: Request[Any, Any, Any]) -> str | None:
     return value
 
 
+def client_ip(request: Request[Any, Any, Any]) -> str | None:
+    """The client's address: the peer's, or — where the peer is one of ``PARLEY_TRUSTED_PROXIES`` — the
+    right-most forwarded address that is not itself a trusted proxy (the server rewrites the scope's
+    client before the app sees it: api/server.py). Never read X-Forwarded-For anywhere else."""
+    return request.client.host if request.client else None
+
+
 def _base_context(request: Request[Any, Any, Any], tenant_id: str, actor: str, via: str | None = None) -> CommandContext:
     traceparent = request.headers.get("traceparent")
     return CommandContext(
@@ -118,7 +126,7 @@ def _base_context(request: Request[Any, Any, Any], tenant_id: str, actor: str, v
         via=via,
         correlation_id=request.scope.get("state", {}).get("correlation_id", ""),
         traceparent=traceparent if traceparent and _TRACEPARENT.match(traceparent) else None,
-        ip=request.client.host if request.client else None,
+        ip=client_ip(request),
         user_agent=(request.headers.get("user-agent") or "")[:512] or None,
     )
 

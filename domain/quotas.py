@@ -40,7 +40,15 @@ DEFAULT_ROLE_LIMITS: dict[str, int | None] = {
     "guest": 50_000,
     "pending": 0,
 }
-DEFAULT_RATE_LIMITS: dict[str, int] = {"user_per_minute": 120, "api_key_per_minute": 120, "sign_in_per_ip_per_minute": 20}
+DEFAULT_RATE_LIMITS: dict[str, int] = {
+    "user_per_minute": 120,
+    "api_key_per_minute": 120,
+    "sign_in_per_ip_per_minute": 20,
+    # A session refreshes once per access-token lifetime (15 min); a few tabs at once may race. An address
+    # may front many users (an office behind one NAT).
+    "refresh_per_ip_per_minute": 60,
+    "refresh_per_session_per_minute": 10,
+}
 
 
 def policy_id_for(tenant_id: str) -> UUID:

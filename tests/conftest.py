@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,22 +142,35 @@ async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-@pytest.fixture
-async def live(container: Container) -> AsyncIterator[str]:
-    """The app served by uvicorn on a free local port (streams arrive as they are sent): its base URL."""
+@asynccontextmanager
+async def served(app: Any, settings: Settings) -> AsyncIterator[str]:
+    """``app`` served by uvicorn as ``parley api`` serves it (api/server.py), on a free local port: its base URL."""
     import socket
 
     import uvicorn
 
-    from api.app import create_app
+    from api.server import server_config
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, so asyncio sets TCP_NODELAY on each connection (it checks the protocol): without it
+    # every response waits out the client's delayed ACK (~40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(container), log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+    config = server_config(app, settings, lifespan="off", log_level="warning", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
         await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    await task
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def live(container: Container) -> AsyncIterator[str]:
+    """The app served by uvicorn on a free local port (streams arrive as they are sent): its base URL."""
+    from api.app import create_app
+
+    async with served(create_app(container), container.settings) as url:
+        yield url

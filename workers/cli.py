@@ -79,6 +79,7 @@ def cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.server import server_config
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
@@ -89,10 +90,16 @@ def cmd_api(args: argparse.Namespace) -> None:
         tenant = await c.identity.ensure_tenant(settings.default_tenant, settings.default_tenant.title())
         await c.models.ensure_local(str(tenant.id))
         app = create_app(c, on_shutdown=[c.close])
-        config = uvicorn.Config(
-            app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on"
+        config = server_config(app, settings, lifespan="on")
+        log.info(
+            "api_listening",
+            host=settings.host,
+            port=settings.port,
+            trusted_proxies=list(settings.trusted_proxies),
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+            keep_alive_timeout_s=settings.keep_alive_timeout_s,
         )
-        log.info("api_listening", host=settings.host, port=settings.port)
         await uvicorn.Server(config).serve()
 
     asyncio.run(main())
@@ -276,6 +283,19 @@ def cmd_admin_create_tenant(args: argparse.Namespace) -> None:
             )
             await c.models.ensure_local(str(t.id))
             print(f"created tenant {t.slug} ({t.id})")
+            if args.admin_email:
+                invitation = await c.identity.invite(
+                    CommandContext(tenant_id=str(t.id), actor="system:cli"),
+                    None,
+                    tenant=t.slug,
+                    email=args.admin_email,
+                    role="admin",
+                )
+                print(
+                    f"invited {invitation.email} as its admin until {invitation.expires_at:%Y-%m-%d %H:%M} UTC; "
+                    f"they accept with POST /api/v1/auths/invitations/accept and this token (shown once):\n"
+                    f"{invitation.token}"
+                )
         finally:
             await c.close()
 
@@ -480,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--no-signup", action="store_true")
     ct.add_argument("--default-role", default="user")
     ct.add_argument("--domain", action="append")
+    ct.add_argument("--admin-email", help="invite the tenant's first admin (prints the invitation token once)")
     ct.set_defaults(func=cmd_admin_create_tenant)
     cu = admin.add_parser("create-user", help="password from PARLEY_NEW_USER_PASSWORD or a prompt")
     cu.add_argument("--tenant")

@@ -10,7 +10,9 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from api import dto
-from api.deps import App, Caller, TenantSlug, check_rate, command_context
+from api.deps import App, Caller, TenantSlug, check_rate, client_ip, command_context
+from api.openapi import refusals
+from application.credentials import parse_refresh_token
 from application.identity import TokenPair, UserInfo
 from projections.identity import get_user_row, list_api_keys
 
@@ -33,7 +35,7 @@ class AuthController(Controller):
     path = "/api/v1/auths"
     tags = ["auth"]
 
-    @post("/register", operation_id="Register", status_code=HTTP_201_CREATED)
+    @post("/register", operation_id="Register", status_code=HTTP_201_CREATED, responses=refusals(403))
     async def register(self, request: Request[Any, Any, Any], data: JSONBody[dto.RegisterBody], c: App, tenant: TenantSlug) -> dto.User:
         t = await c.identity.tenant(tenant)
         user = await c.identity.register(
@@ -45,18 +47,27 @@ class AuthController(Controller):
         )
         return user_dto(user)
 
-    @post("/login", operation_id="Login", status_code=HTTP_200_OK)
+    @post("/login", operation_id="Login", status_code=HTTP_200_OK, responses=refusals(401, 403, 429))
     async def login(self, request: Request[Any, Any, Any], data: JSONBody[dto.LoginBody], c: App, tenant: TenantSlug) -> dto.Tokens:
         t = await c.identity.tenant(tenant)
-        ip = request.client.host if request.client else "unknown"
+        ip = client_ip(request) or "unknown"
         await check_rate(request.app.state, str(t.id), f"sign-in:{t.id}:{ip}", "sign_in_per_ip_per_minute")
         pair = await c.identity.login(
             command_context(request, tenant_id=str(t.id)), tenant=str(t.id), email=data.email, password=data.password
         )
         return tokens_dto(pair)
 
-    @post("/refresh", operation_id="RefreshTokens", status_code=HTTP_200_OK)
-    async def refresh(self, request: Request[Any, Any, Any], data: JSONBody[dto.RefreshBody], c: App) -> dto.Tokens:
+    @post("/refresh", operation_id="RefreshTokens", status_code=HTTP_200_OK, responses=refusals(401, 403, 429))
+    async def refresh(
+        self, request: Request[Any, Any, Any], data: JSONBody[dto.RefreshBody], c: App, tenant: TenantSlug
+    ) -> dto.Tokens:
+        """Limited per client IP (under the limits of the tenant the request names, as sign-in is) and per
+        session (the token names it), before the token is checked."""
+        t = await c.identity.tenant(tenant)
+        ip = client_ip(request) or "unknown"
+        await check_rate(request.app.state, str(t.id), f"refresh:{t.id}:{ip}", "refresh_per_ip_per_minute")
+        session = parse_refresh_token(data.refresh_token)
+        await check_rate(request.app.state, str(t.id), f"refresh-session:{session}", "refresh_per_session_per_minute")
         return tokens_dto(await c.identity.refresh(command_context(request), data.refresh_token))
 
     @post("/logout", operation_id="Logout", status_code=HTTP_204_NO_CONTENT)

@@ -50,6 +50,8 @@ class RateLimitsBody(_Body):
     user_per_minute: int | UnsetType = UNSET
     api_key_per_minute: int | UnsetType = UNSET
     sign_in_per_ip_per_minute: int | UnsetType = UNSET
+    refresh_per_ip_per_minute: int | UnsetType = UNSET
+    refresh_per_session_per_minute: int | UnsetType = UNSET
 
 
 class QuotaPolicyOut(msgspec.Struct, kw_only=True):
