@@ -12,7 +12,8 @@ from schema.tables import projector_positions, relay_positions
 
 __all__ = ["Metrics", "CONTENT_TYPE"]
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4"
+"""Prometheus' text format; the response adds ``charset=utf-8``, as to every ``text/*`` media type."""
 
 
 class Metrics:

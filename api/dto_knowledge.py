@@ -7,7 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from litestar.openapi.spec import OpenAPIMediaType, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from msgspec import UNSET, Meta, UnsetType
+
+from api.uploads import MAX_FILES_PER_REQUEST
 
 __all__ = [
     "AccessBody",
@@ -20,6 +24,7 @@ __all__ = [
     "KnowledgeUpdate",
     "SearchHit",
     "SearchResults",
+    "UPLOAD_BODY",
     "UrlUpload",
 ]
 
@@ -81,6 +86,38 @@ class KnowledgePage(msgspec.Struct, kw_only=True):
 
 class UrlUpload(_Body):
     url: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+UPLOAD_BODY = RequestBody(
+    required=True,
+    description="Files as multipart/form-data (the field `file`, once per file), or JSON naming a web page to "
+    "fetch (`UrlUpload`, where this deployment fetches pages).",
+    content={
+        "multipart/form-data": OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                properties={
+                    "file": Schema(
+                        type=OpenAPIType.ARRAY,
+                        items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+                        min_items=1,
+                        max_items=MAX_FILES_PER_REQUEST,
+                    )
+                },
+                required=["file"],
+            )
+        ),
+        "application/json": OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                properties={"url": Schema(type=OpenAPIType.STRING, min_length=1, max_length=2000)},
+                required=["url"],
+                additional_properties=False,
+            )
+        ),
+    },
+)
+"""How the upload routes take their body, which they read themselves (``UrlUpload`` as JSON)."""
 
 
 class DocumentError(msgspec.Struct, kw_only=True):
