@@ -9,14 +9,15 @@ from typing import Any
 import structlog
 from litestar import Litestar
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
+from api.conformance import read_as_documented
 from api.controllers.audit import AuditController
 from api.controllers.auths import AuthController
 from api.controllers.chats import ChatController
 from api.controllers.generations import GenerationController
 from api.controllers.health import HealthController, MetricsController
+from api.controllers.invitations import AcceptInvitationController, InvitationController
 from api.controllers.knowledge import ChatFilesController, DocumentController, KnowledgeController
 from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
@@ -25,7 +26,9 @@ from api.controllers.usage import UsageController
 from api.controllers.users import TenantController, UserController
 from api.deps import container, optional_principal, principal, request_tenant
 from api.errors import exception_handlers
+from api.openapi import OpenAPIContract, openapi_config
 from api.requests import ParleyRequest
+from api.server import CLIENT_GONE, TIMED_OUT
 from workers.bootstrap import Container
 
 __all__ = ["create_app"]
@@ -33,8 +36,16 @@ __all__ = ["create_app"]
 log = structlog.get_logger("parley.http")
 
 
+# nginx's "client closed request": the client left before the response began. Not the server's fault,
+# and not an answer anyone received, whatever the app went on to send.
+CLIENT_CLOSED_REQUEST = 499
+
+
 def request_log_middleware(app: ASGIApp) -> ASGIApp:
-    """One structured line per request, with its correlation id (``X-Request-ID`` in and out)."""
+    """One structured line per request, with its correlation id (``X-Request-ID`` in and out), and its
+    count and duration in the metrics. The status is what the client got: the app's, or 408 when the body
+    did not arrive in time, or 499 when the client left before the response began (the server says so in
+    the scope's state, or the app heard ``http.disconnect`` first)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,22 +54,37 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         headers = dict(scope.get("headers") or [])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")[:64]
         correlation_id = incoming if incoming.replace("-", "").isalnum() else uuid.uuid4().hex
-        scope.setdefault("state", {})["correlation_id"] = correlation_id
+        state = scope.setdefault("state", {})
+        state["correlation_id"] = correlation_id
         started = time.perf_counter()
         status = 500
+        response_started = False
+        left_early = False
+
+        async def receive_wrapper() -> ReceiveMessage:
+            nonlocal left_early
+            message = await receive()
+            if message["type"] == "http.disconnect" and not response_started:
+                left_early = True
+            return message
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", correlation_id.encode())]
             await send(message)
 
         structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
         try:
-            await app(scope, receive, send_wrapper)
+            await app(scope, receive_wrapper, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
+            if state.get(TIMED_OUT):
+                status = 408
+            elif left_early or state.get(CLIENT_GONE):
+                status = CLIENT_CLOSED_REQUEST
             route = scope.get("path_template") or "unmatched"  # the template, so ids don't explode labels
             metrics = getattr(scope.get("app"), "state", None)
             container = getattr(metrics, "container", None) if metrics is not None else None
@@ -70,7 +96,7 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
                 path=scope.get("path"),
                 status=status,
                 duration_ms=round(elapsed * 1000, 2),
-                actor=scope["state"].get("actor", "anonymous"),
+                actor=state.get("actor", "anonymous"),
             )
             structlog.contextvars.unbind_contextvars("correlation_id")
 
@@ -83,6 +109,8 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             AuthController,
             UserController,
             TenantController,
+            InvitationController,
+            AcceptInvitationController,
             AuditController,
             HealthController,
             MetricsController,
@@ -105,8 +133,10 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
         },
         exception_handlers=exception_handlers,
         request_class=ParleyRequest,
+        before_request=read_as_documented,
         middleware=[request_log_middleware],
-        openapi_config=OpenAPIConfig(title="parley", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config(),
+        plugins=[OpenAPIContract()],
         request_max_body_size=c.settings.max_request_bytes,
         on_shutdown=on_shutdown or [],
         debug=False,

@@ -102,11 +102,38 @@ class UserUpdate(_Body):
 
 
 class TenantCreate(_Body):
+    """``admin_email``: the tenant's first admin, invited (the invitation's token is in the answer, once).
+    Without it, invite them later (``POST /api/v1/tenants/{slug}/invitations``): nobody can sign up into a
+    tenant that has no admin yet."""
+
     slug: Slug
     name: Name
     allow_signup: bool = True
     default_role: Role = "user"
     domains: Annotated[list[Domain], Meta(max_length=20)] = []
+    admin_email: Email | None = None
+
+
+class InvitationCreate(_Body):
+    email: Email
+    role: Role = "user"
+    expires_in_days: Annotated[int, Meta(ge=1, le=30)] = 7
+
+
+class InvitationCreated(msgspec.Struct, kw_only=True):
+    id: UUID
+    tenant_id: str
+    email: str
+    role: str
+    token: str
+    """Shown once: the invitee accepts with it (``POST /api/v1/auths/invitations/accept``)."""
+    expires_at: datetime
+
+
+class InvitationAccept(_Body):
+    token: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Name
+    password: Password
 
 
 class User(msgspec.Struct, kw_only=True):
@@ -155,6 +182,8 @@ class Tenant(msgspec.Struct, kw_only=True):
     default_role: str
     domains: list[str]
     user_count: int | None = None
+    invitation: InvitationCreated | None = None
+    """The first admin's invitation, when the tenant was created with ``admin_email``."""
 
 
 class UserPage(msgspec.Struct, kw_only=True):

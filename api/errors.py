@@ -90,7 +90,13 @@ def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
             )
         return _respond(400, error_body("MALFORMED_JSON", f"request body is not valid JSON: {exc.detail}"))
     if status >= 500:
-        log.error("http_error", status=status, path=request.url.path, detail=str(exc.detail))
+        from api.server import CLIENT_GONE, TIMED_OUT  # the server module answers its own timeouts with error_body
+
+        state = request.scope.get("state", {})
+        if state.get(CLIENT_GONE) or state.get(TIMED_OUT):  # the body stopped arriving: the client's doing
+            log.info("request_abandoned", path=request.url.path, detail=str(exc.detail))
+        else:
+            log.error("http_error", status=status, path=request.url.path, detail=str(exc.detail))
         return _respond(status, error_body("INTERNAL_ERROR", "internal error"))
     code = _HTTP_CODES.get(status, f"HTTP_{status}")
     return _respond(status, error_body(code, str(exc.detail or code.lower())), exc.headers)

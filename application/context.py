@@ -31,6 +31,14 @@ class CommandContext:
     def replace(self, **changes: Any) -> CommandContext:
         return CommandContext(**{**asdict(self), **changes})
 
+    @classmethod
+    def caused_by(
+        cls, tenant_id: str, actor: str, *, event_id: str | None, correlation_id: str | None = None
+    ) -> CommandContext:
+        """The context of a command that an event caused (a worker acting on a job): it carries the event's
+        id as its causation and the event's correlation id, so the chain reads from request to outcome."""
+        return cls(tenant_id=tenant_id, actor=actor, causation_id=event_id, correlation_id=correlation_id or "")
+
     def as_meta(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 

@@ -27,7 +27,7 @@ import msgspec
 
 from application.context import CommandContext
 from application.engines import ChatTurn, EngineRequest, Image, ToolCall
-from application.identity import Principal
+from application.identity import Principal, check_user_of_tenant
 from application.ports import Blobs, EventStorePort
 from domain.chats import (
     Chat,
@@ -331,6 +331,8 @@ class Models:
 
         def command() -> Model:
             m = self._model(principal.tenant_id, name)
+            if grant and user_id is not None:
+                check_user_of_tenant(self.store, principal.tenant_id, user_id)
             if grant:
                 m.grant(user_id=user_id, role=role)
             else:

@@ -1,6 +1,7 @@
 """Formats of the opaque secrets parley hands out. Pure functions, no I/O.
 
-Refresh tokens are ``<session-id-hex>.<secret>``; API keys ``pk_<key-id-hex>_<secret>``. The id part
+Refresh tokens are ``<session-id-hex>.<secret>``; API keys ``pk_<key-id-hex>_<secret>``; invitations
+``pi_<invitation-id-hex>_<secret>``. The id part
 finds the aggregate directly (no lookup table); only a SHA-256 of the whole token is stored. These are
 256-bit random secrets, so a plain SHA-256 is a sound hash (nothing to brute-force) and keeps each
 request's check cheap."""
@@ -20,11 +21,14 @@ __all__ = [
     "parse_refresh_token",
     "new_api_key",
     "parse_api_key",
+    "new_invitation_token",
+    "parse_invitation_token",
     "secret_hash",
     "secrets_equal",
 ]
 
 API_KEY_PREFIX = "pk_"
+INVITATION_PREFIX = "pi_"
 
 
 def secret_hash(secret: str) -> str:
@@ -63,3 +67,19 @@ def parse_api_key(key: str) -> uuid.UUID:
         return uuid.UUID(hex=key_hex)
     except ValueError:
         raise Unauthenticated("INVALID_API_KEY", "API key is not valid") from None
+
+
+def new_invitation_token(invitation_id: uuid.UUID) -> str:
+    return f"{INVITATION_PREFIX}{invitation_id.hex}_{secrets.token_urlsafe(32)}"
+
+
+def parse_invitation_token(token: str) -> uuid.UUID:
+    try:
+        if not token.startswith(INVITATION_PREFIX):
+            raise ValueError
+        hex_id, _, secret = token[len(INVITATION_PREFIX) :].partition("_")
+        if len(secret) < 20:
+            raise ValueError
+        return uuid.UUID(hex=hex_id)
+    except ValueError:
+        raise Unauthenticated("INVALID_INVITATION", "this invitation is not valid") from None

@@ -11,12 +11,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from application.context import CommandContext
 from application.credentials import (
     new_api_key,
+    new_invitation_token,
     new_refresh_token,
     parse_api_key,
+    parse_invitation_token,
     parse_refresh_token,
     secret_hash,
     secrets_equal,
@@ -26,7 +29,9 @@ from domain.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticate
 from domain.identity import (
     API_KEY_SCOPES,
     ApiKey,
+    DomainIndex,
     EmailIndex,
+    Invitation,
     Session,
     SignInAttempt,
     Tenant,
@@ -38,6 +43,7 @@ from domain.identity import (
     check_role,
     check_role_map,
     check_slug,
+    domain_index_id,
     email_index_id,
     normalize_email,
     tenant_id_for,
@@ -52,6 +58,8 @@ __all__ = [
     "UserInfo",
     "TenantInfo",
     "NewApiKey",
+    "NewInvitation",
+    "check_user_of_tenant",
 ]
 
 
@@ -157,12 +165,37 @@ class NewApiKey:
 
 
 @dataclass(frozen=True)
+class NewInvitation:
+    id: uuid.UUID
+    tenant_id: str
+    email: str
+    role: str
+    token: str  # shown once
+    expires_at: datetime
+
+
+INVITATION_DAYS = 7
+MAX_INVITATION_DAYS = 30
+
+
+@dataclass(frozen=True)
 class EndUser:
     """The end user a gateway names: as its front end forwarded them."""
 
     email: str
     name: str | None = None
     role: str | None = None
+
+
+def check_user_of_tenant(store: EventStorePort, tenant_id: str, user_id: str | uuid.UUID) -> None:
+    """A reference to a user (a grant) must name a user of the same tenant: 404 ``USER_NOT_FOUND`` for
+    another tenant's user or no one. Sync: inside a command."""
+    try:
+        user = store.find(User, user_id if isinstance(user_id, uuid.UUID) else uuid.UUID(user_id))
+    except ValueError:
+        user = None
+    if user is None or user.tenant_id != tenant_id:
+        raise NotFound("USER_NOT_FOUND", "no such user in this tenant", field="user_id")
 
 
 def _now() -> datetime:
@@ -236,10 +269,14 @@ class Identity:
         def command() -> Tenant:
             if self.store.find(Tenant, uuid.UUID(tenant_id)) is not None:
                 raise Conflict("TENANT_EXISTS", "a tenant with this slug exists", slug=slug)
+            for domain in domains:
+                if self.store.find(DomainIndex, domain_index_id(domain)) is not None:
+                    raise Conflict("DOMAIN_TAKEN", "another tenant holds this domain", field="domains", domain=domain)
             tenant = Tenant(
                 slug=slug, name=name, allow_signup=allow_signup, default_role=default_role, domains=domains
             )
-            self.store.save(tenant)
+            claims = [DomainIndex(domain=d, tenant_id=tenant.tenant_id) for d in dict.fromkeys(domains)]
+            self.store.save(tenant, *claims)
             return tenant
 
         return TenantInfo.of(await self.store.execute(ctx.replace(tenant_id=tenant_id), command))
@@ -257,7 +294,8 @@ class Identity:
 
     # --- users ------------------------------------------------------------------------------------------
     async def register(self, ctx: CommandContext, *, tenant: str, email: str, password: str, name: str) -> UserInfo:
-        """Self sign-up. The first user of a tenant becomes its admin."""
+        """Self sign-up, where the tenant allows it. The first user of the platform tenant (the embedded
+        single-tenant start) becomes its admin; any other tenant's first admin comes by invitation."""
         email = normalize_email(email)
         name = check_name(name)
         check_password_strength(password, email)
@@ -265,28 +303,36 @@ class Identity:
 
         def command() -> User:
             t = self._tenant(tenant)
-            first = t.first_admin_id is None
-            if not t.allow_signup and not first:
+            if t.first_admin_id is None:
+                if t.tenant_id != self.platform_tenant_id:
+                    # Whoever guessed a new tenant's slug would own it: its first admin is invited.
+                    raise Forbidden(
+                        "TENANT_NOT_READY", "this tenant has no admin yet; its first admin joins by invitation"
+                    )
+                return self._add_user(t, email, name, "admin", password_hash, ctx.actor)
+            if not t.allow_signup:
                 raise Forbidden("SIGNUP_DISABLED", "sign-up is closed for this tenant")
-            return self._add_user(t, email, name, "admin" if first else t.default_role, password_hash, ctx.actor)
+            return self._add_user(t, email, name, t.default_role, password_hash, ctx.actor)
 
         return UserInfo.of(await self.store.execute(ctx, command))
 
-    def _add_user(
-        self, t: Tenant, email: str, name: str, role: str, password_hash: str | None, by: str, *, may_claim_admin: bool = True
-    ) -> User:
+    def _add_user(self, t: Tenant, email: str, name: str, role: str, password_hash: str | None, by: str) -> User:
+        user, aggregates = self._new_user(t, email, name, role, password_hash, by)
+        self.store.save(*aggregates)
+        return user
+
+    def _new_user(
+        self, t: Tenant, email: str, name: str, role: str, password_hash: str | None, by: str
+    ) -> tuple[User, list[Any]]:
+        """A new user of ``t`` and every aggregate to save with it (the tenant's first admin claims it)."""
         if self.store.find(EmailIndex, email_index_id(t.tenant_id, email)) is not None:
             raise Conflict("EMAIL_TAKEN", "an account with this e-mail exists in this tenant", field="email")
         user = User(tenant_id=t.tenant_id, email=email, name=name, role=role, password_hash=password_hash, created_by=by)
         index = EmailIndex(tenant_id=t.tenant_id, email=email, user_id=user.id)
-        if t.first_admin_id is None and may_claim_admin:
-            if role != "admin":
-                user.change_role("admin")
+        if t.first_admin_id is None and role == "admin":
             t.claim_first_admin(user.id)
-            self.store.save(t, user, index)
-        else:
-            self.store.save(user, index)
-        return user
+            return user, [t, user, index]
+        return user, [user, index]
 
     async def create_user(
         self, ctx: CommandContext, principal: Principal, *, email: str, password: str, name: str, role: str
@@ -302,6 +348,74 @@ class Identity:
             return self._add_user(self._tenant(principal.tenant_id), email, name, role, password_hash, ctx.actor)
 
         return UserInfo.of(await self.store.execute(ctx, command))
+
+    # --- invitations ----------------------------------------------------------------------------------------
+    async def invite(
+        self,
+        ctx: CommandContext,
+        principal: Principal | None,
+        *,
+        tenant: str,
+        email: str,
+        role: str = "user",
+        expires_in_days: int = INVITATION_DAYS,
+    ) -> NewInvitation:
+        """A one-time invitation into ``tenant`` with ``role``: by the platform admin into any tenant (how a
+        tenant gets its first admin), by a tenant's admin into their own, by the operator (``principal``
+        None, the CLI)."""
+        t = await self.store.call(self._tenant, tenant)
+        if principal is not None and not self.is_platform_admin(principal):
+            principal.require_admin()
+            if principal.tenant_id != t.tenant_id:
+                raise NotFound("TENANT_NOT_FOUND", "no such tenant", tenant=tenant)
+        email = normalize_email(email)
+        check_role(role)
+        if not 1 <= expires_in_days <= MAX_INVITATION_DAYS:
+            raise Invalid("INVALID_EXPIRY", f"expires_in_days must be between 1 and {MAX_INVITATION_DAYS}", field="expires_in_days")
+        invitation_id = uuid.uuid4()
+        token = new_invitation_token(invitation_id)
+        expires_at = _now() + timedelta(days=expires_in_days)
+
+        def command() -> Invitation:
+            if self.store.find(EmailIndex, email_index_id(t.tenant_id, email)) is not None:
+                raise Conflict("EMAIL_TAKEN", "an account with this e-mail exists in this tenant", field="email")
+            invitation = Invitation(
+                invitation_id=invitation_id,
+                tenant_id=t.tenant_id,
+                email=email,
+                role=role,
+                token_hash=secret_hash(token),
+                expires_at=expires_at,
+            )
+            self.store.save(invitation)
+            return invitation
+
+        invitation = await self.store.execute(ctx.replace(tenant_id=t.tenant_id), command)
+        return NewInvitation(invitation.id, t.tenant_id, email, role, token, expires_at)
+
+    async def accept_invitation(self, ctx: CommandContext, *, token: str, name: str, password: str) -> UserInfo:
+        """The invitee joins the invitation's tenant with its e-mail and role; the invitation is spent."""
+        invitation_id = parse_invitation_token(token)
+        known = await self.store.call(self.store.find, Invitation, invitation_id)
+        if known is None or not secrets_equal(known.token_hash, secret_hash(token)):
+            raise Unauthenticated("INVALID_INVITATION", "this invitation is not valid")
+        known.check_acceptable(_now())
+        name = check_name(name)
+        check_password_strength(password, known.email)
+        password_hash = await self.store.call(self.passwords.hash, password)
+
+        def command() -> User:
+            invitation = self.store.get(Invitation, invitation_id)
+            invitation.check_acceptable(_now())
+            t = self._tenant(invitation.tenant_id)
+            user, aggregates = self._new_user(
+                t, invitation.email, name, invitation.role, password_hash, f"invitation:{invitation.id}"
+            )
+            invitation.accept(user.id)
+            self.store.save(*aggregates, invitation)
+            return user
+
+        return UserInfo.of(await self.store.execute(ctx.replace(tenant_id=known.tenant_id), command))
 
     def _user_of_tenant(self, tenant_id: str, user_id: uuid.UUID) -> User:
         user = self.store.find(User, user_id)
@@ -576,9 +690,7 @@ class Identity:
             key = self.store.get(ApiKey, gateway.api_key_id) if gateway.api_key_id else None
             tenant = self._tenant(gateway.tenant_id)
             mapped = key.role_map.get((end_user.role or "").strip().lower()) if key is not None else None
-            return self._add_user(
-                tenant, email, name, mapped or tenant.default_role, None, ctx.actor, may_claim_admin=False
-            )
+            return self._add_user(tenant, email, name, mapped or tenant.default_role, None, ctx.actor)
 
         try:
             return await self.store.execute(ctx, command)

@@ -6,7 +6,10 @@ search index (the vector projection), the storage a tenant uses (the read model)
 finds the embedding engine an embedding setting names (the local model, or a tenant's provider).
 
 An upload is checked in the request: its size, the tenant's storage, its type (from the bytes) and, for
-text, its encoding. A refused upload is still recorded (``DocumentUploaded`` then ``DocumentFailed`` with
+text, its encoding. The API hands each file over as it was ``Received``: spooled, counted and hashed while
+it arrived, so only the file being checked is ever in memory (and the blob store streams it from the
+spool), and a file past the size limit is refused from its first limit + 1 bytes, without the rest being
+read. A refused upload is still recorded (``DocumentUploaded`` then ``DocumentFailed`` with
 the reason), so what users tried is auditable and shows in the knowledge base with its error. Extraction
 and chunking run later, in the ingestion worker, and end in ``DocumentExtracted`` + ``DocumentChunked``
 or in ``DocumentFailed``.
@@ -19,7 +22,7 @@ import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import msgspec
 
@@ -27,7 +30,7 @@ from application.chunking import chunk_text
 from application.context import CommandContext
 from application.embeddings import Embedder, EmbeddingError, Embeddings
 from application.engines import ChatTurn, EngineRequest
-from application.identity import Principal
+from application.identity import Principal, check_user_of_tenant
 from application.ports import Blobs, EventStorePort
 from domain.chats import Chat
 from domain.errors import Forbidden, Invalid, NotFound, ParleyError, TooLarge, Unavailable, UnsupportedType
@@ -57,6 +60,7 @@ __all__ = [
     "LOCAL_EMBEDDING",
     "RAG_TEMPLATE",
     "Reader",
+    "Received",
     "citations_of",
     "with_sources",
 ]
@@ -72,6 +76,26 @@ class Parsed(Protocol):
     text: str
     title: str | None
     page_starts: tuple[int, ...]
+
+
+class Received(Protocol):
+    """An uploaded file as the API received it, with its size and SHA-256 taken while it arrived.
+    ``complete`` is False when the sender went past the size limit and the rest was not read: then
+    ``size`` and ``sha256`` describe the part that was (the limit + 1 bytes)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def complete(self) -> bool: ...
+
+    @property
+    def file(self) -> IO[bytes]:
+        """Where the bytes wait (a temporary file), to be read from its start."""
+        ...
 
 
 class SearchIndex(Protocol):
@@ -271,7 +295,12 @@ class Knowledge:
         return await self._change(ctx, principal, knowledge_id, change, manage=False)
 
     async def grant(self, ctx: CommandContext, principal: Principal, knowledge_id: uuid.UUID, grantee: str, level: str) -> KnowledgeBase:
-        return await self._change(ctx, principal, knowledge_id, lambda kb: kb.grant(grantee, level), manage=True)
+        def change(kb: KnowledgeBase) -> None:
+            if grantee.startswith("user:"):
+                check_user_of_tenant(self.store, principal.tenant_id, grantee.removeprefix("user:"))
+            kb.grant(grantee, level)
+
+        return await self._change(ctx, principal, knowledge_id, change, manage=True)
 
     async def revoke(self, ctx: CommandContext, principal: Principal, knowledge_id: uuid.UUID, grantee: str) -> KnowledgeBase:
         return await self._change(ctx, principal, knowledge_id, lambda kb: kb.revoke(grantee), manage=True)
@@ -318,12 +347,21 @@ class Knowledge:
         chat.check_writable()
         return f"chats/{chat_id}", chat
 
+    async def check_upload(
+        self, principal: Principal, *, knowledge_id: uuid.UUID | None = None, chat_id: uuid.UUID | None = None
+    ) -> None:
+        """Whether the caller may upload there at all, asked before a request's files are read."""
+        principal.require_scope("write")
+        if (knowledge_id is None) == (chat_id is None):
+            raise Invalid("INVALID_DOCUMENT_PLACE", "a document goes into exactly one knowledge base or chat")
+        await self.store.call(self._place, principal, knowledge_id, chat_id)
+
     async def upload(
         self,
         ctx: CommandContext,
         principal: Principal,
         *,
-        data: bytes,
+        data: bytes | Received,
         filename: str,
         declared_type: str | None = None,
         knowledge_id: uuid.UUID | None = None,
@@ -336,27 +374,11 @@ class Knowledge:
         if (knowledge_id is None) == (chat_id is None):
             raise Invalid("INVALID_DOCUMENT_PLACE", "a document goes into exactly one knowledge base or chat")
         filename = check_filename(filename)
-        sha256 = hashlib.sha256(data).hexdigest()
-        refusal: ParleyError | None = None
-        media_type = declared_type or "application/octet-stream"
-        if len(data) > self.limits.max_file_bytes:
-            refusal = TooLarge(
-                "FILE_TOO_LARGE", f"a document may be at most {self.limits.max_file_bytes} bytes", limit=self.limits.max_file_bytes
-            )
-        elif await self.storage_used(principal.tenant_id) + len(data) > self.limits.tenant_storage_bytes:
-            refusal = TooLarge(
-                "TENANT_STORAGE_FULL",
-                "this tenant's document storage is full",
-                limit=self.limits.tenant_storage_bytes,
-            )
+        if isinstance(data, bytes):
+            size, sha256, complete = len(data), hashlib.sha256(data).hexdigest(), True
         else:
-            try:
-                media_type = await asyncio.to_thread(self.detect, data, filename=filename, declared=declared_type)
-            except self.parse_errors as exc:
-                code, message = _reason(exc)
-                refusal = _REFUSALS.get(code, Invalid)(code, message)
-        if refusal is None:
-            await self.blobs.put(principal.tenant_id, sha256, data)
+            size, sha256, complete = data.size, data.sha256, data.complete
+        media_type, refusal = await self._accept(principal, data, size, sha256, complete, filename, declared_type)
 
         def command() -> Document:
             scope, chat = self._place(principal, knowledge_id, chat_id)
@@ -372,11 +394,11 @@ class Knowledge:
                     chat_id=chat_id,
                     filename=filename,
                     media_type=kind,
-                    size=len(data),
+                    size=size,
                     source_url=source_url,
                 )
             else:
-                document.upload_again(filename=filename, media_type=kind, size=len(data), source_url=source_url)
+                document.upload_again(filename=filename, media_type=kind, size=size, source_url=source_url)
             if refusal is not None:
                 document.fail(refusal.code, refusal.message)
             if chat is not None and refusal is None:
@@ -389,6 +411,43 @@ class Knowledge:
             refusal.detail["document_id"] = str(document.id)
             raise refusal
         return document
+
+    async def _accept(
+        self,
+        principal: Principal,
+        data: bytes | Received,
+        size: int,
+        sha256: str,
+        complete: bool,
+        filename: str,
+        declared_type: str | None,
+    ) -> tuple[str, ParleyError | None]:
+        """The checks an upload passes before it is recorded, and its bytes stored when it passes them:
+        the media type, and the refusal if there is one. The size checks come first, so a file that is
+        too large is refused without its bytes being read."""
+        media_type = declared_type or "application/octet-stream"
+        limit = self.limits.max_file_bytes
+        if not complete or size > limit:
+            return media_type, TooLarge("FILE_TOO_LARGE", f"a document may be at most {limit} bytes", limit=limit)
+        if await self.storage_used(principal.tenant_id) + size > self.limits.tenant_storage_bytes:
+            return media_type, TooLarge(
+                "TENANT_STORAGE_FULL", "this tenant's document storage is full", limit=self.limits.tenant_storage_bytes
+            )
+        try:
+            media_type = await self._detected_type(data, filename, declared_type)
+        except self.parse_errors as exc:
+            code, message = _reason(exc)
+            return media_type, _REFUSALS.get(code, Invalid)(code, message)
+        if isinstance(data, bytes):
+            await self.blobs.put(principal.tenant_id, sha256, data)
+        else:
+            await self.blobs.put_file(principal.tenant_id, sha256, data.file)
+        return media_type, None
+
+    async def _detected_type(self, data: bytes | Received, filename: str, declared_type: str | None) -> str:
+        """The media type the content shows; a received file's bytes are in memory only meanwhile."""
+        content = data if isinstance(data, bytes) else await asyncio.to_thread(_contents, data.file)
+        return await asyncio.to_thread(self.detect, content, filename=filename, declared=declared_type)
 
     def _located(self, principal: Principal, document_id: uuid.UUID) -> tuple[Document, KnowledgeBase | Chat]:
         """A document the caller may read, with the knowledge base or chat it is in."""
@@ -611,6 +670,11 @@ class Knowledge:
             return await embedder.embed(texts)
         except EmbeddingError as exc:
             raise _embedding_failure(exc) from None
+
+
+def _contents(file: IO[bytes]) -> bytes:
+    file.seek(0)
+    return file.read()
 
 
 def _reason(exc: Exception) -> tuple[str, str]:

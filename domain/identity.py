@@ -6,11 +6,15 @@ hashing is done by the application layer, which hands in hashes.
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from confusable_homoglyphs import confusables
+from email_validator import EmailNotValidError, validate_email
 from eventsourcing.domain import Aggregate, event
 
 from domain.errors import Conflict, Forbidden, Invalid, Unauthenticated
@@ -21,12 +25,15 @@ __all__ = [
     "Tenant",
     "User",
     "EmailIndex",
+    "DomainIndex",
+    "Invitation",
     "ApiKey",
     "Session",
     "SignInAttempt",
     "TokenMisuse",
     "tenant_id_for",
     "email_index_id",
+    "domain_index_id",
     "normalize_email",
     "check_password_strength",
     "check_role",
@@ -42,7 +49,6 @@ API_KEY_SCOPES = ("read", "write", "admin", "gateway")
 names the end user of each request; that user's rights, quotas and audit apply, never the key owner's."""
 MAX_ROLE_MAP = 32
 
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$")
 # Postgres text cannot hold NUL, and no name or e-mail needs a control character: refuse them at the door
 # rather than let one event stall a projector.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -66,9 +72,57 @@ def email_index_id(tenant_id: UUID | str, email: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"/tenants/{tenant_id}/emails/{email}")
 
 
+def domain_index_id(domain: str) -> UUID:
+    return uuid5(NAMESPACE_URL, f"/domains/{domain}")
+
+
+def _invisible(ch: str) -> bool:
+    """Characters that change how text reads without being seen: format characters (zero-width space,
+    joiners, bidi overrides and isolates, the BOM, variation selectors) and control characters."""
+    return unicodedata.category(ch) in ("Cf", "Cc") or 0xFE00 <= ord(ch) <= 0xFE0F or 0xE0100 <= ord(ch) <= 0xE01EF
+
+
+@functools.lru_cache(maxsize=4096)
+def _reads_as_ascii(ch: str) -> bool:
+    """A character other than ASCII that Unicode's confusables table (TR39) says reads as ASCII letters."""
+    if ch.isascii():
+        return False
+    found = confusables.is_confusable(ch, greedy=True, preferred_aliases=[]) or []
+    return any(h["c"].isascii() and h["c"].isalnum() for item in found for h in item["homoglyphs"])
+
+
 def normalize_email(email: str) -> str:
-    value = email.strip().lower()
-    if len(value) > 254 or not _EMAIL.match(value):
+    """The one form of an e-mail address that accounts are told apart by: the local part NFKC-normalised
+    (fullwidth and other compatibility forms fold to their plain letters) and lower-cased, the domain in its
+    IDNA (ASCII) form. Refused: what is not an address (email-validator's syntax rules, RFC 5321/6531),
+    invisible or direction-changing characters, symbols (emoji), local parts that mix scripts (Unicode TR39
+    mixed-script detection), and local parts with letters that read as ASCII ones (TR39's confusables):
+    among ASCII letters, or making up every letter — "алиса" stays a real address, "асе" reads as "ace"."""
+    raw = email.strip()
+    if any(_invisible(ch) for ch in raw):
+        raise Invalid("INVALID_EMAIL", "the e-mail address holds invisible or direction-changing characters", field="email")
+    try:
+        # Self-hosted: intranet domains (.internal, .test) are real there; a domain still needs a dot.
+        parsed = validate_email(
+            raw, check_deliverability=False, allow_smtputf8=True, globally_deliverable=False, test_environment=True
+        )
+    except (EmailNotValidError, ValueError):
+        raise Invalid("INVALID_EMAIL", "not a valid e-mail address", field="email") from None
+    if "." not in parsed.domain:
+        raise Invalid("INVALID_EMAIL", "not a valid e-mail address", field="email")
+    local = unicodedata.normalize("NFKC", parsed.local_part).lower()
+    if any(unicodedata.category(ch).startswith("S") for ch in local):
+        raise Invalid("INVALID_EMAIL", "an e-mail address holds no symbols or emoji", field="email")
+    if confusables.is_mixed_script(local, allowed_aliases=["COMMON"]):
+        raise Invalid("INVALID_EMAIL", "the e-mail address mixes scripts (look-alike letters)", field="email")
+    letters = [ch for ch in local if ch.isalpha()]
+    lookalikes = [ch for ch in letters if _reads_as_ascii(ch)]
+    if lookalikes and (any(ch.isascii() for ch in letters) or len(lookalikes) == len(letters)):
+        # "pаypal" (a Cyrillic а among Latin letters), "ɡ00" (a Latin script g), "асе" (all Cyrillic, read
+        # as "ace"): each reads as an address someone else may own.
+        raise Invalid("INVALID_EMAIL", "the e-mail address reads as another one (look-alike letters)", field="email")
+    value = f"{local}@{(parsed.ascii_domain or parsed.domain).lower()}"
+    if len(value) > 254 or "@" in local:
         raise Invalid("INVALID_EMAIL", "not a valid e-mail address", field="email")
     return value
 
@@ -115,10 +169,18 @@ def check_slug(slug: str) -> None:
         raise Invalid("INVALID_SLUG", "slug must be 1-40 lowercase letters, digits or '-'", field="slug")
 
 
+_NAME_INVISIBLE = frozenset("\u200b\u2060\ufeff\u180e") | frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C))
+
+
 def check_name(name: str, field: str = "name") -> str:
-    value = name.strip()
-    if not 1 <= len(value) <= 100 or _CONTROL.search(value):
-        raise Invalid("INVALID_NAME", f"{field} must be 1-100 characters, none of them control characters", field=field)
+    """A name others see: 1-100 characters, NFC; no control characters, no invisible spaces and no bidi
+    controls (a right-to-left override makes "evil.exe" read otherwise). Joiners stay: scripts and emoji
+    sequences need them."""
+    value = unicodedata.normalize("NFC", name.strip())
+    if not 1 <= len(value) <= 100 or _CONTROL.search(value) or any(ch in _NAME_INVISIBLE for ch in value):
+        raise Invalid(
+            "INVALID_NAME", f"{field} must be 1-100 characters without control, invisible or bidi-control characters", field=field
+        )
     return value
 
 
@@ -252,6 +314,62 @@ class EmailIndex(Aggregate):
         self.tenant_id = tenant_id
         self.email = email
         self.user_id = user_id
+
+
+class DomainIndex(Aggregate):
+    """One per host name: creating it twice conflicts in the event store, so a domain belongs to one
+    tenant (requests are routed to a tenant by their host name)."""
+
+    @staticmethod
+    def create_id(domain: str, **_: Any) -> UUID:
+        return domain_index_id(domain)
+
+    @event("DomainClaimed")
+    def __init__(self, domain: str, tenant_id: str) -> None:
+        self.domain = domain
+        self.tenant_id = tenant_id
+
+
+class Invitation(Aggregate):
+    """A one-time invitation to join a tenant with a role: how a tenant gets its first admin (the platform
+    admin invites them) and how admins bring people into a tenant whose sign-up is closed. Only a hash of
+    the token is kept; it expires, and it is used once."""
+
+    @staticmethod
+    def create_id(invitation_id: UUID, **_: Any) -> UUID:  # the id is part of the token the invitee holds
+        return invitation_id
+
+    @event("InvitationIssued")
+    def __init__(
+        self, invitation_id: UUID, tenant_id: str, email: str, role: str, token_hash: str, expires_at: datetime
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.email = email
+        self.role = role
+        self.token_hash = token_hash
+        self.expires_at = expires_at
+        self.accepted_by: UUID | None = None
+        self.revoked = False
+
+    def check_acceptable(self, now: datetime) -> None:
+        if self.accepted_by is not None:
+            raise Conflict("INVITATION_USED", "this invitation was used already")
+        if self.revoked:
+            raise Forbidden("INVITATION_REVOKED", "this invitation was revoked")
+        if now >= self.expires_at:
+            raise Forbidden("INVITATION_EXPIRED", "this invitation has expired; ask for a new one")
+
+    @event("InvitationAccepted")
+    def accept(self, user_id: UUID) -> None:
+        self.accepted_by = user_id
+
+    def revoke(self) -> None:
+        if not self.revoked and self.accepted_by is None:
+            self._revoke()
+
+    @event("InvitationRevoked")
+    def _revoke(self) -> None:
+        self.revoked = True
 
 
 class ApiKey(Aggregate):

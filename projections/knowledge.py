@@ -27,6 +27,7 @@ __all__ = [
     "get_document",
     "get_knowledge",
     "list_documents",
+    "document_count",
     "list_knowledge",
     "pending_reembeddings",
     "storage_used",
@@ -218,6 +219,13 @@ async def _counts(conn: AsyncConnection, table: Table, key: str, tenant_id: str,
         select(column, func.count()).where(table.c.tenant_id == tenant_id, column.in_(ids)).group_by(column)
     )
     return {r[0]: int(r[1]) for r in rows}
+
+
+async def document_count(engine: AsyncEngine, tenant_id: str, knowledge_id: str | uuid.UUID) -> int:
+    """The documents of one knowledge base, as its listings count them."""
+    async with engine.connect() as conn:
+        counts = await _counts(conn, documents, "knowledge_id", tenant_id, [str(knowledge_id)])
+    return counts.get(str(knowledge_id), 0)
 
 
 async def list_knowledge(engine: AsyncEngine, reader: Reader, *, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:

@@ -271,15 +271,21 @@ def report_range(start: date | None, end: date | None, today: date) -> tuple[dat
     """The days a report covers: ``from``..``to`` as given, ``to`` defaulting to today and ``from`` to the
     30 days up to ``to``; each checked before any arithmetic on it."""
     end = end or today
-    check_report(start or EARLIEST_DAY, end)
-    return start or max(EARLIEST_DAY, end - timedelta(days=29)), end
+    _check_day("to", end)
+    start = start or max(EARLIEST_DAY, end - timedelta(days=29))
+    check_report(start, end)
+    return start, end
+
+
+def _check_day(name: str, day: date) -> None:
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise Invalid("INVALID_DATE", f"'{name}' lies between {EARLIEST_DAY} and {LATEST_DAY}", field=name)
 
 
 def check_report(start: date, end: date, group_by: str | None = None) -> None:
     """The rules a report's arguments follow, for the API and the CLI alike."""
-    for name, day in (("from", start), ("to", end)):
-        if not EARLIEST_DAY <= day <= LATEST_DAY:
-            raise Invalid("INVALID_DATE", f"'{name}' lies between {EARLIEST_DAY} and {LATEST_DAY}", field=name)
+    _check_day("from", start)
+    _check_day("to", end)
     if group_by is not None and group_by not in GROUPINGS:
         raise Invalid("INVALID_GROUP_BY", f"group_by must be one of {', '.join(GROUPINGS)}", field="group_by")
     if end < start:

@@ -1,6 +1,8 @@
 """The generation job on ``PARLEY_JOBS`` (subject ``parley.jobs.generate.<model>``, ``Nats-Msg-Id`` =
 ``job:<notification id>``). The job only names the generation: the worker reads everything else from
-the event store, so a redelivered job always sees the current state. Version 1."""
+the event store, so a redelivered job always sees the current state. ``event_id`` and ``correlation_id``
+are those of the event the job came from: what the worker records carries them as its causation and
+correlation. Version 1; fields are only ever added, with defaults."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     generation_id: str
     tenant_id: str
     model: str
+    event_id: str | None = None
+    correlation_id: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -32,6 +36,8 @@ class IngestJob(msgspec.Struct, frozen=True, kw_only=True):
 
     document_id: str
     tenant_id: str
+    event_id: str | None = None
+    correlation_id: str | None = None
 
 
 _ingest_decoder = msgspec.json.Decoder(IngestJob)

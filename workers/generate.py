@@ -38,6 +38,8 @@ __all__ = ["GenerationWorker", "EngineRegistry"]
 log = structlog.get_logger("parley.worker")
 
 CHUNK_INTERVAL_S = 0.03  # one token message per ~30 ms of tokens
+GIVE_UP_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0)
+"""How long a worker keeps trying to record a generation JetStream gave up on (~1 minute in all)."""
 
 
 class ToolCalls:
@@ -281,15 +283,20 @@ class GenerationWorker:
             event.set()
 
     async def _on_given_up(self, msg: Any) -> None:
-        """JetStream stopped redelivering a job: record the generation as failed."""
+        """JetStream stopped redelivering a job: record the generation as failed (retried while the event
+        store is unavailable), settle its reservation, and only then drop the job. What cannot be recorded
+        is said in the log and the job kept in the stream, never dropped in silence."""
         try:
             advisory = msgspec.json.decode(msg.data)
-            stored = await self.js.get_msg(self.subjects.jobs_stream, int(advisory["stream_seq"]))
+            seq = int(advisory["stream_seq"])
+            stored = await self.js.get_msg(self.subjects.jobs_stream, seq)
             job = decode_job(stored.data)
-        except Exception as exc:  # the job may already be gone; nothing to record then
+        except Exception as exc:  # the job is gone already (recorded and deleted by another worker)
             log.warning("max_deliveries_advisory_unreadable", error=str(exc))
             return
-        ctx = CommandContext(tenant_id=job.tenant_id, actor=f"worker:{self.name}")
+        ctx = CommandContext.caused_by(
+            job.tenant_id, f"worker:{self.name}", event_id=job.event_id, correlation_id=job.correlation_id
+        )
         outcome = Outcome(
             status="failed",
             text="",
@@ -299,13 +306,31 @@ class GenerationWorker:
             error_code="MAX_ATTEMPTS",
             error_message=f"gave up after {self.max_deliver} attempts",
         )
-        with contextlib.suppress(Exception):
-            recorded = await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome)
-            await self._settle(job.generation_id, outcome if recorded else None)
-            if recorded:
+        recorded: bool | None = None
+        for delay_s in (*GIVE_UP_RETRY_DELAYS_S, None):
+            try:
+                recorded = await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome)
+                break
+            except Exception as exc:
+                log.warning(
+                    "give_up_not_recorded_yet", generation_id=job.generation_id, error_type=type(exc).__name__,
+                    error=str(exc)[:200], retry_in_s=delay_s,
+                )  # fmt: skip
+                if delay_s is None:
+                    log.error("give_up_unrecorded", generation_id=job.generation_id, job_seq=seq)
+                    return  # the job stays in the stream, for an operator (or a later advisory) to act on
+                await asyncio.sleep(delay_s)
+        await self._settle(job.generation_id, outcome if recorded else None)
+        if recorded:
+            try:
                 await self._publish_done(job.generation_id, outcome)
-        with contextlib.suppress(Exception):
-            await self.js.delete_msg(self.subjects.jobs_stream, int(advisory["stream_seq"]))
+            except Exception as exc:  # readers fall back to the event store
+                log.warning("give_up_done_unpublished", generation_id=job.generation_id, error=str(exc)[:200])
+        log.info("generation_given_up", generation_id=job.generation_id, recorded=recorded)
+        try:
+            await self.js.delete_msg(self.subjects.jobs_stream, seq)
+        except Exception as exc:
+            log.warning("given_up_job_not_deleted", generation_id=job.generation_id, error=str(exc)[:200])
 
     async def _heartbeat(self, msg: Any, generation_id: str) -> None:
         while True:
@@ -320,7 +345,9 @@ class GenerationWorker:
     async def _handle(self, msg: Any) -> None:
         job = decode_job(msg.data)
         attempt = int(msg.metadata.num_delivered)
-        ctx = CommandContext(tenant_id=job.tenant_id, actor=f"worker:{self.name}")
+        ctx = CommandContext.caused_by(
+            job.tenant_id, f"worker:{self.name}", event_id=job.event_id, correlation_id=job.correlation_id
+        )
         structlog.contextvars.bind_contextvars(generation_id=job.generation_id)
         cancel = self._cancels.setdefault(job.generation_id, asyncio.Event())
         heartbeat = asyncio.create_task(self._heartbeat(msg, job.generation_id))

@@ -92,7 +92,9 @@ class IngestionWorker:
     async def _handle(self, msg: Any) -> None:
         job = decode_ingest_job(msg.data)
         attempt = int(msg.metadata.num_delivered)
-        ctx = CommandContext(tenant_id=job.tenant_id, actor=f"worker:{self.name}")
+        ctx = CommandContext.caused_by(
+            job.tenant_id, f"worker:{self.name}", event_id=job.event_id, correlation_id=job.correlation_id
+        )
         document_id = uuid.UUID(job.document_id)
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:

@@ -70,10 +70,21 @@ class Relay:
         upload still to ingest, a job on the PARLEY_JOBS work queue."""
         messages = [(self.subjects.event(e.tenant_id or "platform", e.aggregate_type, e.type), encode(e), str(e.id))]
         if e.type == "GenerationRequested":
-            job = Job(generation_id=str(e.aggregate_id), tenant_id=e.tenant_id, model=str(e.data.get("model", "")))
+            job = Job(
+                generation_id=str(e.aggregate_id),
+                tenant_id=e.tenant_id,
+                model=str(e.data.get("model", "")),
+                event_id=str(e.event_id),
+                correlation_id=e.correlation_id,
+            )
             messages.append((self.subjects.job(job.model), encode_job(job), f"job:{e.id}"))
         elif e.type in ("DocumentUploaded", "DocumentReuploaded"):
-            ingest = IngestJob(document_id=str(e.aggregate_id), tenant_id=e.tenant_id)
+            ingest = IngestJob(
+                document_id=str(e.aggregate_id),
+                tenant_id=e.tenant_id,
+                event_id=str(e.event_id),
+                correlation_id=e.correlation_id,
+            )
             messages.append((self.subjects.ingest(e.tenant_id), encode_ingest_job(ingest), f"job:{e.id}"))
         return messages
 

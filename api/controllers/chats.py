@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_
 
 from api import dto, dto_chat
 from api.deps import App, Caller, command_context
+from api.openapi import refusals
 from application.conversations import ROOT, Sent
 from domain.chats import Chat as ChatAggregate
 from projections.conversations import MAX_PAGE, get_chat, list_chats
@@ -150,7 +151,9 @@ class ChatController(Controller):
     ) -> None:
         await c.chats.delete(command_context(request, caller), caller, chat_id)
 
-    @post("/{chat_id:uuid}/messages", operation_id="SendMessage", status_code=HTTP_202_ACCEPTED)
+    @post(
+        "/{chat_id:uuid}/messages", operation_id="SendMessage", status_code=HTTP_202_ACCEPTED, responses=refusals(503)
+    )
     async def send_message(
         self,
         request: Request[Any, Any, Any],
@@ -175,6 +178,7 @@ class ChatController(Controller):
         "/{chat_id:uuid}/messages/{message_id:str}/regenerate",
         operation_id="RegenerateAnswer",
         status_code=HTTP_202_ACCEPTED,
+        responses=refusals(503),
     )
     async def regenerate(
         self,

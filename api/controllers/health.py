@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Response, get
+from litestar.openapi import ResponseSpec
 
 from adapters.metrics import CONTENT_TYPE
 from adapters.readiness import WorkerRecords, WorkerStatus, readiness
@@ -38,7 +39,13 @@ class HealthController(Controller):
     async def live(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/ready", operation_id="Ready")
+    @get(
+        "/ready",
+        operation_id="Ready",
+        responses={
+            503: ResponseSpec(dict[str, Any], description="Not ready: the same body, saying why.", generate_examples=False)
+        },
+    )
     async def ready(self, c: App) -> Response[dict[str, Any]]:
         async def nats() -> None:
             await c.connect_nats("parley-api")

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Controller, Request, delete, get, patch, post, put
-from litestar.datastructures import UploadFile
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from msgspec import UNSET
@@ -16,27 +15,28 @@ from msgspec import UNSET
 from adapters.web import fetch_url
 from api import dto_knowledge as dto
 from api.deps import App, Caller, command_context
+from api.openapi import refusals
 from api.requests import decode_json_body
+from api.uploads import SpooledFile, check_declared_length, read_bounded, receive_files, upload_body_limit
 from application.identity import Principal
-from domain.errors import BadRequest, Forbidden, NotFound, TooLarge, UnsupportedType
+from domain.errors import Forbidden, NotFound, UnsupportedType
 from domain.knowledge import LOCAL_EMBEDDING_MODEL, Hit, Reader
 from domain.knowledge import Document as DocumentAggregate
 from domain.knowledge import KnowledgeBase as KnowledgeAggregate
 from projections.conversations import MAX_PAGE
-from projections.knowledge import get_document, get_knowledge, list_documents, list_knowledge
+from projections.knowledge import document_count, get_document, get_knowledge, list_documents, list_knowledge
 from workers.bootstrap import Container
 
 __all__ = ["ChatFilesController", "DocumentController", "KnowledgeController", "document_dto"]
-
-MAX_FILES_PER_REQUEST = 20
-_MULTIPART_SLACK = 1024 * 1024
 
 
 def _reader(caller: Principal) -> Reader:
     return Reader(tenant_id=caller.tenant_id, user_id=caller.user_id, role=caller.role, is_admin=caller.is_admin)
 
 
-def knowledge_dto(kb: KnowledgeAggregate | dict[str, Any], caller: Principal) -> dto.KnowledgeBase:
+def knowledge_dto(kb: KnowledgeAggregate | dict[str, Any], caller: Principal, *, documents: int = 0) -> dto.KnowledgeBase:
+    """A read-model row as it is, or an aggregate with ``documents`` (the read model's count: the aggregate
+    does not keep its documents)."""
     if isinstance(kb, dict):
         return dto.KnowledgeBase(**kb)
     level = kb.level_for(caller.user_id, caller.role, is_admin=caller.is_admin) or "read"
@@ -51,10 +51,14 @@ def knowledge_dto(kb: KnowledgeAggregate | dict[str, Any], caller: Principal) ->
         chunk_overlap=kb.chunk_overlap,
         access=dict(kb.access) if level == "write" else {},
         your_access=level,
-        document_count=0,
+        document_count=documents,
         created_at=kb.created_on,
         updated_at=kb.modified_on,
     )
+
+
+async def _knowledge_out(c: Any, kb: KnowledgeAggregate, caller: Principal) -> dto.KnowledgeBase:
+    return knowledge_dto(kb, caller, documents=await document_count(c.engine, caller.tenant_id, kb.id))
 
 
 def document_dto(d: DocumentAggregate | dict[str, Any]) -> dto.Document:
@@ -97,51 +101,65 @@ def hit_dto(h: Hit) -> dto.SearchHit:
     )
 
 
-async def _uploads(request: Request[Any, Any, Any], c: Container) -> list[tuple[bytes, str, str | None, str | None]]:
-    """The files of a multipart upload (field ``file`` or ``files``), or the page a JSON ``{"url"}`` names:
-    (bytes, filename, declared type, source URL) each."""
+def _upload_kind(request: Request[Any, Any, Any], c: Container) -> str:
+    """``json`` (a page to fetch) or ``multipart`` (files), from the headers alone; a body the route could
+    not take is refused here, before it is read: the wrong type, no ``Content-Length``, or one over what
+    that kind of body may carry (the usual request limit for JSON; every file at its limit, and the
+    framing, for multipart)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        body = decode_json_body(await request.body(), dto.UrlUpload)
+        check_declared_length(request, c.settings.max_request_bytes)
+        return "json"
+    if content_type == "multipart/form-data":
+        check_declared_length(request, upload_body_limit(c.knowledge.limits.max_file_bytes))
+        return "multipart"
+    raise UnsupportedType(
+        "UNSUPPORTED_MEDIA_TYPE", "upload files as multipart/form-data (field 'file'), or send JSON {\"url\": ...}"
+    )
+
+
+async def _uploads(
+    request: Request[Any, Any, Any], c: Container, kind: str
+) -> list[tuple[bytes | SpooledFile, str, str | None, str | None]]:
+    """The files of a multipart upload (field ``file`` or ``files``), spooled as they arrive, or the page a
+    JSON ``{"url"}`` names: (content, filename, declared type, source URL) each."""
+    if kind == "json":
+        body = decode_json_body(await read_bounded(request, c.settings.max_request_bytes), dto.UrlUpload)
         if not c.settings.allow_url_fetch:
             raise Forbidden("URL_FETCH_DISABLED", "this deployment does not fetch web pages; upload the file instead")
         page = await fetch_url(body.url, max_bytes=c.settings.max_upload_bytes, allow_private=c.settings.url_fetch_private)
         return [(page.data, page.filename, page.content_type, page.url)]
-    if content_type != "multipart/form-data":
-        raise UnsupportedType(
-            "UNSUPPORTED_MEDIA_TYPE", "upload files as multipart/form-data (field 'file'), or send JSON {\"url\": ...}"
-        )
-    form = await request.form()
-    files = [v for k, v in form.multi_items() if k in ("file", "files") and isinstance(v, UploadFile)]
-    if not files:
-        raise BadRequest("NO_FILE", "the form has no file (use the field name 'file')")
-    if len(files) > MAX_FILES_PER_REQUEST:
-        raise BadRequest("TOO_MANY_FILES", f"at most {MAX_FILES_PER_REQUEST} files per request")
-    uploads = []
-    for f in files:
-        uploads.append((await f.read(), f.filename or "document", f.content_type or None, None))
-        await f.close()
-    return uploads
+    files = await receive_files(request, max_file_bytes=c.knowledge.limits.max_file_bytes)
+    return [(f.content, f.filename, f.declared_type, None) for f in files]
 
 
 async def _ingest(
     request: Request[Any, Any, Any], c: Container, caller: Principal, *, knowledge_id: UUID | None = None, chat_id: UUID | None = None
 ) -> list[dto.Document]:
-    uploads = await _uploads(request, c)
+    """The request's files, received one after another (at most one file's bytes in memory at a time),
+    then handed over in order; the first refusal answers the request, as the files before it stay."""
+    kind = _upload_kind(request, c)
+    await c.knowledge.check_upload(caller, knowledge_id=knowledge_id, chat_id=chat_id)
+    uploads = await _uploads(request, c, kind)
     ctx = command_context(request, caller)
     documents = []
-    for data, filename, declared, source_url in uploads:
-        document = await c.knowledge.upload(
-            ctx,
-            caller,
-            data=data,
-            filename=filename,
-            declared_type=declared,
-            knowledge_id=knowledge_id,
-            chat_id=chat_id,
-            source_url=source_url,
-        )
-        documents.append(document_dto(document))
+    try:
+        for data, filename, declared, source_url in uploads:
+            document = await c.knowledge.upload(
+                ctx,
+                caller,
+                data=data,
+                filename=filename,
+                declared_type=declared,
+                knowledge_id=knowledge_id,
+                chat_id=chat_id,
+                source_url=source_url,
+            )
+            documents.append(document_dto(document))
+    finally:
+        for data, *_ in uploads:
+            if isinstance(data, SpooledFile):
+                data.close()
     return documents
 
 
@@ -161,7 +179,7 @@ class KnowledgeController(Controller):
         items = await list_knowledge(c.engine, _reader(caller), limit=limit, offset=offset)
         return dto.KnowledgePage(items=[knowledge_dto(i, caller) for i in items], limit=limit, offset=offset)
 
-    @post("/", operation_id="CreateKnowledge", status_code=HTTP_201_CREATED)
+    @post("/", operation_id="CreateKnowledge", status_code=HTTP_201_CREATED, responses=refusals(404))
     async def create(self, request: Request[Any, Any, Any], c: App, caller: Caller, data: JSONBody[dto.KnowledgeCreate]) -> dto.KnowledgeBase:
         caller.require_scope("write")
         kb = await c.knowledge.create(
@@ -182,7 +200,7 @@ class KnowledgeController(Controller):
         row = await get_knowledge(c.engine, _reader(caller), knowledge_id)
         if row is not None:
             return knowledge_dto(row, caller)
-        return knowledge_dto(await c.knowledge.get(caller, knowledge_id), caller)  # not projected yet, or 404
+        return await _knowledge_out(c, await c.knowledge.get(caller, knowledge_id), caller)  # not projected yet, or 404
 
     @patch("/{knowledge_id:uuid}", operation_id="UpdateKnowledge")
     async def update(
@@ -197,7 +215,7 @@ class KnowledgeController(Controller):
         if data.embedding_model is not UNSET:
             provider_id = None if data.provider_id is UNSET else data.provider_id
             kb = await c.knowledge.change_embedding(ctx, caller, knowledge_id, model=data.embedding_model, provider_id=provider_id)
-        return knowledge_dto(kb, caller)
+        return await _knowledge_out(c, kb, caller)
 
     @delete("/{knowledge_id:uuid}", operation_id="DeleteKnowledge", status_code=HTTP_204_NO_CONTENT)
     async def remove(self, request: Request[Any, Any, Any], knowledge_id: FromPath[UUID], c: App, caller: Caller) -> None:
@@ -216,7 +234,7 @@ class KnowledgeController(Controller):
     ) -> dto.KnowledgeBase:
         caller.require_scope("write")
         kb = await c.knowledge.grant(command_context(request, caller), caller, knowledge_id, grantee, data.level)
-        return knowledge_dto(kb, caller)
+        return await _knowledge_out(c, kb, caller)
 
     @delete("/{knowledge_id:uuid}/access/{grantee:str}", operation_id="RevokeKnowledgeAccess", status_code=HTTP_204_NO_CONTENT)
     async def revoke(
@@ -229,10 +247,11 @@ class KnowledgeController(Controller):
         "/{knowledge_id:uuid}/documents",
         operation_id="UploadDocuments",
         status_code=HTTP_202_ACCEPTED,
-        request_max_body_size=None,
+        request_max_body_size=None,  # the upload readers bound the body, by its kind and the settings
+        opt={"request_body": dto.UPLOAD_BODY},
+        responses=refusals(503),
     )
     async def upload(self, request: Request[Any, Any, Any], knowledge_id: FromPath[UUID], c: App, caller: Caller) -> list[dto.Document]:
-        _check_body_size(request, c)
         return await _ingest(request, c, caller, knowledge_id=knowledge_id)
 
     @get("/{knowledge_id:uuid}/documents", operation_id="ListDocuments")
@@ -249,7 +268,7 @@ class KnowledgeController(Controller):
         items = await list_documents(c.engine, caller.tenant_id, knowledge_id=str(knowledge_id), limit=limit, offset=offset)
         return dto.DocumentPage(items=[document_dto(i) for i in items], limit=limit, offset=offset)
 
-    @get("/{knowledge_id:uuid}/search", operation_id="SearchKnowledge")
+    @get("/{knowledge_id:uuid}/search", operation_id="SearchKnowledge", responses=refusals(503))
     async def search(
         self,
         knowledge_id: FromPath[UUID],
@@ -261,18 +280,6 @@ class KnowledgeController(Controller):
     ) -> dto.SearchResults:
         hits = await c.knowledge.search(caller, knowledge_id, q, document_ids=document_id or [], limit=limit)
         return dto.SearchResults(query=q, items=[hit_dto(h) for h in hits])
-
-
-def _check_body_size(request: Request[Any, Any, Any], c: Container) -> None:
-    """Uploads may be larger than other requests: up to the upload limit per file (plus the multipart
-    framing). The length must be declared, so an oversized body is refused before it is read (the server
-    never reads past a declared length)."""
-    declared = request.headers.get("content-length")
-    limit = c.settings.max_upload_bytes * MAX_FILES_PER_REQUEST + _MULTIPART_SLACK
-    if declared is None or not declared.isdigit():
-        raise BadRequest("LENGTH_REQUIRED", "an upload must declare its Content-Length")
-    if int(declared) > limit:
-        raise TooLarge("REQUEST_TOO_LARGE", f"a request may carry at most {limit} bytes", limit=limit)
 
 
 class DocumentController(Controller):
@@ -298,9 +305,16 @@ class ChatFilesController(Controller):
     path = "/api/v1/chats/{chat_id:uuid}/files"
     tags = ["chats"]
 
-    @post("/", operation_id="UploadChatFiles", status_code=HTTP_202_ACCEPTED, request_max_body_size=None)
+    # The upload readers bound the body, by its kind and the settings (see _upload_kind).
+    @post(
+        "/",
+        operation_id="UploadChatFiles",
+        status_code=HTTP_202_ACCEPTED,
+        request_max_body_size=None,
+        opt={"request_body": dto.UPLOAD_BODY},
+        responses=refusals(503),
+    )
     async def upload(self, request: Request[Any, Any, Any], chat_id: FromPath[UUID], c: App, caller: Caller) -> list[dto.Document]:
-        _check_body_size(request, c)
         return await _ingest(request, c, caller, chat_id=chat_id)
 
     @get("/", operation_id="ListChatFiles")

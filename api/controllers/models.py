@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api import dto_chat as dto
 from api.deps import App, Caller, command_context
+from api.openapi import refusals
 from domain.models import Model as ModelAggregate
 from domain.models import Provider as ProviderAggregate
 from projections.conversations import list_all_models, list_models, list_providers
@@ -108,7 +109,7 @@ class ModelController(Controller):
             rows = await list_models(c.engine, caller.tenant_id, caller.user_id, caller.role)
         return [model_dto(r) for r in rows]
 
-    @post("/", operation_id="RegisterModel", status_code=HTTP_201_CREATED)
+    @post("/", operation_id="RegisterModel", status_code=HTTP_201_CREATED, responses=refusals(404))
     async def create(
         self, request: Request[Any, Any, Any], data: JSONBody[dto.ModelCreate], c: App, caller: Caller
     ) -> dto.Model:

@@ -28,6 +28,7 @@ from api import dto_chat as dto
 from api.deps import App, Caller, client_chat_id, command_context
 from api.dto_knowledge import EmbeddingsRequest
 from api.errors import STATUS_OF
+from api.openapi import alternative, refusals
 from api.sse import StreamEvent, read_generation
 from application.conversations import Conversation
 from application.embeddings import LOCAL_EMBEDDING_MODEL
@@ -318,6 +319,10 @@ class OpenAIController(Controller):
         operation_id="CreateChatCompletion",
         status_code=200,
         request_max_body_size=MAX_CHAT_REQUEST_BYTES,
+        responses={
+            200: alternative("text/event-stream", "with `stream`: chat.completion.chunk events"),
+            **refusals(404, 502, 503),
+        },
     )
     async def chat_completions(
         self,
@@ -382,7 +387,7 @@ class OpenAIController(Controller):
                 return _model(row)
         raise NotFound("MODEL_NOT_FOUND", f"no model named '{name}'", field="model")
 
-    @post("/embeddings", operation_id="CreateEmbeddings", status_code=200)
+    @post("/embeddings", operation_id="CreateEmbeddings", status_code=200, responses=refusals(404, 503))
     async def embeddings(self, data: JSONBody[EmbeddingsRequest], c: App, caller: Caller) -> dict[str, Any]:
         """OpenAI's embeddings: the local model (``all-minilm-l6-v2``) or any model of an OpenAI-compatible
         or Ollama provider the caller may use."""

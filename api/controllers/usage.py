@@ -15,6 +15,7 @@ from litestar import Controller, MediaType, Response, get
 from litestar.params import QueryParameter
 
 from api.deps import App, Caller
+from api.openapi import alternative
 from domain.errors import NotFound
 from domain.quotas import QuotaPolicy, day_of, next_midnight, policy_id_for
 from projections.conversations import list_models
@@ -142,7 +143,7 @@ class UsageController(Controller):
             models=items,
         )
 
-    @get("/", operation_id="GetUsageReport")
+    @get("/", operation_id="GetUsageReport", responses={200: alternative("text/csv", "with `format=csv`: every group")})
     async def report(
         self,
         c: App,
@@ -155,7 +156,7 @@ class UsageController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
         offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
         format: Annotated[str, QueryParameter(pattern="^(json|csv)$")] = "json",  # noqa: A002 - the wire name
-    ) -> Response[Any]:
+    ) -> Response[UsagePage]:
         """Usage of the caller's tenant over tenant-local days ``from``..``to`` (default: the last 30),
         grouped by user, model, role or day, with totals over every group; ``format=csv`` exports every
         group (no paging)."""
@@ -182,7 +183,7 @@ class UsageController(Controller):
             filename = f"usage-{group_by}-{start.isoformat()}-{end.isoformat()}.csv"
             return Response(
                 content=report_csv(report, group_by),
-                media_type="text/csv; charset=utf-8",
+                media_type="text/csv",  # the response adds the charset
                 headers={"Content-Disposition": f'attachment; filename="{filename}"'},
             )
         page = UsagePage(

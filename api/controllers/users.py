@@ -12,6 +12,7 @@ from litestar.status_codes import HTTP_201_CREATED
 
 from api import dto
 from api.controllers.auths import user_dto
+from api.controllers.invitations import invitation_dto
 from api.deps import App, Caller, command_context
 from domain.errors import Forbidden
 from domain.identity import check_role
@@ -90,6 +91,19 @@ class TenantController(Controller):
             domains=data.domains,
         )
         await c.models.ensure_local(str(t.id))
+        invitation = None
+        if data.admin_email is not None:
+            invitation = invitation_dto(
+                await c.identity.invite(
+                    command_context(request, caller), caller, tenant=t.slug, email=data.admin_email, role="admin"
+                )
+            )
         return dto.Tenant(
-            id=t.id, slug=t.slug, name=t.name, allow_signup=t.allow_signup, default_role=t.default_role, domains=t.domains
+            id=t.id,
+            slug=t.slug,
+            name=t.name,
+            allow_signup=t.allow_signup,
+            default_role=t.default_role,
+            domains=t.domains,
+            invitation=invitation,
         )

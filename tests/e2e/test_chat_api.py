@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import Pipeline
+from tests.tenants import tenant_with_admin
 from workers.bootstrap import Container
 
 PASSWORD = "correct horse 9"
@@ -412,9 +413,7 @@ async def test_only_the_owner_sees_or_touches_a_chat_and_its_generation(
 ) -> None:
     admin, owner = await echo_tenant(client)
     neighbour = await sign_up(client, "neighbour@example.com")
-    r = await client.post("/api/v1/tenants", json={"slug": "other", "name": "Other"}, headers=bearer(admin))
-    assert r.status_code == 201, r.text
-    stranger = await sign_up(client, "stranger@other.test", "other")  # the other tenant's admin
+    _, stranger = await tenant_with_admin(client, bearer(admin), "other", "stranger@other.test")  # its admin
     await add_echo_model(client, stranger)
 
     chat = await new_chat(client, owner)

@@ -157,9 +157,11 @@ async def test_only_gateway_keys_may_name_a_user_and_only_into_their_tenant(
 
     # A second tenant with a user of the same e-mail: tenant A's gateway cannot reach them.
     platform = admin
-    r = await client.post("/api/v1/tenants", json={"slug": "beta", "name": "Beta"}, headers=platform)
+    r = await client.post(
+        "/api/v1/tenants", json={"slug": "beta", "name": "Beta", "admin_email": "boss@beta.example"}, headers=platform
+    )
     assert r.status_code == 201, r.text
-    beta_admin = await _beta_admin(client, container)
+    beta_admin = await _beta_admin(client, r.json()["invitation"]["token"])
     await echo_model(client, beta_admin)
     beta_user_email = "shared@example.com"
     r = await client.post(
@@ -181,22 +183,12 @@ async def test_only_gateway_keys_may_name_a_user_and_only_into_their_tenant(
     assert beta_generations == []  # nothing ran as Beta's user
 
 
-async def _beta_admin(client: httpx.AsyncClient, container: Container) -> dict[str, str]:
-    """Tenant Beta's first admin (created directly: how a tenant gets its first admin is not this test's)."""
-    from application.context import CommandContext
-    from application.identity import Principal
-    from domain.identity import tenant_id_for
-
-    tenant_id = str(tenant_id_for("beta"))
-    system_admin = Principal(tenant_id=tenant_id, user_id=uuid.uuid4(), role="admin", via="token")
-    await container.identity.create_user(
-        CommandContext(tenant_id=tenant_id, actor="system"),
-        system_admin,
-        email="boss@beta.example",
-        password=PASSWORD,
-        name="Boss",
-        role="admin",
+async def _beta_admin(client: httpx.AsyncClient, invitation: str) -> dict[str, str]:
+    """Tenant Beta's first admin, by the invitation its creation made."""
+    r = await client.post(
+        "/api/v1/auths/invitations/accept", json={"token": invitation, "name": "Boss", "password": PASSWORD}
     )
+    assert r.status_code == 201, r.text
     r = await client.post("/api/v1/auths/login", json={"email": "boss@beta.example", "password": PASSWORD}, headers={"X-Tenant": "beta"})
     assert r.status_code == 200, r.text
     return bearer(r.json()["access_token"])

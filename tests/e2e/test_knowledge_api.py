@@ -18,6 +18,7 @@ from tests import corpus
 from tests.conftest import Pipeline
 from tests.e2e.test_chat_api import bearer, error_code, new_chat, sign_up
 from tests.e2e.test_chat_api import finished as chat_finished
+from tests.tenants import tenant_with_admin
 from workers.bootstrap import Container
 
 pytestmark = pytest.mark.timeout(240)
@@ -91,7 +92,7 @@ async def test_a_corpus_of_every_type_is_indexed_and_search_finds_each_answer(
         params={"q": corpus.SAMPLES["pdf"].question, "document_id": ids["docx"]},
         headers=bearer(owner),
     )
-    assert {h["document_id"] for h in r.json()["items"]} == {ids["docx"]}
+    assert {h["document_id"] for h in r.json()["items"]} == {ids["docx"]}, r.text
     await pipeline.settle()
     r = await client.get(f"/api/v1/knowledge/{kb}/documents", headers=bearer(owner))
     assert {d["id"] for d in r.json()["items"]} == set(ids.values())
@@ -284,8 +285,8 @@ async def test_another_tenant_never_sees_the_knowledge_base(
     r = await upload(client, owner, kb, sample.filename, sample.data)
     document_id = r.json()[0]["id"]
     await wait_documents(client, owner, [document_id])
-    await container.identity.ensure_tenant("other", "Other")
-    outsider = await sign_up(client, "admin@other.example", tenant="other")  # that tenant's admin
+    # The owner signed up first: the default tenant's admin, so the platform admin.
+    _, outsider = await tenant_with_admin(client, bearer(owner), "other", "admin@other.example")  # its admin
     assert (await client.get(f"/api/v1/knowledge/{kb}", headers=bearer(outsider))).status_code == 404
     r = await client.get(f"/api/v1/knowledge/{kb}/search", params={"q": sample.question}, headers=bearer(outsider))
     assert r.status_code == 404

@@ -13,6 +13,7 @@ import pytest
 from application.conversations import LOCAL_MODEL
 from domain.quotas import DEFAULT_RATE_LIMITS, DEFAULT_ROLE_LIMITS
 from tests.conftest import Pipeline
+from tests.tenants import tenant_with_admin
 from workers.bootstrap import Container
 
 pytestmark = pytest.mark.timeout(180)
@@ -206,12 +207,9 @@ async def test_another_tenants_admin_cannot_see_or_change_this_tenants_policy(
     client: httpx.AsyncClient, container: Container
 ) -> None:
     _, root = await join(client, "root@example.com")
-    for slug in ("acme", "beta"):
-        r = await client.post("/api/v1/tenants", json={"slug": slug, "name": slug.title()}, headers=bearer(root))
-        assert r.status_code == 201, r.text
-    _, a_admin = await join(client, "boss@acme.test", "acme")
+    _, a_admin = await tenant_with_admin(client, bearer(root), "acme", "boss@acme.test")
     a_user, _ = await join(client, "worker@acme.test", "acme")
-    _, b_admin = await join(client, "boss@beta.test", "beta")
+    _, b_admin = await tenant_with_admin(client, bearer(root), "beta", "boss@beta.test")
 
     r = await put(client, a_admin, "/roles/user", {"limit": 4321})
     assert r.status_code == 200, r.text

@@ -43,6 +43,12 @@ async def login(client: httpx.AsyncClient, email: str, tenant: str | None = None
     return r.json()
 
 
+async def accept(client: httpx.AsyncClient, token: str, name: str) -> dict[str, Any]:
+    r = await client.post("/api/v1/auths/invitations/accept", json={"token": token, "name": name, "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
 async def head(container: Container) -> int:
     return await container.store.call(container.store.max_id)
 
@@ -72,10 +78,10 @@ async def two_tenants(client: httpx.AsyncClient) -> Tenants:
     """Tenants ``acme`` (A) and ``beta`` (B), each with its own admin; A also has a plain user with an API key."""
     await register(client, "root@example.com", name="Root")
     platform = await login(client, "root@example.com")
-    await create_tenant(client, platform, "acme")
-    await create_tenant(client, platform, "beta")
+    acme = await create_tenant(client, platform, "acme", admin_email="boss@acme.test")
+    beta = await create_tenant(client, platform, "beta", admin_email="boss@beta.test")
 
-    await register(client, "boss@acme.test", "acme", "Acme Boss")
+    await accept(client, acme["invitation"]["token"], "Acme Boss")
     a_user = await register(client, "worker@acme.test", "acme", "Acme Worker")
     assert a_user["role"] == "user"
     a_user_tokens = await login(client, "worker@acme.test", "acme")
@@ -83,7 +89,7 @@ async def two_tenants(client: httpx.AsyncClient) -> Tenants:
         "/api/v1/auths/api-keys", json={"name": "acme script"}, headers=bearer(a_user_tokens)
     )
     assert r.status_code == 201, r.text
-    b_admin_user = await register(client, "boss@beta.test", "beta", "Beta Boss")
+    b_admin_user = await accept(client, beta["invitation"]["token"], "Beta Boss")
     assert b_admin_user["role"] == "admin"
     return Tenants(
         platform=platform,
@@ -290,7 +296,8 @@ async def test_tenant_is_found_by_its_domain_before_sign_in(client, container, p
     await register(client, "root@example.com", name="Root")
     platform = await login(client, "root@example.com")
     host = f"chat-{uuid.uuid4().hex[:8]}.gamma.test"
-    await create_tenant(client, platform, "gamma", domains=[host.upper()])
+    gamma = await create_tenant(client, platform, "gamma", domains=[host.upper()], admin_email="boss@gamma.test")
+    await accept(client, gamma["invitation"]["token"], "Gamma Boss")
     await pipeline.settle()
 
     r = await client.post(
@@ -299,7 +306,7 @@ async def test_tenant_is_found_by_its_domain_before_sign_in(client, container, p
         headers={"Host": f"{host}:443"},
     )
     assert r.status_code == 201, r.text
-    assert r.json()["tenant_id"] == str(tenant_id_for("gamma")) and r.json()["role"] == "admin"
+    assert r.json()["tenant_id"] == str(tenant_id_for("gamma")) and r.json()["role"] == "user"
     # An unclaimed host falls back to the default tenant.
     r = await client.post(
         "/api/v1/auths/register",
@@ -342,11 +349,11 @@ async def test_only_the_platform_admin_manages_tenants(client, container, pipeli
 async def test_tenant_sign_up_policy_applies_to_its_own_sign_ups(client, container) -> None:
     await register(client, "root@example.com", name="Root")
     platform = await login(client, "root@example.com")
-    await create_tenant(client, platform, "closed", allow_signup=False)
-    await create_tenant(client, platform, "guests", default_role="guest")
+    closed = await create_tenant(client, platform, "closed", allow_signup=False, admin_email="owner@closed.test")
+    guests = await create_tenant(client, platform, "guests", default_role="guest", admin_email="owner@guests.test")
 
-    first = await register(client, "owner@closed.test", "closed")
-    assert first["role"] == "admin"  # the first user always gets in, as the tenant's admin
+    first = await accept(client, closed["invitation"]["token"], "Owner")
+    assert first["role"] == "admin"  # the invited first admin gets in where sign-up is closed
     before = await head(container)
     r = await client.post(
         "/api/v1/auths/register",
@@ -356,7 +363,7 @@ async def test_tenant_sign_up_policy_applies_to_its_own_sign_ups(client, contain
     assert r.status_code == 403 and error_code(r) == "SIGNUP_DISABLED"
     assert await head(container) == before
 
-    assert (await register(client, "owner@guests.test", "guests"))["role"] == "admin"
+    assert (await accept(client, guests["invitation"]["token"], "Owner"))["role"] == "admin"
     assert (await register(client, "visitor@guests.test", "guests"))["role"] == "guest"
     assert (await register(client, "visitor@example.com"))[
         "role"

@@ -240,7 +240,17 @@ async def test_reports_never_cross_tenants(client, container) -> None:
     c = container
     admin, user = await team(client, c)
     await c.identity.create_tenant(CommandContext(tenant_id="", actor="system:cli"), None, slug="acme", name="Acme")
-    acme_admin = await join(client, "boss@acme.test", tenant="acme")
+    invitation = await c.identity.invite(
+        CommandContext(tenant_id="", actor="system:cli"), None, tenant="acme", email="boss@acme.test", role="admin"
+    )
+    r = await client.post(
+        "/api/v1/auths/invitations/accept", json={"token": invitation.token, "name": "Boss", "password": PASSWORD}
+    )
+    assert r.status_code == 201, r.text
+    r = await client.post("/api/v1/auths/login", json={"email": "boss@acme.test", "password": PASSWORD}, headers={"X-Tenant": "acme"})
+    acme_admin = Member(
+        (await client.get("/api/v1/auths/me", headers=bearer(r.json()))).json(), r.json()
+    )
     await c.models.ensure_local(acme_admin.principal.tenant_id)
     await generate(c, acme_admin, 7, 7)
     await project(c)

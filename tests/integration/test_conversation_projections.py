@@ -108,10 +108,11 @@ async def default_tenant(c: Container) -> Tenant:
 
 
 async def other_tenant(c: Container) -> Tenant:
-    await c.identity.create_tenant(
-        CommandContext(tenant_id="", actor="system:cli"), None, slug="acme", name="Acme"
-    )
-    admin = await sign_up(c, "acme", "boss@acme.test")
+    operator = CommandContext(tenant_id="", actor="system:cli")
+    await c.identity.create_tenant(operator, None, slug="acme", name="Acme")
+    invitation = await c.identity.invite(operator, None, tenant="acme", email="boss@acme.test", role="admin")
+    info = await c.identity.accept_invitation(operator, token=invitation.token, name="Boss", password=PASSWORD)
+    admin = Principal(tenant_id=info.tenant_id, user_id=info.id, role=info.role, via="token")
     user = await sign_up(c, "acme", "user@acme.test")
     await c.models.ensure_local(admin.tenant_id)
     return Tenant("acme", admin.tenant_id, admin, user)

@@ -67,9 +67,15 @@ async def varied_history(c: Container) -> None:
     )
     for slug in ("acme", "globex", c.settings.default_tenant):
         tenant = str(tenant_id_for(slug))
-        await identity.register(
-            ctx(tenant), tenant=slug, email=f"boss@{slug}.test", password=PASSWORD, name="Boss"
-        )
+        if slug == c.settings.default_tenant:  # the embedded start: its first sign-up is the admin
+            await identity.register(
+                ctx(tenant), tenant=slug, email=f"boss@{slug}.test", password=PASSWORD, name="Boss"
+            )
+        else:  # any other tenant's first admin comes by the platform's invitation
+            invitation = await identity.invite(ctx("", "system:cli"), None, tenant=slug, email=f"boss@{slug}.test", role="admin")
+            await identity.accept_invitation(ctx(""), token=invitation.token, name="Boss", password=PASSWORD)
+        # An invitation issued and never accepted stays in the history as it is.
+        await identity.invite(ctx("", "system:cli"), None, tenant=slug, email=f"later@{slug}.test")
         admin, _ = await principal(slug, f"boss@{slug}.test")
         as_admin = ctx(tenant, admin.actor)
         members = []
