@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -22,9 +23,28 @@ TOKENS_MAX_AGE_S = 3600  # token chunks are for live streams; finished generatio
 DEDUP_WINDOW_S = 120
 
 
-async def connect(url: str, name: str) -> tuple[Client, JetStreamContext]:
+async def connect(
+    url: str,
+    name: str,
+    *,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
+    reconnected: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[Client, JetStreamContext]:
+    """``disconnected`` / ``reconnected``: told when the connection is lost and when it is back (with its
+    subscriptions renewed); what was published meanwhile was not heard."""
+    options: dict[str, Any] = {}
+    if disconnected is not None:
+        options["disconnected_cb"] = disconnected
+    if reconnected is not None:
+        options["reconnected_cb"] = reconnected
     nc = await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5, drain_timeout=5
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        drain_timeout=5,
+        **options,
     )
     return nc, nc.jetstream(timeout=10)
 

@@ -11,6 +11,9 @@ Keys (``{ns}`` is the deployment namespace, ``{day}`` the tenant-local date):
   ``{ns}:quota:open`` orders them by creation time for the sweeper.
 - ``{ns}:quota:swept:{generation}`` - the counter keys of a reservation the sweeper released; a
   generation that finishes after all is still billed to them.
+- ``{ns}:quota:{tenant}:policy`` - the version of the tenant's quota policy last committed (raised by the
+  process that changed it). A reservation names the version its limits came from; an older one answers
+  ``stale``, and the service reads the policy again: no process reserves on limits it has not caught up with.
 
 The scripts touch keys they read from a reservation (not only their ``KEYS``): fine on one Redis or a
 primary with replicas, not on Redis Cluster.
@@ -24,7 +27,16 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-__all__ = ["QuotaLedger", "Refused", "Reservation", "COUNTER_TTL_S", "user_scope", "user_model_scope", "TENANT_SCOPE"]
+__all__ = [
+    "QuotaLedger",
+    "Refused",
+    "Reservation",
+    "StalePolicy",
+    "COUNTER_TTL_S",
+    "user_scope",
+    "user_model_scope",
+    "TENANT_SCOPE",
+]
 
 COUNTER_TTL_S = 2 * 24 * 3600
 TENANT_SCOPE = "tenant"
@@ -58,18 +70,25 @@ class NotReady(Exception):
     """The counters of this tenant-day are not built (Redis lost them, or the day just began)."""
 
 
+class StalePolicy(Exception):
+    """The limits given come from an older quota policy than the one last committed."""
+
+
 _RESERVE = """
--- KEYS: ready, reservation, open set, counters...   ARGV: amount, generation, now, ttl, minimum, limits...
+-- KEYS: ready, reservation, open set, policy version, counters...
+-- ARGV: amount, generation, now, ttl, minimum, policy version, limits...
 -- Reserves ``amount``, or as much of it as every limit has room for, down to ``minimum``.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_ready'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'ok', redis.call('HGET', KEYS[2], 'amount')} end
+local committed = tonumber(redis.call('GET', KEYS[4]) or '0')
+if committed > tonumber(ARGV[6]) then return {'stale', tostring(committed)} end
 local amount = tonumber(ARGV[1])
 local minimum = tonumber(ARGV[5])
-local n = #KEYS - 3
+local n = #KEYS - 4
 for i = 1, n do
-  local limit = ARGV[5 + i]
+  local limit = ARGV[6 + i]
   if limit ~= '' then
-    local used = tonumber(redis.call('GET', KEYS[3 + i]) or '0')
+    local used = tonumber(redis.call('GET', KEYS[4 + i]) or '0')
     local room = tonumber(limit) - used
     if room < minimum then return {'refused', tostring(i), tostring(used), limit} end
     if room < amount then amount = room end
@@ -77,14 +96,20 @@ for i = 1, n do
 end
 local keys = {}
 for i = 1, n do
-  redis.call('INCRBY', KEYS[3 + i], amount)
-  redis.call('EXPIRE', KEYS[3 + i], ARGV[4])
-  keys[i] = KEYS[3 + i]
+  redis.call('INCRBY', KEYS[4 + i], amount)
+  redis.call('EXPIRE', KEYS[4 + i], ARGV[4])
+  keys[i] = KEYS[4 + i]
 end
 redis.call('HSET', KEYS[2], 'amount', amount, 'keys', table.concat(keys, ' '), 'created_at', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {'ok', tostring(amount)}
+"""
+
+_RAISE_POLICY_VERSION = """
+-- KEYS: policy version   ARGV: version
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
 """
 
 _SETTLE = """
@@ -136,6 +161,7 @@ class QuotaLedger:
         self.ttl_s = ttl_s
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+        self._raise_policy_version = client.register_script(_RAISE_POLICY_VERSION)
 
     # --- keys ---------------------------------------------------------------------------------------------
     def day_prefix(self, tenant_id: str, day: str) -> str:
@@ -146,6 +172,13 @@ class QuotaLedger:
 
     def _ready_key(self, tenant_id: str, day: str) -> str:
         return f"{self.day_prefix(tenant_id, day)}:ready"
+
+    def _policy_key(self, tenant_id: str) -> str:
+        return f"{self._ns}:quota:{tenant_id}:policy"
+
+    async def policy_committed(self, tenant_id: str, version: int) -> None:
+        """The tenant's quota policy reached ``version``: reservations on older limits are refused."""
+        await self._raise_policy_version(keys=[self._policy_key(tenant_id)], args=[version])
 
     def _res_key(self, generation_id: str) -> str:
         return f"{self._ns}:quota:res:{generation_id}"
@@ -167,10 +200,13 @@ class QuotaLedger:
         generation_id: str,
         *,
         now: float | None = None,
+        policy_version: int = 0,
     ) -> Refused | None:
         """Count ``amount`` on every scope if it fits every limit, else count nothing and say which limit
-        refused. Reserving the same generation twice counts it once. Raises ``NotReady``."""
-        granted = await self.reserve_up_to(tenant_id, day, scopes, amount, generation_id, minimum=amount, now=now)
+        refused. Reserving the same generation twice counts it once. Raises ``NotReady``, ``StalePolicy``."""
+        granted = await self.reserve_up_to(
+            tenant_id, day, scopes, amount, generation_id, minimum=amount, now=now, policy_version=policy_version
+        )
         return granted if isinstance(granted, Refused) else None
 
     async def reserve_up_to(
@@ -183,15 +219,24 @@ class QuotaLedger:
         *,
         minimum: int,
         now: float | None = None,
+        policy_version: int = 0,
     ) -> Refused | int:
         """Count as much of ``amount`` as every limit has room for, at least ``minimum``, and return it;
         else count nothing and say which limit refused. Reserving the same generation twice counts it
-        once (and returns what the first reserved). Raises ``NotReady``."""
+        once (and returns what the first reserved). ``scopes`` carry the limits of the tenant's quota
+        policy at ``policy_version``. Raises ``NotReady``, and ``StalePolicy`` when a later version of the
+        policy has been committed."""
         if amount < 0 or not 0 <= minimum <= amount:
             raise ValueError("0 <= minimum <= amount")
-        keys = [self._ready_key(tenant_id, day), self._res_key(generation_id), self._open_key]
+        keys = [
+            self._ready_key(tenant_id, day),
+            self._res_key(generation_id),
+            self._open_key,
+            self._policy_key(tenant_id),
+        ]
         keys += [self.counter_key(tenant_id, day, scope) for scope, _ in scopes]
-        args: list[str | int | float] = [amount, generation_id, now if now is not None else time.time(), self.ttl_s, minimum]
+        now_s = now if now is not None else time.time()
+        args: list[str | int | float] = [amount, generation_id, now_s, self.ttl_s, minimum, policy_version]
         args += ["" if limit is None else limit for _, limit in scopes]
         result = await self._reserve(keys=keys, args=args)
         match result[0]:
@@ -199,6 +244,8 @@ class QuotaLedger:
                 return int(result[1])
             case "not_ready":
                 raise NotReady(f"quota counters of {tenant_id}/{day} are not built")
+            case "stale":
+                raise StalePolicy(f"the quota policy of {tenant_id} is at version {int(result[1])}")
             case _:
                 scope = scopes[int(result[1]) - 1][0]
                 return Refused(scope=scope, used=int(result[2]), limit=int(result[3]))

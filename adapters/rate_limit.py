@@ -10,17 +10,12 @@ which is what ``Retry-After`` tells it.
 from __future__ import annotations
 
 import math
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
 
-__all__ = ["Decision", "SlidingWindowLimiter", "TtlCache"]
-
-V = TypeVar("V")
+__all__ = ["Decision", "SlidingWindowLimiter"]
 
 _SCRIPT = """
 local key = KEYS[1]
@@ -66,24 +61,3 @@ class SlidingWindowLimiter:
         )
         retry = 0 if allowed else max(1, math.ceil(int(wait_us) / 1_000_000))
         return Decision(bool(allowed), int(limit), int(remaining), retry)
-
-
-class TtlCache(Generic[V]):
-    """Values per key, loaded on a miss and kept ``ttl_s`` seconds (a tenant's rate limits: a policy
-    change reaches every API process within that time, without a read per request)."""
-
-    def __init__(self, load: Callable[[str], Awaitable[V]], *, ttl_s: float = 5.0) -> None:
-        self._load = load
-        self._ttl = ttl_s
-        self._entries: dict[str, tuple[float, V]] = {}
-
-    async def get(self, key: str) -> V:
-        entry = self._entries.get(key)
-        now = time.monotonic()
-        if entry is not None and now - entry[0] < self._ttl:
-            return entry[1]
-        value = await self._load(key)
-        if len(self._entries) > 10_000:  # many tenants: forget the lot rather than grow without bound
-            self._entries.clear()
-        self._entries[key] = (now, value)
-        return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import structlog
@@ -103,6 +104,16 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+async def _follow_policy_changes(c: Container) -> None:
+    """The quota-policy cache serves rate limits and reservations only while policy changes are heard."""
+    if not c.settings.nats_url:
+        return
+    try:
+        await c.follow_policy_changes()
+    except Exception as e:  # noqa: BLE001 - without the bus, every decision reads the event store
+        log.warning("policy_cache_off", reason=str(e))
+
+
 def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
@@ -138,6 +149,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
         openapi_config=openapi_config(),
         plugins=[OpenAPIContract()],
         request_max_body_size=c.settings.max_request_bytes,
+        on_startup=[partial(_follow_policy_changes, c)],
         on_shutdown=on_shutdown or [],
         debug=False,
     )

@@ -11,12 +11,12 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
-from adapters.rate_limit import SlidingWindowLimiter, TtlCache
+from adapters.rate_limit import SlidingWindowLimiter
 from application.context import CommandContext
 from application.identity import EndUser, Principal
 from domain.errors import BadRequest, Forbidden, RateLimited, Unauthenticated
 from domain.identity import tenant_id_for
-from domain.quotas import DEFAULT_RATE_LIMITS, QuotaPolicy, policy_id_for
+from domain.quotas import DEFAULT_RATE_LIMITS
 from projections.identity import tenant_for_host
 from workers.bootstrap import Container
 
@@ -150,16 +150,11 @@ async def optional_principal(request: Request[Any, Any, Any], state: State) -> P
 
 
 class _RateLimits:
-    """The shared limiter, and each tenant's limits from its quota policy, cached a few seconds."""
+    """The shared limiter; each tenant's limits come from its quota policy (``Quotas.current_policy``)."""
 
     def __init__(self, c: Container) -> None:
-        self._c = c
+        self.quotas = c.quotas
         self.limiter = SlidingWindowLimiter(c.redis, c.settings.namespace)
-        self.policies: TtlCache[dict[str, int]] = TtlCache(self._load, ttl_s=5.0)
-
-    async def _load(self, tenant_id: str) -> dict[str, int]:
-        policy = await self._c.store.call(self._c.store.find, QuotaPolicy, policy_id_for(tenant_id))
-        return dict(policy.rate_limits) if policy is not None else dict(DEFAULT_RATE_LIMITS)
 
 
 def _rate_limits(state: State) -> _RateLimits:
@@ -173,7 +168,8 @@ def _rate_limits(state: State) -> _RateLimits:
 async def check_rate(state: State, tenant_id: str, key: str, limit_name: str) -> None:
     """Count one request against ``key`` under the tenant's ``limit_name`` per minute; 429 when over."""
     limits = _rate_limits(state)
-    per_minute = (await limits.policies.get(tenant_id)).get(limit_name, DEFAULT_RATE_LIMITS[limit_name])
+    policy = await limits.quotas.current_policy_async(tenant_id)
+    per_minute = policy.rate_limits.get(limit_name, DEFAULT_RATE_LIMITS[limit_name])
     decision = await limits.limiter.hit(key, per_minute)
     if not decision.allowed:
         raise RateLimited(

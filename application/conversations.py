@@ -412,7 +412,7 @@ class Chats:
             amount, minimum = prompt + room, prompt + min(room, MIN_ANSWER_TOKENS)
         if self.quotas is None:
             return amount, params
-        policy = self.quotas.policy(principal.tenant_id)
+        policy = self.quotas.current_policy(principal.tenant_id)
         reserve = self.quotas.reserve_for(principal, model.name, amount, generation_id, minimum=minimum, policy=policy)
         granted = asyncio.run_coroutine_threadsafe(reserve, loop).result()
         if granted < amount:  # the user's limits leave less than the model could write: stop there

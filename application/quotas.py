@@ -16,8 +16,9 @@ their commit at the moment of a flush (milliseconds of requests, at most their r
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -27,7 +28,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.quota_ledger import TENANT_SCOPE, NotReady, QuotaLedger, user_model_scope, user_scope
+from adapters.quota_ledger import TENANT_SCOPE, NotReady, QuotaLedger, StalePolicy, user_model_scope, user_scope
 from application.context import CommandContext
 from application.identity import Principal
 from application.ports import EventStorePort
@@ -63,6 +64,48 @@ class _Usage:
     requested_at: datetime
 
 
+class PolicyCache:
+    """Each tenant's quota policy as last read, for the hot path (rate limits, reservations), dropped when
+    the policy changes: at once in the process that changed it, and in every other process when the change
+    reaches it on the bus (``forget``). It is used only while the bus is followed (``follow``): a process
+    that cannot hear changes reads the event store every time. A read that raced a change is not kept."""
+
+    MAX_TENANTS = 10_000
+
+    def __init__(self) -> None:
+        self._policies: dict[str, QuotaPolicy] = {}
+        self._changes: dict[str, int] = {}
+        self._following = False
+        self._lock = threading.Lock()
+
+    def get(self, tenant_id: str) -> QuotaPolicy | None:
+        return self._policies.get(tenant_id) if self._following else None
+
+    def changes(self, tenant_id: str) -> int:
+        return self._changes.get(tenant_id, 0)
+
+    def keep(self, tenant_id: str, policy: QuotaPolicy, changes_before_read: int) -> None:
+        with self._lock:
+            if self._following and self._changes.get(tenant_id, 0) == changes_before_read:
+                if len(self._policies) >= self.MAX_TENANTS:  # many tenants: forget the lot, not grow
+                    self._policies.clear()
+                self._policies[tenant_id] = policy
+
+    def forget(self, tenant_id: str) -> None:
+        with self._lock:
+            self._changes[tenant_id] = self._changes.get(tenant_id, 0) + 1
+            self._policies.pop(tenant_id, None)
+
+    def follow(self, following: bool) -> None:
+        """Start (the bus is heard) or stop (it is not) using the cache; either way, forget everything:
+        changes may have passed unheard."""
+        with self._lock:
+            self._following = following
+            for tenant_id in self._policies:
+                self._changes[tenant_id] = self._changes.get(tenant_id, 0) + 1
+            self._policies.clear()
+
+
 class Quotas:
     def __init__(
         self,
@@ -72,23 +115,44 @@ class Quotas:
         engine: AsyncEngine,
         read_events: Callable[[int, int], list[EventEnvelope]] | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        policy_changed: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
         self.engine = engine
         self._read_events = read_events
         self.clock = clock
+        self.policies = PolicyCache()
+        self.policy_changed = policy_changed
 
     # --- policy -------------------------------------------------------------------------------------------
     def policy(self, tenant_id: str) -> QuotaPolicy:
-        """The tenant's policy; the defaults (unsaved) until an admin changes it. Sync: inside a command."""
+        """The tenant's policy from the event store; the defaults (unsaved) until an admin changes it. Sync:
+        inside a command. For a command that changes the policy."""
         return self.store.find(QuotaPolicy, policy_id_for(tenant_id)) or QuotaPolicy(tenant_id=tenant_id)
+
+    def current_policy(self, tenant_id: str) -> QuotaPolicy:
+        """The tenant's policy for a decision (a rate limit, a reservation): from the cache when it holds it.
+        Sync: inside a command. Never change what it returns."""
+        cached = self.policies.get(tenant_id)
+        if cached is not None:
+            return cached
+        changes = self.policies.changes(tenant_id)
+        policy = self.policy(tenant_id)
+        self.policies.keep(tenant_id, policy, changes)
+        return policy
+
+    async def current_policy_async(self, tenant_id: str) -> QuotaPolicy:
+        cached = self.policies.get(tenant_id)
+        return cached if cached is not None else await self.store.call(self.current_policy, tenant_id)
 
     async def get_policy(self, principal: Principal) -> QuotaPolicy:
         principal.require_admin()
         return await self.store.call(self.policy, principal.tenant_id)
 
-    async def _change(self, ctx: CommandContext, principal: Principal, change: Callable[[QuotaPolicy], None]) -> QuotaPolicy:
+    async def _change(
+        self, ctx: CommandContext, principal: Principal, change: Callable[[QuotaPolicy], None]
+    ) -> QuotaPolicy:
         principal.require_admin()
 
         def command() -> QuotaPolicy:
@@ -97,9 +161,19 @@ class Quotas:
             self.store.save(policy)
             return policy
 
-        return await self.store.execute(ctx, command)
+        try:
+            policy = await self.store.execute(ctx, command)
+            # Before anyone is told: from now on a reservation on older limits is refused as stale.
+            await self.ledger.policy_committed(principal.tenant_id, policy.version)
+            return policy
+        finally:  # committed or not, what this process holds may be older than the log now
+            self.policies.forget(principal.tenant_id)
+            if self.policy_changed is not None:
+                await self.policy_changed(principal.tenant_id)
 
-    async def set_role_limit(self, ctx: CommandContext, principal: Principal, role: str, limit: int | None) -> QuotaPolicy:
+    async def set_role_limit(
+        self, ctx: CommandContext, principal: Principal, role: str, limit: int | None
+    ) -> QuotaPolicy:
         return await self._change(ctx, principal, lambda p: p.set_role_limit(role, limit))
 
     async def set_user_limit(
@@ -113,7 +187,9 @@ class Quotas:
 
         return await self._change(ctx, principal, change)
 
-    async def set_model_limit(self, ctx: CommandContext, principal: Principal, model: str, limit: int | None) -> QuotaPolicy:
+    async def set_model_limit(
+        self, ctx: CommandContext, principal: Principal, model: str, limit: int | None
+    ) -> QuotaPolicy:
         def change(p: QuotaPolicy) -> None:
             m = self.store.find(Model, model_id_for(principal.tenant_id, model))
             if m is None or m.tenant_id != principal.tenant_id:
@@ -157,20 +233,24 @@ class Quotas:
         ``minimum``, as much of it as the limits leave, at least ``minimum``) and return what was reserved;
         or raise 429 ``QUOTA_EXCEEDED`` with the limit that refused and when it resets."""
         if policy is None:
-            policy = await self.store.call(self.policy, principal.tenant_id)
+            policy = await self.current_policy_async(principal.tenant_id)
         now = now or self.clock()
         tenant_id, user_id = principal.tenant_id, str(principal.user_id)
-        day = day_of(now, policy.timezone)
-        scopes = self.scopes(policy, user_id, principal.role, model)
         needed = amount if minimum is None else minimum
         for _ in range(50):
+            day = day_of(now, policy.timezone)
+            scopes = self.scopes(policy, user_id, principal.role, model)
             try:
                 granted = await self.ledger.reserve_up_to(
-                    tenant_id, day.isoformat(), scopes, amount, str(generation_id), minimum=needed
-                )
+                    tenant_id, day.isoformat(), scopes, amount, str(generation_id), minimum=needed,
+                    policy_version=policy.version,
+                )  # fmt: skip
                 break
             except NotReady:
                 await self.rebuild(tenant_id, day, policy.timezone)
+            except StalePolicy:  # changed by another process, and not heard of here yet
+                self.policies.forget(tenant_id)
+                policy = await self.current_policy_async(tenant_id)
         else:
             raise Unavailable("QUOTA_UNAVAILABLE", "quota counters are being rebuilt; retry shortly")
         if isinstance(granted, int):
@@ -264,9 +344,16 @@ class Quotas:
                     )
                 ).scalar() or 0
                 rows = await conn.execute(
-                    select(g.generation_id, g.user_id, g.model, g.reserved_tokens, g.status, g.prompt_tokens,
-                           g.completion_tokens, g.requested_at)
-                    .where(g.tenant_id == tenant_id, g.requested_at >= start, g.requested_at < end)
+                    select(
+                        g.generation_id,
+                        g.user_id,
+                        g.model,
+                        g.reserved_tokens,
+                        g.status,
+                        g.prompt_tokens,
+                        g.completion_tokens,
+                        g.requested_at,
+                    ).where(g.tenant_id == tenant_id, g.requested_at >= start, g.requested_at < end)
                 )
                 usage = {
                     str(r.generation_id): _Usage(
@@ -313,4 +400,3 @@ class Quotas:
                     u.finished = True
                     u.actual = int(d.get("prompt_tokens") or 0) + int(d.get("completion_tokens") or 0)
             cursor = page[-1].id + 1
-

@@ -31,6 +31,19 @@ class Subjects:
     def events_of_tenant(self, tenant_id: str) -> str:
         return f"{self.namespace}.events.{_token(tenant_id)}.>"
 
+    def events_of_aggregate_type(self, aggregate_type: str) -> str:
+        """Every tenant's events of one aggregate type; the tenant is the subject's third token."""
+        return f"{self.namespace}.events.*.{_token(aggregate_type)}.*"
+
+    def policy_changed(self, tenant_id: str) -> str:
+        """A direct notice (core NATS, not a stream) that a tenant's quota policy changed, sent by the
+        process that changed it the moment it committed; the tenant is the subject's fourth token."""
+        return f"{self.namespace}.notices.policy.{_token(tenant_id)}"
+
+    @property
+    def policy_changes(self) -> str:
+        return f"{self.namespace}.notices.policy.*"
+
     @property
     def jobs_stream(self) -> str:
         return f"{self.namespace.upper()}_JOBS"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,6 +36,8 @@ from projections.vectors import VectorIndex
 from schema.subjects import Subjects
 
 __all__ = ["Container", "PROJECTOR_NAMES", "bootstrap", "all_projectors"]
+
+log = structlog.get_logger("parley.bootstrap")
 
 
 PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors")
@@ -76,13 +79,51 @@ class Container:
     js: Any = None
     metrics: Metrics = field(default_factory=Metrics)
     _closed: bool = field(default=False, repr=False)
+    _following_policies: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.quotas.policy_changed = self.announce_policy_change
 
     async def connect_nats(self, name: str) -> Any:
         if self.js is None:
             assert self.settings.nats_url, "PARLEY_NATS_URL is not set"
-            self.nc, self.js = await nats_adapter.connect(self.settings.nats_url, name)
+            self.nc, self.js = await nats_adapter.connect(
+                self.settings.nats_url, name, disconnected=self._bus_lost, reconnected=self._bus_back
+            )
             await nats_adapter.ensure_streams(self.js, self.subjects)
         return self.js
+
+    async def follow_policy_changes(self, name: str = "parley-api") -> None:
+        """Hear every quota-policy change, from any process, so the policy cache can serve the hot path:
+        the direct notice the changing process sends when it commits, and the policy's events as the relay
+        publishes them (which also covers a process that died before its notice). While the bus is lost
+        the cache is off and every decision reads the event store."""
+
+        async def forget(msg: Any) -> None:
+            tokens = msg.subject.split(".")
+            self.quotas.policies.forget(tokens[3] if tokens[1] == "notices" else tokens[2])
+
+        await self.connect_nats(name)
+        await self.nc.subscribe(self.subjects.policy_changes, cb=forget)
+        await self.nc.subscribe(self.subjects.events_of_aggregate_type("QuotaPolicy"), cb=forget)
+        await self.nc.flush()
+        self._following_policies = True
+        self.quotas.policies.follow(True)
+
+    async def announce_policy_change(self, tenant_id: str) -> None:
+        if self.nc is None or not self.nc.is_connected:
+            return  # the policy's event will tell the others when the relay publishes it
+        try:
+            await self.nc.publish(self.subjects.policy_changed(tenant_id), b"")
+        except Exception as e:  # noqa: BLE001 - a notice lost only delays the others until the event
+            log.warning("policy_notice_failed", error=str(e))
+
+    async def _bus_lost(self) -> None:
+        self.quotas.policies.follow(False)
+
+    async def _bus_back(self) -> None:
+        if self._following_policies:
+            self.quotas.policies.follow(True)
 
     async def close(self) -> None:
         if self._closed:
@@ -112,9 +153,7 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         platform_tenant=settings.default_tenant,
     )
     models = Models(store=store, secrets=FernetBox(settings.secret_key), allow_echo=settings.enable_echo_engine)
-    quotas = Quotas(
-        store=store, ledger=QuotaLedger(redis, settings.namespace), engine=engine, read_events=store.read
-    )
+    quotas = Quotas(store=store, ledger=QuotaLedger(redis, settings.namespace), engine=engine, read_events=store.read)
     secrets = FernetBox(settings.secret_key)
     embedders = Embedders(
         store=store,
@@ -132,7 +171,9 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         extract=documents.extract,
         parse_errors=(documents.ExtractionFailed,),
         storage_used=partial(storage_used, engine),
-        limits=KnowledgeLimits(max_file_bytes=settings.max_upload_bytes, tenant_storage_bytes=settings.tenant_storage_bytes),
+        limits=KnowledgeLimits(
+            max_file_bytes=settings.max_upload_bytes, tenant_storage_bytes=settings.tenant_storage_bytes
+        ),
     )
     return Container(
         settings=settings,
