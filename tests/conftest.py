@@ -22,6 +22,7 @@ from adapters.embedded import EmbeddedEngines, EngineUrls
 from adapters.logging import configure_logging
 from adapters.security import Passwords
 from adapters.settings import Settings
+from projections.group import ProjectorGroup, split_for_groups
 from projections.runtime import ProjectorRunner, read_position
 from workers.bootstrap import PROJECTOR_NAMES, Container, all_projectors, bootstrap
 from workers.generate import GenerationWorker
@@ -90,10 +91,15 @@ class Pipeline:
         js = await self.c.connect_nats("test-pipeline")
         relay = Relay(store=self.c.store, engine=self.c.engine, js=js, subjects=self.c.subjects)
         self.tasks.append(asyncio.create_task(relay.run(self.stop)))
-        for p in all_projectors(self.c):
-            runner = ProjectorRunner(
+        shared, alone = split_for_groups(all_projectors(self.c))
+        runners: list[ProjectorGroup | ProjectorRunner] = [
+            ProjectorRunner(
                 p, engine=self.c.engine, store=self.c.store, idle_check_s=0.2, batch_size=getattr(p, "batch_size", 256)
             )
+            for p in alone
+        ]
+        runners.append(ProjectorGroup(shared, engine=self.c.engine, store=self.c.store, idle_check_s=0.2))
+        for runner in runners:
             self.tasks.append(asyncio.create_task(runner.run(js, self.c.subjects, self.stop)))
         self.worker = GenerationWorker(self.c, js=js, nc=self.c.nc, name="test-worker", concurrency=8)
         self.tasks.append(asyncio.create_task(self.worker.run(self.stop)))

@@ -146,6 +146,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_project(args: argparse.Namespace) -> None:
+    from projections.group import ProjectorGroup, split_for_groups
     from projections.runtime import ProjectorRunner
     from workers.bootstrap import bootstrap
 
@@ -157,10 +158,13 @@ def cmd_project(args: argparse.Namespace) -> None:
         c = await bootstrap(settings, pool_size=len(chosen) + 1)
         js = await c.connect_nats("parley-projector")
         try:
-            runners = [
+            shared, alone = split_for_groups(_projectors(c, chosen))
+            runners: list[ProjectorGroup | ProjectorRunner] = [
                 ProjectorRunner(p, engine=c.engine, store=c.store, batch_size=getattr(p, "batch_size", 256))
-                for p in _projectors(c, chosen)
+                for p in alone
             ]
+            if shared:  # one consumer and one transaction per batch for all of them
+                runners.append(ProjectorGroup(shared, engine=c.engine, store=c.store))
             await asyncio.gather(*(r.run(js, c.subjects, stop) for r in runners))
         finally:
             await c.close()
