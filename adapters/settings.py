@@ -77,7 +77,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # within its body, and how long an idle keep-alive connection is kept.
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
-    keep_alive_timeout_s: int = 5
+    # Longer than the idle expiry of the clients and proxies in front (httpx 5 s, aiohttp 15 s, AWS ALB and
+    # nginx upstreams 60 s): the client must always be the one to close an idle connection. A server that
+    # closes it first races the client's next request on it, which then fails without an answer
+    # (httpx.ReadError) - with both at 5 s, a few requests in a thousand under load.
+    keep_alive_timeout_s: int = 75
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -183,7 +187,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             trusted_proxies=networks("TRUSTED_PROXIES"),
             header_timeout_s=number("HEADER_TIMEOUT_S", 10.0, 0.1, 600.0),
             body_timeout_s=number("BODY_TIMEOUT_S", 30.0, 0.1, 3600.0),
-            keep_alive_timeout_s=integer("KEEP_ALIVE_TIMEOUT_S", 5, 1, 3600),
+            keep_alive_timeout_s=integer("KEEP_ALIVE_TIMEOUT_S", 75, 1, 3600),
         )
         if problems:
             raise SettingsError(problems)
