@@ -35,8 +35,18 @@ run: setup
 test: setup openwebui
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
+# Every benchmark in its quick form, one after the other: that each still runs, with figures at a small scale
+# (about 3 minutes on 2 cores; tests/bench/test_bench_quick.py runs the same forms). The full runs, and
+# LiteLLM beside parley, are `python -m bench.NAME` (bench/README.md).
+bench: export HF_HUB_OFFLINE = 1
 bench: setup
-	$(PY) -m bench.spine
+	$(PY) -m bench.spine --quick
+	$(PY) -m bench.knowledge --quick
+	$(PY) -m bench.pipeline --smoke
+	$(PY) -m bench.quota --quick
+	$(PY) -m bench.engine_cpu --smoke
+	$(PY) -m bench.openai_overhead --smoke --targets direct,parley
+	$(PY) -m bench.instant_upstream --smoke
 
 lint: setup
 	$(VENV)/bin/ruff check domain application schema projections adapters api workers

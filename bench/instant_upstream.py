@@ -14,6 +14,11 @@ raw asyncio HTTP/1.1 server (standard library only; uvloop when installed) with 
 Anything else is 404 in OpenAI's error shape. Authorization headers are accepted and ignored. The
 server does nothing between reading a request and writing its answer, so any latency a client sees
 beyond the direct figures comes from what stands between them.
+
+``python -m bench.instant_upstream --smoke [--requests 200]`` checks it instead of serving: it listens on a
+free port, sends that many requests from one keep-alive ``http.client`` connection (half streamed, half
+not), checks every answer, prints requests/s and the transport errors, non-2xx answers and wrong answers
+it met, and exits (status 1 if any).
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "serve", "smoke"]
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 413: b"Too Large"}
 MAX_BODY = 16 * 1024 * 1024
@@ -174,13 +181,98 @@ async def serve(host: str, port: int, model: str, tokens: int, stop: asyncio.Eve
         await stop.wait()
 
 
+# --- the smoke check -------------------------------------------------------------------------------------
+def _ask(conn: http.client.HTTPConnection, n: int, tokens: int, stream: bool) -> str | None:
+    """One request; None if the answer is right, else what is wrong with it. Raises on transport errors."""
+    body: dict[str, Any] = {
+        "model": "instant",
+        "messages": [{"role": "user", "content": f"Request {n}: answer, please."}],
+        "max_tokens": tokens,
+        "stream": stream,
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
+    response = conn.getresponse()
+    raw = response.read()
+    if not 200 <= response.status < 300:
+        return f"HTTP {response.status}"
+    expected = "".join(f" w{i}" for i in range(1, tokens + 1))
+    try:
+        if not stream:
+            answer = json.loads(raw)
+            text, usage = answer["choices"][0]["message"]["content"], answer["usage"]
+        else:
+            events = [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+            if events[-1:] != ["[DONE]"]:
+                return "no [DONE]"
+            chunks = [json.loads(e) for e in events[:-1]]
+            text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"])
+            usage = next((c["usage"] for c in chunks if c.get("usage")), {})
+    except (ValueError, LookupError, TypeError) as exc:
+        return f"unreadable answer ({type(exc).__name__})"
+    if text != expected or usage.get("completion_tokens") != tokens:
+        return f"wrong answer {text[:40]!r}"
+    return None
+
+
+def _client(port: int, requests: int, tokens: int) -> tuple[dict[bool, float], Counter[str]]:
+    """Seconds per mode (streamed or not) and the problems, by kind."""
+    problems: Counter[str] = Counter()
+    seconds = {False: 0.0, True: 0.0}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for n in range(requests):
+            stream = n % 2 == 1
+            start = time.perf_counter()
+            try:
+                wrong = _ask(conn, n, tokens, stream)
+            except (OSError, http.client.HTTPException) as exc:
+                problems[f"transport error: {type(exc).__name__}"] += 1
+                conn.close()  # the next request opens a new connection
+                continue
+            finally:
+                seconds[stream] += time.perf_counter() - start
+            if wrong is not None:
+                problems[("non-2xx answer: " if wrong.startswith("HTTP ") else "") + wrong] += 1
+    finally:
+        conn.close()
+    return seconds, problems
+
+
+async def smoke(model: str, tokens: int, requests: int) -> int:
+    """Serve on a free port, check ``requests`` answers from a client thread, print the figures; the exit
+    status: 0 when every answer was right."""
+    upstream = Upstream(model, tokens)
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0, backlog=1024, limit=MAX_BODY)
+    port = int(server.sockets[0].getsockname()[1])
+    async with server:
+        seconds, problems = await asyncio.to_thread(_client, port, requests, tokens)
+    transport = sum(n for what, n in problems.items() if what.startswith("transport error"))
+    non_2xx = sum(n for what, n in problems.items() if what.startswith("non-2xx"))
+    wrong = sum(problems.values()) - transport - non_2xx
+    half = {False: (requests + 1) // 2, True: requests // 2}
+    print(f"python -m bench.instant_upstream --smoke: {requests} requests, 1 keep-alive client, {tokens} tokens")
+    for stream in (False, True):
+        rate = half[stream] / seconds[stream] if seconds[stream] else 0.0
+        print(f"requests/s, {'streamed' if stream else 'not streamed'}: {rate:,.0f}")
+    print(f"errors: {transport} transport errors, {non_2xx} non-2xx answers, {wrong} wrong answers")
+    for what, n in problems.most_common(10):
+        print(f"  {what} (x{n})")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instant_upstream", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
     parser.add_argument("--model", default="instant")
     parser.add_argument("--tokens", type=int, default=16, help="words in the answer (fewer if max_tokens asks)")
+    parser.add_argument("--smoke", action="store_true", help="check the server with --requests requests, then exit")
+    parser.add_argument("--requests", type=int, default=200, help="requests the smoke check sends (200)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        sys.exit(asyncio.run(smoke(args.model, max(1, args.tokens), max(2, args.requests))))
     try:
         import uvloop  # type: ignore[import-not-found]
 

@@ -1,8 +1,8 @@
 """Benchmark of what parley adds on ``POST /v1/chat/completions``, beside LiteLLM's proxy, in front of an
 upstream that answers at once.
 
-Run ``python -m bench.openai_overhead`` (``--quick`` for a short run, ``--fast`` for Postgres without
-fsync). Everything listens on 127.0.0.1 and runs as its own process:
+Run ``python -m bench.openai_overhead`` (``--quick`` for a short run, ``--smoke`` for a check that it runs,
+``--fast`` for Postgres without fsync). Everything listens on 127.0.0.1 and runs as its own process:
 
 - the upstream: ``bench.instant_upstream``, a raw asyncio OpenAI-protocol server that answers 16 words
   (16 tokens) with usage the moment it has read a request, streamed or not;
@@ -46,6 +46,10 @@ Figures, per scenario and target:
   job on JetStream, the worker's command), to the outcome event (the upstream call, the token chunks on
   JetStream), and from there to the end of the response at the client (commit, the API reading the done
   chunk, the response). p50 of each, which need not add up to the p50 of the whole.
+- errors, per target: HTTP transport errors (``httpx.TransportError``: connect, read, timeouts, a stream
+  cut short) and answers outside 2xx, counted apart at the client's transport over every request sent to
+  the target (warm-up and stage reads included), and answers that came back 2xx but wrong. A failed
+  request is counted and the run goes on; any of them is a problem (exit status 1).
 
 The machine is shared by everything above: with 2 cores, the client, the upstream and a proxy compete for
 them, so at 32 clients the figures say as much about CPU per request as about the proxies' design.
@@ -78,20 +82,21 @@ from adapters.embedded import EmbeddedEngines, EngineUrls
 from adapters.logging import configure_logging
 from bench.pipeline import (
     LIFTED_RATE_LIMITS,
+    HttpTally,
     Processes,
     _proc,
+    counted_client,
     free_port,
     lift_rate_limits,
     machine_busy,
     replace_settings,
     settle,
     sign_up,
-    wait_rate_limits,
 )
 from bench.spine import load, percentile, progress, settings_for
 from workers.bootstrap import Container, bootstrap
 
-__all__ = ["FULL", "QUICK", "Scale", "main"]
+__all__ = ["FULL", "QUICK", "SMOKE", "Scale", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = REPO_ROOT / ".venv-litellm"
@@ -119,6 +124,8 @@ class Scale:
 
 FULL = Scale(requests_1=300, requests_n=3200, clients=32, rounds=2, warmup=40)
 QUICK = Scale(requests_1=50, requests_n=320, clients=32, rounds=1, warmup=20)
+SMOKE = Scale(requests_1=8, requests_n=16, clients=4, rounds=1, warmup=4)
+"""That every part still runs, not figures to compare."""
 
 
 # --- stopping ----------------------------------------------------------------------------------------------
@@ -355,9 +362,9 @@ async def start_litellm(home: Path, upstream: str, children: list[Child]) -> str
 
 async def parley_api_key(http: httpx.AsyncClient, upstream: str) -> str:
     """The tenant's admin registers the upstream as an ``openai`` provider and the model, lifts the rate
-    limits and the user's daily tokens; the user makes an API key. Returns it once the limits apply."""
+    limits and the user's daily tokens; the user makes an API key. Returns it."""
     admin = await sign_up(http, "admin@bench.example")
-    effective_at = await lift_rate_limits(http, admin)
+    await lift_rate_limits(http, admin)
     provider = {"name": "instant", "kind": "openai", "base_url": f"{upstream}/v1", "api_key": "sk-upstream-dummy"}
     r = await http.post("/api/v1/providers", json=provider, headers=admin)
     assert r.status_code == 201, r.text
@@ -372,7 +379,6 @@ async def parley_api_key(http: httpx.AsyncClient, upstream: str) -> str:
     assert r.status_code == 200, r.text
     r = await http.post("/api/v1/auths/api-keys", json={"name": "bench"}, headers=user)
     assert r.status_code == 201, r.text
-    await wait_rate_limits(effective_at)
     return str(r.json()["key"])
 
 
@@ -424,6 +430,18 @@ class Target:
     base_url: str
     api_key: str
     http: httpx.AsyncClient | None = None
+    tally: HttpTally = field(default_factory=HttpTally)
+    """Every request sent to the target: transport errors and non-2xx answers."""
+    wrong: int = 0
+    """2xx answers that were not the expected one."""
+
+
+class Non2xx(RuntimeError):
+    """An answer outside 2xx (counted by the target's tally)."""
+
+
+class WrongAnswer(RuntimeError):
+    """A 2xx answer that is not the upstream's 16 words with their usage."""
 
 
 @dataclass
@@ -490,12 +508,15 @@ async def request(http: httpx.AsyncClient, n: int, stream: bool) -> Sample:
         r = await http.post("/chat/completions", json=body(n, stream))
         end, end_wall = time.perf_counter(), time.time()
         if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-        answer = r.json()
-        text = answer["choices"][0]["message"]["content"]
-        usage = answer.get("usage") or {}
+            raise Non2xx(f"HTTP {r.status_code}: {r.text[:200]}")
+        try:
+            answer = r.json()
+            text = answer["choices"][0]["message"]["content"]
+            usage = answer.get("usage") or {}
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:
+            raise WrongAnswer(f"not a chat completion: {r.text[:200]!r}") from exc
         if text != EXPECTED or usage.get("completion_tokens") != ANSWER_TOKENS:
-            raise RuntimeError(f"unexpected answer {text!r}, usage {usage}")
+            raise WrongAnswer(f"unexpected answer {text!r}, usage {usage}")
         return Sample(end - start, end - start, sent_wall, end_wall, r.headers.get("x-parley-generation-id"))
     first: float | None = None
     parts: list[str] = []
@@ -504,7 +525,7 @@ async def request(http: httpx.AsyncClient, n: int, stream: bool) -> Sample:
     async with http.stream("POST", "/chat/completions", json=body(n, stream)) as r:
         generation_id = r.headers.get("x-parley-generation-id")
         if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+            raise Non2xx(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
         async for line in r.aiter_lines():
             if not line.startswith("data:"):
                 continue
@@ -512,9 +533,12 @@ async def request(http: httpx.AsyncClient, n: int, stream: bool) -> Sample:
             if data == "[DONE]":
                 done = True
                 break
-            chunk = json.loads(data)
+            try:
+                chunk = json.loads(data)
+            except ValueError as exc:
+                raise WrongAnswer(f"not JSON: {data[:200]!r}") from exc
             if "error" in chunk:
-                raise RuntimeError(f"error event {data[:200]}")
+                raise WrongAnswer(f"error event {data[:200]}")
             for choice in chunk.get("choices") or []:
                 content = (choice.get("delta") or {}).get("content")
                 if content:
@@ -525,13 +549,15 @@ async def request(http: httpx.AsyncClient, n: int, stream: bool) -> Sample:
                 usage = chunk["usage"]
     end, end_wall = time.perf_counter(), time.time()
     if not done or first is None or "".join(parts) != EXPECTED or usage.get("completion_tokens") != ANSWER_TOKENS:
-        raise RuntimeError(f"unexpected stream: done {done}, text {''.join(parts)!r}, usage {usage}")
+        raise WrongAnswer(f"unexpected stream: done {done}, text {''.join(parts)!r}, usage {usage}")
     return Sample(first - start, end - start, sent_wall, end_wall, generation_id)
 
 
 async def load_target(
-    http: httpx.AsyncClient, count: int, clients: int, stream: bool, counter: list[int]
+    target: Target, count: int, clients: int, stream: bool, counter: list[int]
 ) -> tuple[list[Sample], list[str]]:
+    assert target.http is not None
+    http = target.http
     samples: list[Sample] = []
     errors: list[str] = []
     remaining = [count]
@@ -543,6 +569,8 @@ async def load_target(
             try:
                 samples.append(await request(http, counter[0], stream))
             except Exception as exc:  # a failed request is a result, not the end of the run
+                # transport errors and non-2xx answers are counted by the target's tally
+                target.wrong += not isinstance(exc, httpx.TransportError | Non2xx)
                 errors.append(f"{type(exc).__name__}: {exc}"[:300])
             if SHUTDOWN.stop.is_set() or (task := asyncio.current_task()) is not None and task.cancelling():
                 # Ctrl-C: stop even where a library turned the cancellation into an error
@@ -560,11 +588,11 @@ class Run:
 
     async def turn(self, target: Target, count: int, clients: int, stream: bool) -> Turn:
         assert target.http is not None
-        await load_target(target.http, min(count, clients * 2), clients, stream, self.counter)  # warm, unmeasured
+        await load_target(target, min(count, clients * 2), clients, stream, self.counter)  # warm, unmeasured
         await self.quiesce(target)
         before, busy_before = self.cpu.sample(), machine_busy()
         start = time.perf_counter()
-        samples, errors = await load_target(target.http, count, clients, stream, self.counter)
+        samples, errors = await load_target(target, count, clients, stream, self.counter)
         seconds = time.perf_counter() - start
         await self.quiesce(target)
         after, busy_after = self.cpu.sample(), machine_busy()
@@ -581,9 +609,12 @@ class Run:
             if not s.generation_id:
                 continue
             root = target.base_url.removesuffix("/v1")
-            r = await target.http.get(f"{root}/api/v1/generations/{s.generation_id}")
-            view = r.json()
-            if r.status_code != 200 or not all(view.get(k) for k in ("requested_at", "started_at", "finished_at")):
+            try:
+                r = await target.http.get(f"{root}/api/v1/generations/{s.generation_id}")
+                view = r.json() if r.status_code == 200 else {}
+            except (httpx.TransportError, ValueError):  # counted by the target's tally, or not JSON: no stages
+                continue
+            if not all(view.get(k) for k in ("requested_at", "started_at", "finished_at")):
                 continue
             requested, started, finished = (
                 datetime.fromisoformat(view[k]).timestamp() for k in ("requested_at", "started_at", "finished_at")
@@ -762,7 +793,8 @@ async def run(
                 max_connections=scale.clients + 8, max_keepalive_connections=scale.clients + 8, keepalive_expiry=2.0
             )
             t.http = await stack.enter_async_context(
-                httpx.AsyncClient(
+                counted_client(
+                    t.tally,
                     base_url=t.base_url,
                     timeout=120,
                     limits=limits,
@@ -774,7 +806,7 @@ async def run(
         problems: list[str] = []
         for stream in (False, True):
             for t in order:
-                samples, errors = await load_target(t.http, scale.warmup, 4, stream, runner.counter)  # type: ignore[arg-type]
+                samples, errors = await load_target(t, scale.warmup, 4, stream, runner.counter)
                 problems += [f"{t.name} warm-up: {e}" for e in errors[:5]]
         progress(f"warmed up ({scale.warmup} requests per target, streamed and not); {load()}")
         results: dict[tuple[bool, int], dict[str, Result]] = {}
@@ -796,6 +828,16 @@ async def run(
                             + (f", {len(turn.errors)} errors" if turn.errors else "")
                         )
         table, notes = render(results, [t.name for t in order])
+        progress("measured; stopping parley, the upstream and the engines")
+        for t in order:
+            transport, non_2xx = sum(t.tally.transport.values()), sum(t.tally.non_2xx.values())
+            notes.append(
+                f"errors, {t.name}: {transport} transport errors, {non_2xx} non-2xx answers, {t.wrong} wrong "
+                f"answers, of {t.tally.requests:,} requests"
+            )
+            problems[:0] = [
+                f"{t.name}: {n} x transport error {what}" for what, n in t.tally.transport.most_common()
+            ] + [f"{t.name}: {n} x answer {what}" for what, n in t.tally.non_2xx.most_common()]
         if "parley" in endpoints:
             problems[:0] = [f"parley logged {e}" for e in parley.errors()] + first_traceback(parley)
         return table, notes, problems
@@ -820,7 +862,9 @@ def parley_revision() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.openai_overhead", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="50 requests at 1 client, 320 at 32, per target")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--quick", action="store_true", help="50 requests at 1 client, 320 at 32, per target")
+    form.add_argument("--smoke", action="store_true", help="8 requests at 1 client, 16 at 4: that it runs")
     parser.add_argument("--fast", action="store_true", help="embedded Postgres without fsync")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, of direct,litellm,parley")
     parser.add_argument("--clients", type=int, help="concurrent clients of the second pair of scenarios (32)")
@@ -830,7 +874,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown target(s): {', '.join(sorted(unknown))}")
     if "direct" not in targets:
         targets.insert(0, "direct")  # the baseline the others are measured against
-    scale = QUICK if args.quick else FULL
+    scale = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.clients:
         scale = Scale(scale.requests_1, scale.requests_n, max(1, args.clients), scale.rounds, scale.warmup)
     SHUTDOWN.install()

@@ -1,10 +1,11 @@
 """Benchmark of the generation pipeline end to end: SendMessage over HTTP -> event store -> relay -> job on
 ``PARLEY_JOBS`` -> generation worker (echo engine) -> token chunks on ``PARLEY_TOKENS`` -> SSE to the client.
 
-Run ``python -m bench.pipeline`` (``--quick`` for 20 streams instead of 200, ``--streams N`` for another
-count, ``--layout inproc|procs`` for one layout only). It starts its own embedded Postgres (fsync off: the
-pipeline is measured here, not the disk), NATS and Redis in a temporary directory. The echo engine stands
-in for a model, so what is measured is parley.
+Run ``python -m bench.pipeline`` (``--quick`` for 20 streams instead of 200, ``--smoke`` for 4 streams of 16
+tokens, a check that it runs in about half a minute, ``--streams N`` for another count, ``--layout
+inproc|procs`` for one layout only). It starts its own embedded Postgres (fsync off: the pipeline is
+measured here, not the disk), NATS and Redis in a temporary directory. The echo engine stands in for a
+model, so what is measured is parley.
 
 Each stream is one HTTP client doing what a browser does: ``POST /api/v1/chats/{id}/messages`` (a prompt of
 N words unique to the stream, answered with exactly those N words: ``max_tokens`` N), then
@@ -54,6 +55,9 @@ Figures, per layout and scenario:
   count too), and the cores each of our processes used (Postgres = postmaster and its backends).
 - CreateChat/s: the chats of every round, created 16 at a time before it: one plain command over HTTP,
   for scale against the generations/s.
+- HTTP transport errors and non-2xx answers: every request the benchmark's clients sent in the layout
+  (setup, warm-up and rounds), counted at the client's transport, apart; any is a problem. A failed
+  request fails its stream, not the run.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ from bench.spine import Report, load, percentile, progress, settings_for, stopwa
 from projections.runtime import read_position
 from workers.bootstrap import PROJECTOR_NAMES, Container, all_projectors, bootstrap
 
-__all__ = ["FULL", "QUICK", "Scale", "main"]
+__all__ = ["FULL", "QUICK", "SMOKE", "HttpTally", "Scale", "counted_client", "main"]
 
 PASSWORD = "bench password 9"
 MODEL = "echo-repeat"
@@ -134,6 +138,97 @@ FULL = Scale(
 QUICK = Scale(
     streams=20, tokens=64, paced_tokens=64, baseline_rounds=5, rounds=1, paced_baseline_rounds=1, paced_rounds=1
 )
+SMOKE = Scale(
+    streams=4, tokens=16, paced_tokens=16, baseline_rounds=2, rounds=1, paced_baseline_rounds=1, paced_rounds=1
+)
+"""That every part still runs: 16 paced tokens are 0.8 s a generation."""
+
+
+# --- HTTP errors -------------------------------------------------------------------------------------------
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|(?<=/)[0-9a-f]{32}(?=/|$)")
+
+
+class HttpTally:
+    """Transport errors (connect, read, write, timeouts, the peer closing: ``httpx.TransportError``) and
+    answers outside 2xx, counted apart for every request a client sends, by kind and by route."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.transport: Counter[str] = Counter()
+        self.non_2xx: Counter[str] = Counter()
+
+    @staticmethod
+    def _route(request: httpx.Request) -> str:
+        return f"{request.method} {_ID.sub('{id}', request.url.path)}"
+
+    def transport_error(self, request: httpx.Request, exc: httpx.TransportError) -> None:
+        self.transport[f"{type(exc).__name__} on {self._route(request)}"] += 1
+
+    def answer(self, request: httpx.Request, status: int) -> None:
+        if not 200 <= status < 300:
+            self.non_2xx[f"{status} on {self._route(request)}"] += 1
+
+    @staticmethod
+    def _summary(counts: Counter[str]) -> str:
+        return "; ".join(f"{what} (x{n})" for what, n in counts.most_common(5)) or "none"
+
+    def report(self, report: Report, label: str) -> list[str]:
+        """Two rows of the report; the problems, if any."""
+        transport, non_2xx = sum(self.transport.values()), sum(self.non_2xx.values())
+        of = f"of {self.requests:,} requests: "
+        report.add(f"{label}: HTTP transport errors", f"{transport:,}", of + self._summary(self.transport))
+        report.add(f"{label}: HTTP non-2xx answers", f"{non_2xx:,}", of + self._summary(self.non_2xx))
+        return [f"{label}: {n} x transport error {what}" for what, n in self.transport.most_common()] + [
+            f"{label}: {n} x answer {what}" for what, n in self.non_2xx.most_common()
+        ]
+
+
+class _CountedStream(httpx.AsyncByteStream):
+    """A response body that counts a transport error met while it is read (a stream cut short)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, tally: HttpTally, request: httpx.Request) -> None:
+        self.inner, self.tally, self.request = inner, tally, request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.inner:
+                yield chunk
+        except httpx.TransportError as exc:
+            self.tally.transport_error(self.request, exc)
+            raise
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _CountingTransport(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport, tally: HttpTally) -> None:
+        self.inner, self.tally = inner, tally
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.tally.requests += 1
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx.TransportError as exc:
+            self.tally.transport_error(request, exc)
+            raise
+        self.tally.answer(request, response.status_code)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_CountedStream(response.stream, self.tally, request),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def counted_client(tally: HttpTally, *, limits: httpx.Limits | None = None, **options: Any) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` whose every request is counted in ``tally``."""
+    inner = httpx.AsyncHTTPTransport(limits=limits or httpx.Limits())
+    return httpx.AsyncClient(transport=_CountingTransport(inner, tally), **options)
 
 
 # --- one stream ------------------------------------------------------------------------------------------
@@ -206,8 +301,11 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str | None
 
 
 async def run_stream(
-    http: httpx.AsyncClient, auth: dict[str, str], chat_id: str, model: str, tokens: int, s: Stream
+    http: httpx.AsyncClient, auth: dict[str, str], chat_id: str | None, model: str, tokens: int, s: Stream
 ) -> None:
+    if chat_id is None:
+        s.error = "its chat could not be created"
+        return
     try:
         s.sent_at = time.perf_counter()
         r = await http.post(
@@ -310,14 +408,17 @@ class Round:
     """From the round's end (its last ``done`` seen) until every projector had applied the event store."""
 
 
-async def create_chats(http: httpx.AsyncClient, auth: dict[str, str], count: int) -> list[str]:
+async def create_chats(http: httpx.AsyncClient, auth: dict[str, str], count: int) -> list[str | None]:
+    """The chats' ids; None for one that could not be created (the client's tally has counted why)."""
     gate = asyncio.Semaphore(16)
 
-    async def one() -> str:
+    async def one() -> str | None:
         async with gate:
-            r = await http.post("/api/v1/chats", json={"title": "bench"}, headers=auth)
-            assert r.status_code == 201, r.text
-            return str(r.json()["id"])
+            try:
+                r = await http.post("/api/v1/chats", json={"title": "bench"}, headers=auth)
+            except httpx.TransportError:
+                return None
+            return str(r.json()["id"]) if r.status_code == 201 else None
 
     return await asyncio.gather(*(one() for _ in range(count)))
 
@@ -354,8 +455,10 @@ async def check_stored(http: httpx.AsyncClient, auth: dict[str, str], streams: l
         async with gate:
             deadline = time.monotonic() + 30
             while True:
-                r = await http.get(f"/api/v1/generations/{s.generation_id}", headers=auth)
-                body = r.json()
+                body: dict[str, Any] = {}
+                with contextlib.suppress(httpx.TransportError, ValueError):  # counted by the client's tally
+                    r = await http.get(f"/api/v1/generations/{s.generation_id}", headers=auth)
+                    body = r.json() if r.status_code == 200 else {}
                 if body.get("status") in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
                     s.stored_text = body.get("text")
                     return
@@ -373,43 +476,33 @@ async def sign_up(http: httpx.AsyncClient, email: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-RATE_LIMITS_CACHE_S = 5.0
-"""How long an API process keeps a tenant's rate limits (``api.deps._RateLimits``): a change applies to
-requests that load the policy after it, so at most this long after the change."""
 LIFTED_RATE_LIMITS = {"user_per_minute": 100_000, "api_key_per_minute": 100_000}
 """The most the policy allows (the defaults, 120 a minute per user and per API key, would refuse a
 benchmark's burst with 429 RATE_LIMITED)."""
 
 
-async def lift_rate_limits(http: httpx.AsyncClient, admin: dict[str, str]) -> float:
+async def lift_rate_limits(http: httpx.AsyncClient, admin: dict[str, str]) -> None:
     """As an operator would: the tenant's per-minute rate limits per user and per API key raised to the
-    most the policy allows, through the admin API. Returns the ``time.monotonic()`` after which every
-    request sees them (see ``wait_rate_limits``); the limiter itself still counts every request."""
-    changed_at = time.monotonic()  # the PUT's own request may cache the old limits from here on
+    most the policy allows, through the admin API. They hold from the next request on (the change drops
+    the policy the API process had cached, and tells the others over NATS); the limiter itself still
+    counts every request."""
     r = await http.put("/api/v1/quotas/rate-limits", json=LIFTED_RATE_LIMITS, headers=admin)
     assert r.status_code == 200, r.text
     assert all(r.json()["rate_limits"][k] == v for k, v in LIFTED_RATE_LIMITS.items()), r.text
-    return changed_at + RATE_LIMITS_CACHE_S + 0.2
-
-
-async def wait_rate_limits(effective_at: float) -> None:
-    await asyncio.sleep(max(0.0, effective_at - time.monotonic()))
 
 
 async def echo_user(http: httpx.AsyncClient) -> dict[str, str]:
     """The tenant's first user (its admin) lifts the tenant's rate limits, registers the echo provider
     and open ``echo-repeat`` and ``echo-slow`` models; a second user streams."""
     admin = await sign_up(http, "admin@bench.example")
-    effective_at = await lift_rate_limits(http, admin)
+    await lift_rate_limits(http, admin)
     r = await http.post("/api/v1/providers", json={"name": "echoes", "kind": "echo"}, headers=admin)
     assert r.status_code == 201, r.text
     for name in (MODEL, PACED_MODEL):
         model = {"name": name, "provider": "echoes", "upstream_model": name}
         r = await http.post("/api/v1/models", json=model, headers=admin)
         assert r.status_code == 201, r.text
-    user = await sign_up(http, "user@bench.example")
-    await wait_rate_limits(effective_at)
-    return user
+    return await sign_up(http, "user@bench.example")
 
 
 def free_port() -> int:
@@ -434,6 +527,7 @@ class InProcess:
         import uvicorn
 
         from api.app import create_app
+        from api.server import server_config
         from projections.runtime import ProjectorRunner
         from workers.generate import GenerationWorker
         from workers.relay import Relay
@@ -454,8 +548,9 @@ class InProcess:
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            create_app(api), log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+        # Served as `parley api` serves it (the edge's timeouts included); the socket is already bound.
+        config = server_config(
+            create_app(api), self.settings, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
         )
         self.server = uvicorn.Server(config)
         self.tasks.append(asyncio.create_task(self.server.serve(sockets=[sock])))
@@ -491,6 +586,13 @@ class Processes:
         return self.home / f"{self.settings.namespace}-{name}.log"
 
     async def __aenter__(self) -> str:
+        try:
+            return await self._start()
+        except BaseException:  # a part that failed to start: the others are stopped, not left behind
+            await self.__aexit__()
+            raise
+
+    async def _start(self) -> str:
         env = {**os.environ, **self.settings.child_env()}
         for name in self.PARTS:
             with self._log(name).open("wb") as log:  # the child keeps its own descriptor
@@ -655,11 +757,12 @@ async def measure_layout(layout: str, urls: EngineUrls, home: Path, scale: Scale
     )
     problems: list[str] = []
     chat_rounds: list[Round] = []
+    tally = HttpTally()
     observer = await bootstrap(settings, pool_size=2)  # reads the projectors' positions
     async with deployment as base_url:
         progress(f"{layout}: parley up at {base_url}, worker concurrency {concurrency}")
         cpu = Cpu(home, deployment.pids())
-        async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as http:
+        async with counted_client(tally, base_url=base_url, timeout=120, limits=limits) as http:
             auth = await echo_user(http)
             # Warm-up, not measured: the engines, the NATS consumers, the connection pools.
             await run_round(http, auth, 1, scale.tokens, MODEL, cpu)
@@ -688,6 +791,11 @@ async def measure_layout(layout: str, urls: EngineUrls, home: Path, scale: Scale
     chat_seconds = sum(r.chat_seconds for r in chat_rounds)
     if chats:
         report.add(f"{layout}: CreateChat/s over HTTP, 16 at once", f"{chats / chat_seconds:,.0f}", f"{chats} chats")
+    problems[:0] = tally.report(report, layout)
+    progress(
+        f"{layout}: {sum(tally.transport.values())} HTTP transport errors, "
+        f"{sum(tally.non_2xx.values())} non-2xx answers"
+    )
     return problems
 
 
@@ -701,12 +809,14 @@ async def run(urls: EngineUrls, home: Path, scale: Scale, layouts: tuple[str, ..
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 streams, fewer rounds")
-    parser.add_argument("--streams", type=int, help="concurrent streams per round (default 200, quick 20)")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--quick", action="store_true", help="20 streams, fewer rounds")
+    form.add_argument("--smoke", action="store_true", help="4 streams of 16 tokens: that it runs, in about 30 s")
+    parser.add_argument("--streams", type=int, help="concurrent streams per round (default 200, quick 20, smoke 4)")
     parser.add_argument("--layout", choices=LAYOUTS, help="only this layout (default: both)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the engines on SIGTERM as on Ctrl-C
-    scale = QUICK if args.quick else FULL
+    scale = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.streams:
         scale = replace(scale, streams=max(1, args.streams))
     layouts = (args.layout,) if args.layout else LAYOUTS

@@ -10,8 +10,11 @@ and measures in one run, so the figures it compares share a machine and a moment
    taking turns in short slices (the side that goes first alternates) so that other load on the machine
    hits both alike. Every slice posts into fresh chats created outside the timing (a few messages per chat),
    with the built-in local model ("smollm2"); no worker runs, so no generation ever does: the
-   reservations stay open. The first reservation of the day rebuilds the tenant-day's counters; the warm-up
-   takes it, and it is reported apart.
+   reservations stay open. A send sets no ``max_tokens``, so it reserves what the model's context window
+   leaves (about 8,000 tokens): the role's default daily limit (500,000 for ``user``) would run out after
+   about 60 sends, so an admin of the tenant first raises the bench user's daily tokens to 10^9
+   (``Quotas.set_user_limit``), as an operator would; every limit is still checked. The first reservation of
+   the day rebuilds the tenant-day's counters; the warm-up takes it, and it is reported apart.
 2. Reservation throughput on the ledger itself: ``QuotaLedger.reserve`` then ``settle`` (actual usage below
    the reservation), pairs per second with 64 concurrent callers (asyncio tasks sharing the Redis pool, as
    API requests do) and with 1 caller for reference, on 1,000 users with a per-user, a per-model and a
@@ -58,6 +61,8 @@ from workers.bootstrap import Container
 __all__ = ["FULL", "QUICK", "Scale", "main"]
 
 LOCAL_MODEL = "smollm2"
+USER_DAILY_TOKENS = 1_000_000_000
+"""The bench user's daily tokens, set by an admin (the role's default would refuse the full run's sends)."""
 
 
 @dataclass(frozen=True)
@@ -105,10 +110,16 @@ def ms(seconds: float) -> str:
 
 # --- 1. SendMessage with and without the reservation -------------------------------------------------------
 async def bench_user(container: Container, tenant_id: str) -> Principal:
-    """A plain user of the tenant (the local model is open to every user)."""
+    """A plain user of the tenant (the local model is open to every user), whose daily tokens an admin of
+    the tenant has raised to ``USER_DAILY_TOKENS``."""
+    admin, admin_index = new_user(tenant_id, f"admin-{uuid.uuid4().hex[:8]}@bench.example")
+    admin.change_role("admin")
     user, index = new_user(tenant_id, f"{uuid.uuid4().hex[:8]}@bench.example")
     ctx = CommandContext(tenant_id=tenant_id, actor="system")
-    await container.store.execute(ctx, lambda: container.store.save(user, index))
+    await container.store.execute(ctx, lambda: container.store.save(admin, admin_index, user, index))
+    operator = Principal(tenant_id=tenant_id, user_id=admin.id, role="admin", via="token")
+    ctx = CommandContext(tenant_id=tenant_id, actor=operator.actor)
+    await container.quotas.set_user_limit(ctx, operator, user.id, USER_DAILY_TOKENS)
     return Principal(tenant_id=tenant_id, user_id=user.id, role="user", via="token")
 
 
