@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -136,7 +138,8 @@ class GroupCommitRecorder(PostgresApplicationRecorder):
             for append in group:
                 keys = [(str(e.originator_id), e.originator_version) for e in append.stored_events]
                 if len(set(keys)) < len(keys) or not taken.isdisjoint(keys):
-                    append.error = IntegrityError("a version of an aggregate in this command is already recorded")
+                    clash = sorted(set(keys) & taken) or keys
+                    append.error = IntegrityError(f"already recorded: {clash[0][0]} version {clash[0][1]}")
                     continue
                 taken.update(keys)
                 accepted.append(append)
@@ -220,7 +223,7 @@ def notification_to_envelope(app: Application[uuid.UUID], n: Notification) -> Ev
 class EventStore:
     """Sync core plus an async facade. Services call ``await store.execute(ctx, fn)``; ``fn`` runs on a
     worker thread with the context set, loads aggregates with ``get``, mutates them and calls ``save``.
-    A version conflict re-runs ``fn`` once, then becomes 409 ``VERSION_CONFLICT``."""
+    A version conflict re-runs ``fn`` (``ATTEMPTS`` in all), then becomes 409 ``VERSION_CONFLICT``."""
 
     def __init__(self, database_url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
         params = conninfo_to_dict(database_url.replace("postgresql+psycopg://", "postgresql://"))
@@ -294,16 +297,23 @@ class EventStore:
             events = [e for e in events if e.timestamp <= until]
         return events
 
+    ATTEMPTS = 4
+    """How often a command is run before a version conflict becomes 409. One retry was enough while
+    commands touched an aggregate one at a time; a chat takes a user's next message while the answers to
+    earlier ones are recorded (several at once when a worker runs generations in parallel), and each
+    answer recorded during a command is one more conflict it must ride out."""
+
     def run_command(self, ctx: CommandContext, fn: Callable[[], R]) -> R:
         token = current_command.set(ctx)
         try:
-            for attempt in (1, 2):
+            for attempt in range(1, self.ATTEMPTS + 1):
                 try:
                     return fn()
-                except IntegrityError:
-                    if attempt == 2:
+                except IntegrityError as e:
+                    if attempt == self.ATTEMPTS:
                         raise Conflict("VERSION_CONFLICT", "the resource changed concurrently; retry") from None
-                    log.debug("version_conflict_retry", correlation_id=ctx.correlation_id)
+                    log.debug("version_conflict_retry", correlation_id=ctx.correlation_id, attempt=attempt, error=str(e))
+                    time.sleep(random.uniform(0, 0.002 * attempt))  # let the other writer's group commit
             raise AssertionError("unreachable")
         finally:
             current_command.reset(token)
