@@ -47,6 +47,7 @@ bench: setup
 	$(PY) -m bench.engine_cpu --smoke
 	$(PY) -m bench.openai_overhead --smoke --targets direct,parley
 	$(PY) -m bench.instant_upstream --smoke
+	$(PY) -m bench.commands_http --smoke
 
 lint: setup
 	$(VENV)/bin/ruff check domain application schema projections adapters api workers

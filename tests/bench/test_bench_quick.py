@@ -38,6 +38,7 @@ FORMS: dict[str, list[str]] = {  # the longest first
     "engine_cpu": ["--smoke", "--home", str(MODEL_HOME)],
     "quota": ["--quick"],
     "instant_upstream": ["--smoke"],
+    "commands_http": ["--smoke"],
 }
 FORM_TIMEOUT_S = 240
 AT_ONCE = 2
@@ -184,6 +185,16 @@ def check_instant_upstream(out: str) -> None:
         assert rate and number(rate[0][1]) > 0, mode
 
 
+def check_commands_http(out: str) -> None:
+    for row in ("CreateChat, HTTP, 4 clients", "SendMessage, HTTP, 4 clients", "raw eventsourcing, 16 threads"):
+        found = rows_of(out, rf"{re.escape(row)}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(.*)$")
+        assert len(found) == 1, f"no row {row!r}"
+        rate, p50, p99 = (float(v) for v in found[0].groups()[:3])
+        assert rate > 0 and 0 < p50 <= p99, found[0][0]
+        assert found[0][4] == "none", f"{row}: transport errors or non-2xx answers: {found[0][4]}"
+    assert "FAILED" not in out
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "knowledge": check_knowledge,
     "openai_overhead": check_openai_overhead,
@@ -192,6 +203,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "engine_cpu": check_engine_cpu,
     "quota": check_quota,
     "instant_upstream": check_instant_upstream,
+    "commands_http": check_commands_http,
 }
 
 
