@@ -288,6 +288,16 @@ class EventStore:
         notifications = self.recorder.select_notifications(start=start, limit=limit, stop=stop)
         return [notification_to_envelope(self.app, n) for n in notifications]
 
+    def read_for(
+        self, handles: Callable[[str], bool], start: int, limit: int, stop: int | None = None
+    ) -> tuple[list[EventEnvelope], int, int]:
+        """``read`` for one projector (catch-up, rebuild): only the events whose type ``handles`` accepts
+        are decoded, the type being known from the topic. Returns them, how many events were read, and
+        the last id read (``start - 1`` if none), so that the reader moves past the events it skipped."""
+        notifications = self.recorder.select_notifications(start=start, limit=limit, stop=stop)
+        wanted = [notification_to_envelope(self.app, n) for n in notifications if handles(_split_topic(n.topic)[1])]
+        return wanted, len(notifications), notifications[-1].id if notifications else start - 1
+
     def max_id(self) -> int:
         return self.recorder.max_notification_id() or 0
 

@@ -18,13 +18,15 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import msgspec
-from sqlalchemy import Column, Table, select, union
+from sqlalchemy import Table, select, union
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from projections.runtime import copy_rows
 from schema.events import EventEnvelope
 from schema.tables import audit_heads, audit_log
 
@@ -80,17 +82,46 @@ def _utc(moment: datetime) -> datetime:
 
 def _clean_text(value: str) -> str:
     # Postgres rejects NUL and lone surrogates; one bad event must not stall the projection.
+    if value.isascii():  # the common case, and the same result: ASCII has no surrogates to replace
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
     return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+@lru_cache(maxsize=4096, typed=True)
+def _kept_key(key: Any) -> str | None:
+    """The key as ``redact`` writes it, or None for a key that names a secret."""
+    if key in _KEPT_KEYS or not _SENSITIVE_KEY.search(str(key).lower()):
+        return _clean_text(str(key))
+    return None
+
+
+_UNCHANGED = frozenset({str, int, bool, type(None)})
+"""Types ``_canonical`` leaves as they are (``redact`` too, but for cleaning text)."""
 
 
 def redact(value: Any) -> Any:
     """``value`` without keys that name a secret (at any depth), with text Postgres can store."""
+    kind = type(value)
+    if kind is str:
+        return _clean_text(value)
+    if kind is int or kind is bool or value is None:
+        return value
     if isinstance(value, Mapping):
-        return {
-            _clean_text(str(key)): {"count": len(item)} if key in _BULK_KEYS and isinstance(item, list) else redact(item)
-            for key, item in value.items()
-            if key in _KEPT_KEYS or not _SENSITIVE_KEY.search(str(key).lower())
-        }
+        kept: dict[str, Any] = {}
+        for key, item in value.items():  # the common items inline: this runs for every audited event
+            name = _kept_key(key)
+            if name is None:
+                continue
+            item_kind = type(item)
+            if item_kind is str:
+                kept[name] = _clean_text(item)
+            elif item_kind is int or item_kind is bool or item is None:
+                kept[name] = item
+            elif key in _BULK_KEYS and isinstance(item, list):
+                kept[name] = {"count": len(item)}
+            else:
+                kept[name] = redact(item)
+        return kept
     if isinstance(value, list | tuple):
         return [redact(item) for item in value]
     if isinstance(value, str):
@@ -102,6 +133,11 @@ def redact(value: Any) -> Any:
 
 def _canonical(value: Any) -> Any:
     # JSONB gives 1e20 back as the integer 100000000000000000000: hash integral floats as integers.
+    kind = type(value)
+    if kind in _UNCHANGED:  # most values: nothing to do
+        return value
+    if kind is dict:
+        return {key: item if type(item) in _UNCHANGED else _canonical(item) for key, item in value.items()}
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, Mapping):
@@ -118,35 +154,40 @@ def row_hash(row: Mapping[Any, Any]) -> str:
         content["via"] = row["via"]
     content["event_id"] = str(content["event_id"])
     content["occurred_at"] = _utc(content["occurred_at"]).isoformat(timespec="microseconds")
-    canonical = json.dumps(_canonical(content), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    canonical = _CANONICAL_JSON.encode(_canonical(content))
     return hashlib.sha256((row["prev_hash"] + canonical).encode()).hexdigest()
 
 
-def _fit(column: Column[Any], value: str | None) -> str | None:
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+"""What ``json.dumps(..., sort_keys=True, separators=(",", ":"), allow_nan=False)`` builds on every call."""
+_LENGTH: dict[str, int | None] = {column.name: getattr(column.type, "length", None) for column in audit_log.columns}
+
+
+def _fit(column: str, value: str | None) -> str | None:
+    """``value`` as ``audit_log``'s ``column`` can hold it."""
     if value is None:
         return None
-    length = getattr(column.type, "length", None)
+    length = _LENGTH[column]
     text = _clean_text(value)
     return text[:length] if length else text
 
 
 def audit_row(event: EventEnvelope, *, seq: int, prev_hash: str) -> dict[str, Any]:
     """The audit row recording ``event`` as number ``seq`` of its tenant's chain, hash included."""
-    c = audit_log.c
     row: dict[str, Any] = {
-        "tenant_id": _fit(c.tenant_id, event.tenant_id or PLATFORM_TENANT),
+        "tenant_id": _fit("tenant_id", event.tenant_id or PLATFORM_TENANT),
         "seq": seq,
         "notification_id": event.id,
         "event_id": str(event.event_id),
         "occurred_at": _utc(event.occurred_at),
-        "actor": _fit(c.actor, event.actor),
-        "via": _fit(c.via, event.via),
-        "action": _fit(c.action, event.type),
-        "target_type": _fit(c.target_type, event.aggregate_type),
-        "target_id": _fit(c.target_id, str(event.aggregate_id)),
-        "ip": _fit(c.ip, event.ip),
-        "user_agent": _fit(c.user_agent, event.user_agent),
-        "correlation_id": _fit(c.correlation_id, event.correlation_id),
+        "actor": _fit("actor", event.actor),
+        "via": _fit("via", event.via),
+        "action": _fit("action", event.type),
+        "target_type": _fit("target_type", event.aggregate_type),
+        "target_id": _fit("target_id", str(event.aggregate_id)),
+        "ip": _fit("ip", event.ip),
+        "user_agent": _fit("user_agent", event.user_agent),
+        "correlation_id": _fit("correlation_id", event.correlation_id),
         "detail": redact(event.data),
         "prev_hash": prev_hash,
     }
@@ -167,10 +208,10 @@ class AuditProjector:
 
     async def apply_many(self, conn: AsyncConnection, events: Sequence[EventEnvelope]) -> None:
         """A batch at once: the heads of its tenants read (and locked) in one query inside the batch's
-        transaction, rows chained in memory, one multi-row insert, one upsert of the heads."""
+        transaction, rows chained in memory, one ``COPY`` of the rows, one upsert of the heads."""
         if not events:
             return
-        tenant_of = [_fit(audit_log.c.tenant_id, e.tenant_id or PLATFORM_TENANT) or PLATFORM_TENANT for e in events]
+        tenant_of = [_fit("tenant_id", e.tenant_id or PLATFORM_TENANT) or PLATFORM_TENANT for e in events]
         rows = await conn.execute(
             select(audit_heads.c.tenant_id, audit_heads.c.seq, audit_heads.c.hash)
             .where(audit_heads.c.tenant_id.in_(set(tenant_of)))
@@ -183,7 +224,7 @@ class AuditProjector:
             row = audit_row(event, seq=seq + 1, prev_hash=prev_hash)
             heads[tenant_id] = (row["seq"], row["hash"])
             new_rows.append(row)
-        await conn.execute(audit_log.insert(), new_rows)
+        await copy_rows(conn, audit_log, new_rows)
         upsert = insert(audit_heads)
         await conn.execute(
             upsert.on_conflict_do_update(

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.models import default_capabilities
-from projections.runtime import HandlesTypes
+from projections.runtime import HandlesTypes, copy_rows
 from schema.events import EventEnvelope
 from schema.tables import chats, generations, messages, models, providers
 
@@ -200,27 +200,40 @@ class ChatsProjector:
         else:
             await self._apply_chat(conn, e)
 
+    async def apply_many(self, conn: AsyncConnection, events: Sequence[EventEnvelope]) -> None:
+        """The events in order, in few statements. A chat or generation created in the batch is built in
+        memory and takes the batch's later events there (a chat its messages too); they go in by ``COPY``
+        at the end. An event about a chat or generation from an earlier batch runs as ``apply`` runs it:
+        it touches no row of this batch, so the order between the two does not matter."""
+        new_chats: dict[str, dict[str, Any]] = {}
+        new_messages: list[dict[str, Any]] = []
+        new_generations: dict[str, dict[str, Any]] = {}
+        for e in events:
+            key = str(e.aggregate_id)
+            if e.type in self._generation_types:
+                if e.type == "GenerationRequested":
+                    new_generations[key] = _generation_row(e)
+                elif key in new_generations:
+                    new_generations[key].update(_generation_changes(e))
+                else:
+                    await self._apply_generation(conn, e)
+            elif e.type == "ChatCreated":
+                new_chats[key] = _chat_row(e)
+            elif key in new_chats:
+                _fold_chat_event(new_chats[key], new_messages, e)
+            else:
+                await self._apply_chat(conn, e)
+        await _copy_grouped(conn, chats, list(new_chats.values()))
+        await _copy_grouped(conn, messages, new_messages)
+        await _copy_grouped(conn, generations, list(new_generations.values()))
+
     async def _apply_chat(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         d = e.data
         chat_id = str(e.aggregate_id)
         this_chat = chats.c.chat_id == chat_id
         match e.type:
             case "ChatCreated":
-                await conn.execute(
-                    chats.insert().values(
-                        chat_id=chat_id,
-                        tenant_id=d["tenant_id"],
-                        owner_id=d["owner_id"],
-                        title=_fit(chats.c.title, d["title"]),
-                        source=_fit(chats.c.source, d["source"]),
-                        client_chat_id=_fit(chats.c.client_chat_id, d.get("client_chat_id")),
-                        archived=False,
-                        deleted=False,
-                        message_count=0,
-                        created_at=e.occurred_at,
-                        updated_at=e.occurred_at,
-                    )
-                )
+                await conn.execute(chats.insert().values(**_chat_row(e)))
             case "ChatRenamed":
                 await conn.execute(
                     chats.update()
@@ -239,26 +252,10 @@ class ChatsProjector:
                 )
                 await conn.execute(messages.delete().where(messages.c.chat_id == chat_id))
             case "MessagePosted" | "ToolResultPosted":
-                message_id = _fit(messages.c.message_id, d["message_id"])
-                tenant_id = await self._touch(conn, chat_id, e, head=message_id)
+                row = _message_row(e)
+                tenant_id = await self._touch(conn, chat_id, e, head=row["message_id"])
                 if tenant_id is not None:
-                    await conn.execute(
-                        messages.insert().values(
-                            message_id=message_id,
-                            chat_id=chat_id,
-                            tenant_id=tenant_id,
-                            seq=e.id,
-                            role="tool" if e.type == "ToolResultPosted" else _fit(messages.c.role, d["role"]),
-                            content=_fit(messages.c.content, d.get("content", "")),
-                            parent_id=_fit(messages.c.parent_id, d.get("parent_id")),
-                            tool_calls=d.get("tool_calls") or None,
-                            images=d.get("images") or None,
-                            tool_call_id=_fit(messages.c.tool_call_id, d.get("tool_call_id")),
-                            tool_name=_fit(messages.c.tool_name, d.get("name")),
-                            tool_latency_ms=d.get("latency_ms"),
-                            created_at=e.occurred_at,
-                        )
-                    )
+                    await conn.execute(messages.insert().values(**row, tenant_id=tenant_id))
             case "ChatKnowledgeChanged":
                 await conn.execute(
                     chats.update().where(this_chat).values(knowledge_ids=list(d["knowledge_ids"]), updated_at=e.occurred_at)
@@ -270,33 +267,12 @@ class ChatsProjector:
                     files.append(d["document_id"])
                 await conn.execute(chats.update().where(this_chat).values(file_ids=files, updated_at=e.occurred_at))
             case "AnswerRecorded":
-                message_id = _fit(messages.c.message_id, d["message_id"])
-                parent_id = _fit(messages.c.parent_id, d.get("parent_id"))
+                row = _answer_row(e)
                 # Like the aggregate: the answer becomes the head only if its question still is.
-                head = case((chats.c.head_id == parent_id, message_id), else_=chats.c.head_id)
+                head = case((chats.c.head_id == row["parent_id"], row["message_id"]), else_=chats.c.head_id)
                 tenant_id = await self._touch(conn, chat_id, e, head=head)
                 if tenant_id is not None:
-                    await conn.execute(
-                        messages.insert().values(
-                            message_id=message_id,
-                            chat_id=chat_id,
-                            tenant_id=tenant_id,
-                            seq=e.id,
-                            role="assistant",
-                            content=_fit(messages.c.content, d.get("content", "")),
-                            parent_id=parent_id,
-                            model=_fit(messages.c.model, d.get("model")),
-                            generation_id=d.get("generation_id"),
-                            thinking=_fit(messages.c.thinking, d.get("thinking", "")),
-                            status=_fit(messages.c.status, d.get("status")),
-                            prompt_tokens=int(d.get("prompt_tokens") or 0),
-                            completion_tokens=int(d.get("completion_tokens") or 0),
-                            timings=d.get("timings") or {},
-                            citations=d.get("citations") or None,
-                            tool_calls=d.get("tool_calls") or None,
-                            created_at=e.occurred_at,
-                        )
-                    )
+                    await conn.execute(messages.insert().values(**row, tenant_id=tenant_id))
 
     @staticmethod
     async def _touch(conn: AsyncConnection, chat_id: str, e: EventEnvelope, *, head: Any) -> str | None:
@@ -310,63 +286,176 @@ class ChatsProjector:
         return row.scalar()
 
     async def _apply_generation(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        d = e.data
-        this_generation = generations.c.generation_id == str(e.aggregate_id)
-        g = generations.c
-        match e.type:
-            case "GenerationRequested":
-                await conn.execute(
-                    generations.insert().values(
-                        generation_id=str(e.aggregate_id),
-                        tenant_id=d["tenant_id"],
-                        chat_id=d.get("chat_id"),
-                        user_id=d["user_id"],
-                        model=_fit(g.model, d["model"]),
-                        purpose=_fit(g.purpose, d.get("purpose") or "chat"),
-                        tools_ignored=d.get("tools_ignored") or None,
-                        user_message_id=_fit(g.user_message_id, d["user_message_id"]),
-                        answer_message_id=_fit(g.answer_message_id, d["answer_message_id"]),
-                        params=d.get("params") or {},
-                        reserved_tokens=int(d.get("reserved_tokens") or 0),
-                        status="requested",
-                        attempt=0,
-                        cancel_requested=False,
-                        requested_at=e.occurred_at,
-                    )
-                )
-            case "GenerationStarted":
-                # The latest attempt's start: a redelivered job starts over.
-                await conn.execute(
-                    generations.update()
-                    .where(this_generation)
-                    .values(status="running", attempt=int(d.get("attempt") or 0), started_at=e.occurred_at)
-                )
-            case "GenerationCancelRequested":
-                await conn.execute(generations.update().where(this_generation).values(cancel_requested=True))
-            case "GenerationCompleted" | "GenerationFailed" | "GenerationCancelled":
-                changes: dict[str, Any] = {
-                    "status": FINISHED[e.type],
-                    "text": _fit(g.text, d.get("text", "")),
-                    "prompt_tokens": int(d.get("prompt_tokens") or 0),
-                    "completion_tokens": int(d.get("completion_tokens") or 0),
-                    "finished_at": e.occurred_at,
-                }
-                if d.get("attempt"):
-                    changes["attempt"] = int(d["attempt"])
-                if e.type == "GenerationCompleted":
-                    changes.update(
-                        finish_reason=_fit(g.finish_reason, d.get("finish_reason")),
-                        tool_calls=d.get("tool_calls") or None,
-                        ttft_ms=d.get("ttft_ms"),
-                        tokens_per_s=d.get("tokens_per_s"),
-                        duration_ms=d.get("duration_ms"),
-                    )
-                elif e.type == "GenerationFailed":
-                    changes.update(
-                        error_code=_fit(g.error_code, d.get("code")),
-                        error_message=_fit(g.error_message, d.get("message")),
-                    )
-                await conn.execute(generations.update().where(this_generation).values(**changes))
+        if e.type == "GenerationRequested":
+            await conn.execute(generations.insert().values(**_generation_row(e)))
+        else:
+            await conn.execute(
+                generations.update()
+                .where(generations.c.generation_id == str(e.aggregate_id))
+                .values(**_generation_changes(e))
+            )
+
+
+# --- rows the chats projector writes, from the events -------------------------------------------------
+def _chat_row(e: EventEnvelope) -> dict[str, Any]:
+    d = e.data
+    return {
+        "chat_id": str(e.aggregate_id),
+        "tenant_id": d["tenant_id"],
+        "owner_id": d["owner_id"],
+        "title": _fit(chats.c.title, d["title"]),
+        "source": _fit(chats.c.source, d["source"]),
+        "client_chat_id": _fit(chats.c.client_chat_id, d.get("client_chat_id")),
+        "archived": False,
+        "deleted": False,
+        "message_count": 0,
+        "created_at": e.occurred_at,
+        "updated_at": e.occurred_at,
+    }
+
+
+def _message_row(e: EventEnvelope) -> dict[str, Any]:
+    """A ``MessagePosted`` or ``ToolResultPosted`` message, but for its ``tenant_id`` (its chat's)."""
+    d = e.data
+    m = messages.c
+    return {
+        "message_id": _fit(m.message_id, d["message_id"]),
+        "chat_id": str(e.aggregate_id),
+        "seq": e.id,
+        "role": "tool" if e.type == "ToolResultPosted" else _fit(m.role, d["role"]),
+        "content": _fit(m.content, d.get("content", "")),
+        "parent_id": _fit(m.parent_id, d.get("parent_id")),
+        "tool_calls": d.get("tool_calls") or None,
+        "images": d.get("images") or None,
+        "tool_call_id": _fit(m.tool_call_id, d.get("tool_call_id")),
+        "tool_name": _fit(m.tool_name, d.get("name")),
+        "tool_latency_ms": d.get("latency_ms"),
+        "created_at": e.occurred_at,
+    }
+
+
+def _answer_row(e: EventEnvelope) -> dict[str, Any]:
+    """An ``AnswerRecorded`` message, but for its ``tenant_id`` (its chat's)."""
+    d = e.data
+    m = messages.c
+    return {
+        "message_id": _fit(m.message_id, d["message_id"]),
+        "chat_id": str(e.aggregate_id),
+        "seq": e.id,
+        "role": "assistant",
+        "content": _fit(m.content, d.get("content", "")),
+        "parent_id": _fit(m.parent_id, d.get("parent_id")),
+        "model": _fit(m.model, d.get("model")),
+        "generation_id": d.get("generation_id"),
+        "thinking": _fit(m.thinking, d.get("thinking", "")),
+        "status": _fit(m.status, d.get("status")),
+        "prompt_tokens": int(d.get("prompt_tokens") or 0),
+        "completion_tokens": int(d.get("completion_tokens") or 0),
+        "timings": d.get("timings") or {},
+        "citations": d.get("citations") or None,
+        "tool_calls": d.get("tool_calls") or None,
+        "created_at": e.occurred_at,
+    }
+
+
+def _generation_row(e: EventEnvelope) -> dict[str, Any]:
+    d = e.data
+    g = generations.c
+    return {
+        "generation_id": str(e.aggregate_id),
+        "tenant_id": d["tenant_id"],
+        "chat_id": d.get("chat_id"),
+        "user_id": d["user_id"],
+        "model": _fit(g.model, d["model"]),
+        "purpose": _fit(g.purpose, d.get("purpose") or "chat"),
+        "tools_ignored": d.get("tools_ignored") or None,
+        "user_message_id": _fit(g.user_message_id, d["user_message_id"]),
+        "answer_message_id": _fit(g.answer_message_id, d["answer_message_id"]),
+        "params": d.get("params") or {},
+        "reserved_tokens": int(d.get("reserved_tokens") or 0),
+        "status": "requested",
+        "attempt": 0,
+        "cancel_requested": False,
+        "requested_at": e.occurred_at,
+    }
+
+
+def _generation_changes(e: EventEnvelope) -> dict[str, Any]:
+    """What a generation event after ``GenerationRequested`` sets."""
+    d = e.data
+    g = generations.c
+    if e.type == "GenerationStarted":  # the latest attempt's start: a redelivered job starts over
+        return {"status": "running", "attempt": int(d.get("attempt") or 0), "started_at": e.occurred_at}
+    if e.type == "GenerationCancelRequested":
+        return {"cancel_requested": True}
+    changes: dict[str, Any] = {
+        "status": FINISHED[e.type],
+        "text": _fit(g.text, d.get("text", "")),
+        "prompt_tokens": int(d.get("prompt_tokens") or 0),
+        "completion_tokens": int(d.get("completion_tokens") or 0),
+        "finished_at": e.occurred_at,
+    }
+    if d.get("attempt"):
+        changes["attempt"] = int(d["attempt"])
+    if e.type == "GenerationCompleted":
+        changes.update(
+            finish_reason=_fit(g.finish_reason, d.get("finish_reason")),
+            tool_calls=d.get("tool_calls") or None,
+            ttft_ms=d.get("ttft_ms"),
+            tokens_per_s=d.get("tokens_per_s"),
+            duration_ms=d.get("duration_ms"),
+        )
+    elif e.type == "GenerationFailed":
+        changes.update(
+            error_code=_fit(g.error_code, d.get("code")),
+            error_message=_fit(g.error_message, d.get("message")),
+        )
+    return changes
+
+
+def _fold_chat_event(chat: dict[str, Any], new_messages: list[dict[str, Any]], e: EventEnvelope) -> None:
+    """``ChatsProjector._apply_chat`` on a chat row (and its messages) not yet written."""
+    d = e.data
+    match e.type:
+        case "ChatRenamed":
+            chat.update(title=_fit(chats.c.title, d["title"]), updated_at=e.occurred_at)
+        case "ChatArchived" | "ChatUnarchived":
+            chat.update(archived=e.type == "ChatArchived", updated_at=e.occurred_at)
+        case "ChatDeleted":
+            chat.update(deleted=True, updated_at=e.occurred_at)
+            new_messages[:] = [m for m in new_messages if m["chat_id"] != chat["chat_id"]]
+        case "MessagePosted" | "ToolResultPosted" | "AnswerRecorded":
+            if chat["deleted"]:
+                return
+            if e.type == "AnswerRecorded":
+                row = _answer_row(e)
+                # As SQL compares (a NULL matches nothing): the answer becomes the head only if its
+                # question still is.
+                parent = row["parent_id"]
+                head = row["message_id"] if parent is not None and chat.get("head_id") == parent else chat.get("head_id")
+            else:
+                row = _message_row(e)
+                head = row["message_id"]
+            chat.update(message_count=chat["message_count"] + 1, head_id=head, updated_at=e.occurred_at)
+            row["tenant_id"] = chat["tenant_id"]
+            new_messages.append(row)
+        case "ChatKnowledgeChanged":
+            chat.update(knowledge_ids=list(d["knowledge_ids"]), updated_at=e.occurred_at)
+        case "ChatFileAttached" | "ChatFileDetached":
+            files = [f for f in chat.get("file_ids", []) if f != d["document_id"]]
+            if e.type == "ChatFileAttached":
+                files.append(d["document_id"])
+            chat.update(file_ids=files, updated_at=e.occurred_at)
+
+
+async def _copy_grouped(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """``rows`` into ``table``, one ``COPY`` per set of columns (a column a row leaves out keeps its
+    default, as it would in a one-row insert)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    for group in groups.values():
+        await copy_rows(conn, table, group)
 
 
 # --- queries: models -----------------------------------------------------------------------------------

@@ -3,10 +3,11 @@ Every query takes the caller's tenant and filters by it."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, func, or_, select
+from sqlalchemy import Integer, Table, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from projections.runtime import HandlesTypes
@@ -39,86 +40,113 @@ class IdentityProjector(HandlesTypes):
     )
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        d = e.data
-        aggregate_id = str(e.aggregate_id)
-        match e.type:
-            case "TenantCreated":
-                await conn.execute(
-                    tenants.insert().values(
-                        tenant_id=aggregate_id,
-                        slug=d["slug"],
-                        name=d["name"],
-                        allow_signup=d["allow_signup"],
-                        default_role=d["default_role"],
-                        domains=d["domains"],
-                        created_at=e.occurred_at,
+        await self.apply_many(conn, [e])
+
+    async def apply_many(self, conn: AsyncConnection, events: Sequence[EventEnvelope]) -> None:
+        """The events in order, in few statements. A row created in the batch is built in memory, takes
+        the batch's later changes there, and goes in with the others of its table as one multi-row
+        insert; a change to a row from an earlier batch runs as it comes (it touches no row of this
+        batch, so the order between the two does not matter), and each tenant's new users are counted
+        in one update."""
+        new_tenants: dict[str, dict[str, Any]] = {}
+        new_users: dict[str, dict[str, Any]] = {}
+        new_keys: dict[str, dict[str, Any]] = {}
+        joined: Counter[str] = Counter()  # users registered in tenants from earlier batches
+        for e in events:
+            d = e.data
+            aggregate_id = str(e.aggregate_id)
+            match e.type:
+                case "TenantCreated":
+                    new_tenants[aggregate_id] = {
+                        "tenant_id": aggregate_id,
+                        "slug": d["slug"],
+                        "name": d["name"],
+                        "allow_signup": d["allow_signup"],
+                        "default_role": d["default_role"],
+                        "domains": d["domains"],
+                        "user_count": 0,
+                        "created_at": e.occurred_at,
+                    }
+                case "TenantSettingsChanged":
+                    settings = {key: d[key] for key in ("name", "allow_signup", "default_role", "domains")}
+                    if aggregate_id in new_tenants:
+                        new_tenants[aggregate_id].update(settings)
+                    else:
+                        await conn.execute(tenants.update().where(tenants.c.tenant_id == aggregate_id).values(**settings))
+                case "UserRegistered":
+                    new_users[aggregate_id] = {
+                        "user_id": aggregate_id,
+                        "tenant_id": d["tenant_id"],
+                        "email": d["email"],
+                        "name": d["name"],
+                        "role": d["role"],
+                        "active": True,
+                        "token_version": 1,
+                        "created_at": e.occurred_at,
+                        "updated_at": e.occurred_at,
+                    }
+                    if d["tenant_id"] in new_tenants:
+                        new_tenants[d["tenant_id"]]["user_count"] += 1
+                    else:
+                        joined[d["tenant_id"]] += 1
+                case "ApiKeyCreated":
+                    new_keys[aggregate_id] = {
+                        "key_id": aggregate_id,
+                        "tenant_id": d["tenant_id"],
+                        "user_id": d["user_id"],
+                        "name": d["name"],
+                        "prefix": d["prefix"],
+                        "scopes": d["scopes"],
+                        "created_at": e.occurred_at,
+                        "expires_at": d.get("expires_at"),
+                        "revoked_at": None,
+                        "role_map": d.get("role_map") or None,
+                    }
+                case "ApiKeyRoleMapChanged" | "ApiKeyRevoked":
+                    change = (
+                        {"role_map": d.get("role_map") or None}
+                        if e.type == "ApiKeyRoleMapChanged"
+                        else {"revoked_at": e.occurred_at}
                     )
-                )
-            case "TenantSettingsChanged":
-                await conn.execute(
-                    tenants.update()
-                    .where(tenants.c.tenant_id == aggregate_id)
-                    .values(
-                        name=d["name"],
-                        allow_signup=d["allow_signup"],
-                        default_role=d["default_role"],
-                        domains=d["domains"],
-                    )
-                )
-            case "UserRegistered":
-                await conn.execute(
-                    users.insert().values(
-                        user_id=aggregate_id,
-                        tenant_id=d["tenant_id"],
-                        email=d["email"],
-                        name=d["name"],
-                        role=d["role"],
-                        active=True,
-                        token_version=1,
-                        created_at=e.occurred_at,
-                        updated_at=e.occurred_at,
-                    )
-                )
-                await conn.execute(
-                    tenants.update()
-                    .where(tenants.c.tenant_id == d["tenant_id"])
-                    .values(user_count=tenants.c.user_count + 1)
-                )
-            case "ApiKeyCreated":
-                await conn.execute(
-                    api_keys.insert().values(
-                        key_id=aggregate_id,
-                        tenant_id=d["tenant_id"],
-                        user_id=d["user_id"],
-                        name=d["name"],
-                        prefix=d["prefix"],
-                        scopes=d["scopes"],
-                        created_at=e.occurred_at,
-                        expires_at=d.get("expires_at"),
-                        role_map=d.get("role_map") or None,
-                    )
-                )
-            case "ApiKeyRoleMapChanged":
-                await conn.execute(
-                    api_keys.update().where(api_keys.c.key_id == aggregate_id).values(role_map=d.get("role_map") or None)
-                )
-            case "ApiKeyRevoked":
-                await conn.execute(
-                    api_keys.update().where(api_keys.c.key_id == aggregate_id).values(revoked_at=e.occurred_at)
-                )
-            case _:
-                changes: dict[str, Any] = {"updated_at": e.occurred_at}
-                if e.type == "RoleChanged":
-                    changes["role"] = d["role"]
-                elif e.type == "UserRenamed":
-                    changes["name"] = d["name"]
-                elif e.type == "UserDeactivated":
-                    changes["active"] = False
-                elif e.type == "UserReactivated":
-                    changes["active"] = True
-                if e.type in _REVOKING:
-                    changes["token_version"] = users.c.token_version + 1
-                await conn.execute(users.update().where(users.c.user_id == aggregate_id).values(**changes))
+                    if aggregate_id in new_keys:
+                        new_keys[aggregate_id].update(change)
+                    else:
+                        await conn.execute(api_keys.update().where(api_keys.c.key_id == aggregate_id).values(**change))
+                case _:
+                    changes = _user_changes(e)
+                    user = new_users.get(aggregate_id)
+                    if user is None:
+                        if e.type in _REVOKING:
+                            changes["token_version"] = users.c.token_version + 1
+                        await conn.execute(users.update().where(users.c.user_id == aggregate_id).values(**changes))
+                    else:
+                        user.update(changes)
+                        user["token_version"] += 1 if e.type in _REVOKING else 0
+        for table, rows in ((tenants, new_tenants), (users, new_users), (api_keys, new_keys)):
+            if rows:
+                await conn.execute(table.insert(), list(rows.values()))
+        if joined:
+            count = bindparam("joined", type_=Integer)
+            await conn.execute(
+                tenants.update()
+                .where(tenants.c.tenant_id == bindparam("tenant"))
+                .values(user_count=tenants.c.user_count + count),
+                [{"tenant": tenant, "joined": n} for tenant, n in joined.items()],
+            )
+
+
+def _user_changes(e: EventEnvelope) -> dict[str, Any]:
+    """What a user event other than ``UserRegistered`` sets (``token_version`` aside)."""
+    changes: dict[str, Any] = {"updated_at": e.occurred_at}
+    if e.type == "RoleChanged":
+        changes["role"] = e.data["role"]
+    elif e.type == "UserRenamed":
+        changes["name"] = e.data["name"]
+    elif e.type == "UserDeactivated":
+        changes["active"] = False
+    elif e.type == "UserReactivated":
+        changes["active"] = True
+    return changes
 
 
 def _user_dict(row: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Table, func, literal_column, over, select, union_all
+from sqlalchemy import Table, bindparam, func, literal_column, over, select, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -60,6 +60,10 @@ def _uuid(value: Any) -> str | None:
         return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
     except ValueError:
         return None
+
+
+def _role(e: EventEnvelope) -> str:
+    return str(e.data.get("role") or "user")[:20]
 
 
 def _tokens(value: Any) -> int:
@@ -108,7 +112,28 @@ class UsageProjector(HandlesTypes):
         }
     )
 
+    async def apply_many(self, conn: AsyncConnection, events: Sequence[EventEnvelope]) -> None:
+        """The events in order, in few statements: sign-ups, requests and outcomes (most of a rebuild)
+        are gathered in a ``_Batch`` and written together; any other event first writes what was
+        gathered, then runs on its own (and what the batch had read may have changed)."""
+        batch = _Batch(conn)
+        for e in events:
+            match e.type:
+                case "UserRegistered":
+                    batch.join(e)
+                case "RoleChanged" if str(e.aggregate_id) in batch.joined:
+                    batch.joined[str(e.aggregate_id)]["role"] = _role(e)
+                case "GenerationRequested":
+                    await batch.request(e)
+                case "GenerationCompleted" | "GenerationFailed" | "GenerationCancelled":
+                    await batch.finish(e)
+                case _:
+                    await batch.write()
+                    await self.apply(conn, e)
+        await batch.write()
+
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
+        """One event (``apply_many`` does the same to a batch in fewer statements)."""
         d = e.data
         aggregate_id = str(e.aggregate_id)
         match e.type:
@@ -117,14 +142,12 @@ class UsageProjector(HandlesTypes):
                 if tenant is not None:
                     await conn.execute(
                         insert(usage_roles)
-                        .values(user_id=aggregate_id, tenant_id=tenant, role=str(d.get("role") or "user")[:20])
+                        .values(user_id=aggregate_id, tenant_id=tenant, role=_role(e))
                         .on_conflict_do_nothing()
                     )
             case "RoleChanged":
                 await conn.execute(
-                    usage_roles.update()
-                    .where(usage_roles.c.user_id == aggregate_id)
-                    .values(role=str(d.get("role") or "user")[:20])
+                    usage_roles.update().where(usage_roles.c.user_id == aggregate_id).values(role=_role(e))
                 )
             case "QuotaPolicyCreated":
                 tenant = _uuid(d.get("tenant_id"))
@@ -258,6 +281,165 @@ class UsageProjector(HandlesTypes):
                     monthly_outcome: monthly_outcome + 1,
                 }
             )
+        )
+
+
+_METRICS = ("prompt_tokens", "completion_tokens", "total_tokens", "requests", "completed", "failed", "cancelled")
+
+
+class _Batch:
+    """What ``UsageProjector.apply`` would write for a run of sign-ups, requests and outcomes, gathered in
+    memory and written by ``write`` in one statement per table: a generation requested and finished in
+    the run never enters ``usage_generations``; each (day or month, user, model) gets its requests and
+    tokens added once, its role set to that of its latest request; rows only counted on (their requests
+    were in an earlier run) are updated, never inserted, as ``_finished`` does. The tenants' time zones
+    and users' roles are read once per run; only other events change them, and they end a run."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.joined: dict[str, dict[str, str]] = {}
+        self.open: dict[str, dict[str, Any]] = {}
+        self.daily: dict[tuple[str, date, str, str], dict[str, Any]] = {}
+        self.monthly: dict[tuple[str, date, str, str], dict[str, Any]] = {}
+        self.tool_calls: dict[tuple[str, date, str, str], int] = {}
+        self.timezones: dict[str, str] = {}
+        self.roles: dict[str, str] = {}
+
+    def join(self, e: EventEnvelope) -> None:
+        tenant = _uuid(e.data.get("tenant_id"))
+        user = str(e.aggregate_id)
+        if tenant is not None and user not in self.joined:  # the first insert wins, as on conflict
+            self.joined[user] = {"user_id": user, "tenant_id": tenant, "role": _role(e)}
+
+    async def _day(self, tenant: str, e: EventEnvelope) -> date:
+        if tenant not in self.timezones:
+            self.timezones[tenant] = (
+                await self.conn.execute(select(usage_timezones.c.timezone).where(usage_timezones.c.tenant_id == tenant))
+            ).scalar() or "UTC"
+        try:
+            return day_of(e.occurred_at, self.timezones[tenant])
+        except (ValueError, KeyError):  # as ``_day``
+            return day_of(e.occurred_at, "UTC")
+
+    async def _role(self, user: str) -> str:
+        if user in self.joined:
+            return self.joined[user]["role"]
+        if user not in self.roles:
+            self.roles[user] = (
+                await self.conn.execute(select(usage_roles.c.role).where(usage_roles.c.user_id == user))
+            ).scalar() or "unknown"
+        return self.roles[user]
+
+    async def request(self, e: EventEnvelope) -> None:
+        d = e.data
+        tenant, user = _uuid(d.get("tenant_id")), _uuid(d.get("user_id"))
+        if tenant is None or user is None:
+            return
+        model = str(d.get("model") or "")[:100]
+        day = await self._day(tenant, e)
+        role = await self._role(user)
+        self.open.setdefault(
+            str(e.aggregate_id),
+            {
+                "generation_id": str(e.aggregate_id),
+                "tenant_id": tenant,
+                "user_id": user,
+                "model": model,
+                "day": day,
+                "reserved_tokens": _tokens(d.get("reserved_tokens")),
+                "requested_at": e.occurred_at,
+            },
+        )
+        for totals, period in ((self.daily, day), (self.monthly, day.replace(day=1))):
+            counts = totals.setdefault((tenant, period, user, model), dict.fromkeys(_METRICS, 0))
+            counts["requests"] += 1
+            counts["role"] = role
+
+    async def finish(self, e: EventEnvelope) -> None:
+        opened = self.open.pop(str(e.aggregate_id), None)
+        if opened is None:
+            row = (
+                await self.conn.execute(
+                    usage_generations.delete()
+                    .where(usage_generations.c.generation_id == str(e.aggregate_id))
+                    .returning(
+                        usage_generations.c.tenant_id,
+                        usage_generations.c.user_id,
+                        usage_generations.c.model,
+                        usage_generations.c.day,
+                    )
+                )
+            ).first()
+            if row is None:
+                return
+            tenant, user, model, day = row.tenant_id, row.user_id, row.model, row.day
+        else:
+            tenant, user, model, day = opened["tenant_id"], opened["user_id"], opened["model"], opened["day"]
+        for call in e.data.get("tool_calls") or ():
+            if isinstance(call, dict):
+                key = (tenant, day, user, str(call.get("name") or "unknown")[:100])
+                self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
+        prompt, completion = _tokens(e.data.get("prompt_tokens")), _tokens(e.data.get("completion_tokens"))
+        for totals, period in ((self.daily, day), (self.monthly, day.replace(day=1))):
+            counts = totals.setdefault((tenant, period, user, model), dict.fromkeys(_METRICS, 0))
+            counts["prompt_tokens"] += prompt
+            counts["completion_tokens"] += completion
+            counts["total_tokens"] += prompt + completion
+            counts[_OUTCOMES[e.type]] += 1
+
+    async def write(self) -> None:
+        conn = self.conn
+        if self.joined:
+            await conn.execute(insert(usage_roles).on_conflict_do_nothing(), list(self.joined.values()))
+        if self.open:
+            await conn.execute(insert(usage_generations).on_conflict_do_nothing(), list(self.open.values()))
+        await _add_totals(conn, usage_daily, "day", self.daily)
+        await _add_totals(conn, usage_monthly, "month", self.monthly)
+        if self.tool_calls:
+            stmt = insert(usage_tools)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["tenant_id", "day", "user_id", "tool"],
+                    set_={"calls": usage_tools.c.calls + stmt.excluded.calls},
+                ),
+                [
+                    {"tenant_id": t, "day": d, "user_id": u, "tool": tool, "calls": n}
+                    for (t, d, u, tool), n in self.tool_calls.items()
+                ],
+            )
+        for gathered in (self.joined, self.open, self.daily, self.monthly, self.tool_calls, self.timezones, self.roles):
+            gathered.clear()
+
+
+async def _add_totals(
+    conn: AsyncConnection, table: Table, period: str, totals: dict[tuple[str, date, str, str], dict[str, Any]]
+) -> None:
+    """Add the gathered counts to ``table`` (``usage_daily`` or ``usage_monthly``): rows with requests are
+    upserted (and take the role of the latest); rows with outcomes only are updated, never inserted."""
+    c = table.c
+    requested, counted = [], []
+    for (tenant, when, user, model), counts in totals.items():
+        row = {"tenant_id": tenant, period: when, "user_id": user, "model": model, **counts}
+        (requested if counts["requests"] else counted).append(row)
+    if requested:
+        stmt = insert(table)
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["tenant_id", period, "user_id", "model"],
+                set_={"role": stmt.excluded.role, **{m: c[m] + stmt.excluded[m] for m in _METRICS}},
+            ),
+            requested,
+        )
+    if counted:
+        key = {name: bindparam(f"k_{name}") for name in ("tenant_id", period, "user_id", "model")}
+        await conn.execute(
+            table.update()
+            .where(*(c[name] == param for name, param in key.items()))
+            .values({c[m]: c[m] + bindparam(f"d_{m}", type_=c[m].type) for m in _METRICS}),
+            [
+                {**{f"k_{name}": row[name] for name in key}, **{f"d_{m}": row[m] for m in _METRICS}}
+                for row in counted
+            ],
         )
 
 

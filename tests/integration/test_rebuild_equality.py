@@ -2,12 +2,16 @@
 projector ``all_projectors()`` knows, over a varied history (tenants, sign-ups, role changes, renames,
 deactivations, password changes, sessions, API keys created and revoked, failed sign-ins, token misuse,
 providers, models and grants, chats with branched, cancelled and deleted conversations).
-And ``parley rebuild`` does it from the command line, showing progress."""
+Rebuilt three ways: in pages of the runtime's size (each page one batch), in pages of a few events (so a
+row is created in one batch and changed in later ones), and one event at a time through ``apply`` (the
+reference every ``apply_many`` must agree with). A rebuild cut short keeps only whole pages, each with its
+position, and a catch-up finishes it. And ``parley rebuild`` does it from the command line, showing
+progress."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-
 from typing import Any
 
 import pytest
@@ -19,7 +23,8 @@ from application.conversations import LOCAL_MODEL, Outcome
 from application.identity import Principal
 from domain.errors import Forbidden, ParleyError, Unauthenticated
 from domain.identity import Tenant, tenant_id_for
-from projections.runtime import read_position, rebuild
+from projections import runtime
+from projections.runtime import Projector, ProjectorRunner, read_position, rebuild
 from tests import corpus
 from tests.conftest import Pipeline
 from tests.integration.procs import run_cli
@@ -194,26 +199,83 @@ async def varied_history(c: Container) -> None:
     await c.store.execute(ctx(str(tenant_id_for("acme")), "system:cli"), change_settings)
 
 
+class OneAtATime:
+    """``projector`` without its ``apply_many``: the runtime applies each event through ``apply``."""
+
+    def __init__(self, projector: Projector) -> None:
+        self.projector = projector
+        self.name = projector.name
+        self.tables = projector.tables
+
+    def handles(self, event_type: str) -> bool:
+        return self.projector.handles(event_type)
+
+    async def apply(self, conn: Any, event: Any) -> None:
+        await self.projector.apply(conn, event)
+
+
+REBUILDS = ("pages", "small pages", "one event at a time")
+
+
 async def test_every_read_model_rebuilt_from_the_event_store_equals_the_incremental_one(
-    container: Container, pipeline: Pipeline
+    container: Container, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await varied_history(container)
     await pipeline.settle(timeout=60)
     max_id = await container.store.call(container.store.max_id)
     events = await container.store.call(container.store.read, 1, 100_000)
     assert len({e.type for e in events}) >= 15  # the history really is varied
+    assert len(events) <= runtime.PAGE  # "pages": the whole history is one batch
 
     for projector in all_projectors(container):
         incremental = await snapshot(container, projector.tables)
         assert any(incremental.values()), f"{projector.name} projected nothing"
 
-        replayed = await rebuild(projector, engine=container.engine, store=container.store)
+        for how in REBUILDS:
+            monkeypatch.setattr(runtime, "PAGE", 7 if how == "small pages" else runtime.PAGE)
+            replaying: Projector = OneAtATime(projector) if how == "one event at a time" else projector
 
-        assert replayed == len(events)
+            replayed = await rebuild(replaying, engine=container.engine, store=container.store)
+
+            assert replayed == len(events)
+            assert await read_position(container.engine, projector.name) == max_id
+            rebuilt = await snapshot(container, projector.tables)
+            for table, rows in incremental.items():
+                assert rebuilt[table] == rows, f"{projector.name}: {table} differs after a rebuild in {how}"
+            monkeypatch.undo()
+
+
+async def test_a_rebuild_cut_short_keeps_whole_pages_and_a_catch_up_finishes_it(
+    container: Container, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await varied_history(container)
+    await pipeline.settle(timeout=60)
+    max_id = await container.store.call(container.store.max_id)
+    monkeypatch.setattr(runtime, "PAGE", 11)
+
+    for projector in all_projectors(container):
+        incremental = await snapshot(container, projector.tables)
+        committed: list[int] = []
+        halfway = asyncio.Event()
+
+        def progress(
+            position: int, target: int, committed: list[int] = committed, halfway: asyncio.Event = halfway
+        ) -> None:
+            committed.append(position)
+            if position >= target // 2:
+                halfway.set()
+
+        task = asyncio.create_task(rebuild(projector, engine=container.engine, store=container.store, progress=progress))
+        await halfway.wait()
+        task.cancel()  # as a kill would: whatever page was in flight rolls back
+        await asyncio.gather(task, return_exceptions=True)
+
+        position = await read_position(container.engine, projector.name)
+        assert committed[-1] <= position < max_id, f"{projector.name} claims {position}"
+        await ProjectorRunner(projector, engine=container.engine, store=container.store).catch_up()
+
         assert await read_position(container.engine, projector.name) == max_id
-        rebuilt = await snapshot(container, projector.tables)
-        for table, rows in incremental.items():
-            assert rebuilt[table] == rows, f"{projector.name}: {table} differs after a rebuild"
+        assert await snapshot(container, projector.tables) == incremental, f"{projector.name} differs"
 
 
 async def test_parley_rebuild_shows_progress_and_gives_the_same_read_model(
