@@ -30,14 +30,19 @@ machine and a moment:
    - exact: ``VectorIndex.nearest_exact`` (a sequential scan and sort): latency, and the reference top 10;
    - HNSW: ``VectorIndex._nearest(..., exact=False)`` with ``ef_search`` 200 (the default) and 40:
      latency and recall@10 = mean over queries of |HNSW top 10 ∩ exact top 10| / 10;
-   - hybrid: ``VectorIndex.search`` (scope count, HNSW for 50 candidates, full text for 50 with the OR of
-     six words taken from the query's chunk, reciprocal rank fusion, rows filled): latency, and how often
-     the chunk the query came from is in the top 10.
+   - hybrid: ``VectorIndex.search`` with six words taken from the query's chunk: latency, and how often
+     the chunk the query came from is in the top 10. Then its three parts one by one, as ``search`` runs
+     them, each timed: the vector half (``_nearest`` as search decides: the scope counted up to
+     ``EXACT_UP_TO`` + 1, then remembered as large for ``LARGE_SCOPE_MEMORY_S``; HNSW for 50 candidates),
+     with its recall@10 against exact; the full-text half
+     (``_full_text``: 50 candidates, all words first, ranked over at most ``TEXT_POOL`` chunks per word);
+     the fusion (``fuse``, reciprocal rank) with the rows read (``_fill``).
 
    Whether the HNSW index is really used is checked twice: ``EXPLAIN ANALYZE`` of the statement
    ``_nearest`` sent (captured from the engine), and the index's ``idx_scan`` counter in
    ``pg_stat_user_indexes`` before and after each series (an HNSW series must add one scan per query, the
-   exact one none).
+   exact one none). The full-text half's statement is captured and explained the same way
+   (``EXPLAIN (ANALYZE, BUFFERS)``): how many rows it ranked, and in how long.
 
    The small knowledge base shows what HNSW does to a scope that is a small part of its space: pgvector
    (before 0.8's iterative scans) hands the filter at most ``ef_search`` nearest rows of the whole space,
@@ -79,7 +84,9 @@ from projections.vectors import (
     content_sha,
     embed_text,
     ensure_space,
+    fuse,
 )
+from projections.vectors import _fill as fill
 from projections.vectors import _scope_filter as scope_filter
 from schema.events import EventEnvelope
 from workers.bootstrap import Container, all_projectors
@@ -389,29 +396,53 @@ def recall(found: Sequence[Sequence[tuple[str, int]]], truth: Sequence[Sequence[
     return statistics.fmean(len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True))
 
 
-async def explain_nearest(index: VectorIndex, tenant_id: str, scope: SearchScope, index_name: str) -> tuple[bool, str]:
-    """EXPLAIN ANALYZE the statement ``_nearest`` sends for an HNSW search, as the engine saw it."""
+async def explain_sent(
+    index: VectorIndex, marker: str, call: Callable[[], Awaitable[Any]], *, options: str = "ANALYZE, COSTS OFF"
+) -> list[str]:
+    """``EXPLAIN (options)`` of the last statement holding ``marker`` that ``call`` sent, as the engine saw
+    it, with ``hnsw.ef_search`` as the index sets it; the plan is printed."""
     sent: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if "<=>" in statement and "ORDER BY" in statement:
+        if marker in statement and "ORDER BY" in statement:
             sent.append((statement, parameters))
 
     engine = index.engine.sync_engine
     event.listen(engine, "before_cursor_execute", capture)
     try:
-        await nearest(index, tenant_id, scope, 10)
+        await call()
     finally:
         event.remove(engine, "before_cursor_execute", capture)
     statement, parameters = sent[-1]
     async with index.engine.connect() as conn:
         await conn.exec_driver_sql(f"SET LOCAL hnsw.ef_search = {index.ef_search}")
-        rows = await conn.exec_driver_sql("EXPLAIN (ANALYZE, COSTS OFF) " + statement, parameters)
+        rows = await conn.exec_driver_sql(f"EXPLAIN ({options}) " + statement, parameters)
         plan = [str(r[0]) for r in rows]
     for line in plan:
         progress(f"  plan | {line if len(line) <= 140 else line[:100] + ' ... ' + line[-30:]}")
+    return plan
+
+
+async def explain_nearest(index: VectorIndex, tenant_id: str, scope: SearchScope, index_name: str) -> tuple[bool, str]:
+    """EXPLAIN ANALYZE the statement ``_nearest`` sends for an HNSW search, as the engine saw it."""
+    plan = await explain_sent(index, "<=>", lambda: nearest(index, tenant_id, scope, 10))
     scan = next((line.strip(" ->") for line in plan if " on rm_chunks" in line), plan[0])
     return f"Index Scan using {index_name}" in scan, scan.split(" (")[0]
+
+
+async def explain_full_text(index: VectorIndex, tenant_id: str, scope: SearchScope, query: str) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) the statement the full-text half sends: rows ranked, and the time."""
+
+    async def full_text() -> None:
+        async with index.engine.connect() as conn:
+            where, params = scope_filter(tenant_id, scope, ())
+            await index._full_text(conn, where, params, query, index.candidates)
+
+    plan = await explain_sent(index, "ts_rank_cd", full_text, options="ANALYZE, BUFFERS")
+    ranked = next((line for line in plan if "GroupAggregate" in line or "HashAggregate" in line), "")
+    rows = ranked.split("rows=")[-1].split(" ")[0] if "actual" in ranked else "?"
+    executed = next((line.split(": ")[1] for line in plan if line.startswith("Execution Time")), "?")
+    return f"{rows} rows ranked, executed in {executed}"
 
 
 async def measure_search(container: Container, database_url: str, scale: Scale, report: Report) -> None:
@@ -520,6 +551,7 @@ async def measure_search(container: Container, database_url: str, scale: Scale, 
         for row, found in zip(rows, hits, strict=True)
     )
     report.add("hybrid: query's own chunk in top 10", f"{own:.1%}", "its vector + noise, six of its words")
+    await measure_hybrid_parts(index, tenant, scopes, [q for _, q in queries], truth, report)
 
     # The other tenant's knowledge base: a tenth of the space, past EXACT_UP_TO, so searched by HNSW.
     other_rows = (loaded.main + rng.choice(scale.other_chunks, scale.other_queries, replace=False)).tolist()
@@ -557,6 +589,51 @@ async def measure_search(container: Container, database_url: str, scale: Scale, 
         f"{returned:.1f}",
         "the vector candidates VectorIndex.search asks for",
     )
+
+
+async def measure_hybrid_parts(
+    index: VectorIndex,
+    tenant: str,
+    scopes: Sequence[SearchScope],
+    words: Sequence[str],
+    truth: Sequence[Sequence[tuple[str, int]]],
+    report: Report,
+) -> None:
+    """Where a hybrid search's time goes: its vector half, full-text half and fusion, one after the other
+    on one connection as ``search`` runs them, each timed (and the full-text statement explained)."""
+    n = index.candidates
+    progress(f"hybrid parts: EXPLAIN (ANALYZE, BUFFERS) of the full-text half for {words[0]!r}")
+    explained = await explain_full_text(index, tenant, scopes[0], words[0])
+    progress(f"hybrid parts: full-text half {explained}")
+    parts: dict[str, list[float]] = {"vector": [], "text": [], "fusion": []}
+    nearest_10: list[list[tuple[str, int]]] = []
+
+    async def call(i: int) -> None:
+        async with index.engine.connect() as conn:
+            where, params = scope_filter(tenant, scopes[i], ())
+            with stopwatch() as elapsed:
+                vector = await index._nearest(conn, scopes[i], where, params, n)
+                parts["vector"].append(elapsed())
+            with stopwatch() as elapsed:
+                text_half = await index._full_text(conn, where, params, words[i], n)
+                parts["text"].append(elapsed())
+            with stopwatch() as elapsed:
+                await fill(conn, tenant, fuse([(vector, text_half)], 10))
+                parts["fusion"].append(elapsed())
+            nearest_10.append([key for key, _ in vector[:10]])
+
+    await timed_series("hybrid parts", len(scopes), call)
+    for values in parts.values():
+        del values[0]  # the untimed first call
+    del nearest_10[0]
+    report.add(
+        "hybrid: vector half p50/p95 (ms)",
+        p50_p95(parts["vector"]),
+        "_nearest as search decides: scope counted to EXACT_UP_TO+1 every 30 s, HNSW for 50",
+    )
+    report.add("hybrid: vector half recall@10", f"{recall(nearest_10, truth):.3f}", "its top 10 against exact")
+    report.add("hybrid: full-text half p50/p95 (ms)", p50_p95(parts["text"]), f"_full_text, 50 candidates; {explained}")
+    report.add("hybrid: fusion + fill p50/p95 (ms)", p50_p95(parts["fusion"]), "fuse (RRF), then _fill reads the 10 rows")
 
 
 # --- entry point ------------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ An embedding failure that will not heal by itself (the provider refuses the key,
 the chunks without a vector, so full-text search still finds them and one tenant's broken provider never
 stalls everyone's index; anything else is raised, and the runtime retries the batch.
 
-Search is hybrid: the nearest chunks by cosine distance and the best full-text matches (any of the query's
-words, ranked by ``ts_rank_cd``) are fused by reciprocal rank (k = 60).
+Search is hybrid: the nearest chunks by cosine distance and the best full-text matches (all of the query's
+words first, then any; ``ts_rank_cd`` over a bounded set of candidates per word) are fused by reciprocal rank
+(k = 60).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from schema.events import EventEnvelope
 from schema.locks import advisory_key
 from schema.tables import chunks, documents, embedding_cache, embedding_spaces, vector_spaces
 
-__all__ = ["DimensionChanged", "VectorIndex", "build_indexes", "ensure_space", "session_lock", "VectorsProjector", "LOCAL_EMBEDDING", "content_sha", "embed_text"]
+__all__ = ["DimensionChanged", "VectorIndex", "build_indexes", "ensure_space", "session_lock", "VectorsProjector", "LOCAL_EMBEDDING", "content_sha", "embed_text", "fuse"]
 
 log = structlog.get_logger("parley.vectors")
 
@@ -53,8 +54,14 @@ RRF_K = 60
 EXACT_UP_TO = 10_000
 """A search whose scope holds at most this many chunks is exact (a sort of the scope's rows): an HNSW scan
 filtered down to one small knowledge base could return fewer than it should."""
-SCOPE_COUNT_CAP = 50_000  # beyond it, a scope's share of its space is taken as at least this
 MAX_EF_SEARCH = 1_000  # pgvector's upper bound
+TEXT_POOL = 200
+"""Full text ranks at most this many chunks of the scope per query word (see ``_full_text``)."""
+MAX_TEXT_WORDS = 16
+"""Full text searches the first this many distinct words of a query: a pasted paragraph stays one bounded query."""
+LARGE_SCOPE_MEMORY_S = 30.0
+"""How long search remembers that a scope is past ``EXACT_UP_TO`` (and the ``ef_search`` it needed)."""
+LARGE_SCOPES_REMEMBERED = 4_096
 MAX_INDEXED_DIMS = 2_000
 MAX_HALFVEC_DIMS = 4_000
 PERMANENT_EMBEDDING_ERRORS = frozenset(
@@ -336,13 +343,28 @@ class VectorsProjector(HandlesTypes):
 
 
 # --- search --------------------------------------------------------------------------------------------
+Key = tuple[str, int]
+"""A chunk: (document id, chunk index)."""
+
+
 class VectorIndex:
     """Hybrid search over ``rm_chunks`` for one tenant."""
+
+    exact_up_to = EXACT_UP_TO
+    text_pool = TEXT_POOL
+    large_scope_memory_s = LARGE_SCOPE_MEMORY_S
 
     def __init__(self, engine: AsyncEngine, *, candidates: int = 50, ef_search: int = 200) -> None:
         self.engine = engine
         self.candidates = candidates
         self.ef_search = ef_search
+        self._indexed_spaces: dict[str, tuple[int, str]] = {}
+        """Spaces whose HNSW index is built: their dimension and index, which never change again."""
+        self._large_scopes: dict[str, tuple[float, int]] = {}
+        """Scopes lately found past ``exact_up_to`` (by their filter): until when, and the ``ef_search``
+        that kept enough of the index's candidates. Counting such a scope, even only up to
+        ``exact_up_to``, reads that many rows; a scope that has shrunk since is still answered right (the
+        index, then exact when it gives too few), and one that has grown was counted anyway."""
 
     async def search(
         self,
@@ -354,24 +376,17 @@ class VectorIndex:
         document_ids: Sequence[str] = (),
         vector_only: bool = False,
     ) -> list[Hit]:
-        ranked: dict[tuple[str, int], Hit] = {}
+        """The ``limit`` best chunks of the scopes: per scope, the ``candidates`` nearest by vector and the
+        ``candidates`` best by full text, fused by reciprocal rank (``fuse``), then read."""
         n = max(self.candidates, limit)
+        rankings: list[tuple[list[tuple[Key, float]], list[Key]]] = []
         async with self.engine.connect() as conn:
             for scope in scopes:
                 where, params = _scope_filter(tenant_id, scope, document_ids)
-                if scope.vector is not None:
-                    for rank, (key, similarity) in enumerate(await self._nearest(conn, scope, where, params, n), start=1):
-                        hit = ranked.setdefault(key, _placeholder(key))
-                        hit.score += 1.0 / (RRF_K + rank)
-                        hit.vector_rank = rank if hit.vector_rank is None else min(hit.vector_rank, rank)
-                        hit.similarity = similarity
-                if not vector_only:
-                    for rank, key in enumerate(await _full_text(conn, where, params, query, n, enough=limit), start=1):
-                        hit = ranked.setdefault(key, _placeholder(key))
-                        hit.score += 1.0 / (RRF_K + rank)
-                        hit.text_rank = rank if hit.text_rank is None else min(hit.text_rank, rank)
-            best = sorted(ranked.values(), key=lambda h: (-h.score, h.document_id, h.chunk_index))[:limit]
-            return await _fill(conn, tenant_id, best)
+                nearest = await self._nearest(conn, scope, where, params, n) if scope.vector is not None else []
+                words = [] if vector_only else await self._full_text(conn, where, params, query, n)
+                rankings.append((nearest, words))
+            return await _fill(conn, tenant_id, fuse(rankings, limit))
 
     async def embeddings_of(self, tenant_id: str, knowledge_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The embedding setting each knowledge base's vectors are in now, as the index has them: during a
@@ -387,7 +402,7 @@ class VectorIndex:
             )
             return {str(k): dict(e) for k, e in rows}
 
-    async def nearest_exact(self, tenant_id: str, scope: SearchScope, *, limit: int) -> list[tuple[str, int]]:
+    async def nearest_exact(self, tenant_id: str, scope: SearchScope, *, limit: int) -> list[Key]:
         """The true nearest chunks (no index): the reference a benchmark's recall is measured against."""
         async with self.engine.connect() as conn:
             where, params = _scope_filter(tenant_id, scope, ())
@@ -395,16 +410,26 @@ class VectorIndex:
 
     async def _nearest(
         self, conn: AsyncConnection, scope: SearchScope, where: str, params: dict[str, Any], n: int, *, exact: bool | None = None
-    ) -> list[tuple[tuple[str, int], float]]:
+    ) -> list[tuple[Key, float]]:
         """The ``n`` nearest chunks of the scope with their cosine similarity. ``exact``: True scans the
         scope, False goes through the HNSW index with ``ef_search`` as set; None (search) decides: exact for
-        a small scope; otherwise the index, with ``ef_search`` raised by how small a share of the space the
-        scope is (pgvector filters after the index scan, before 0.8's iterative scans), and exact after all
-        when the index still gave too few rows."""
-        row = (await conn.execute(select(embedding_spaces).where(embedding_spaces.c.space == scope.space))).first()
-        if row is None or scope.vector is None:
+        a scope of at most ``exact_up_to`` chunks (counted no further than that, and not again for a while
+        once past it: ``_large_scopes``); otherwise the index. pgvector (before 0.8's iterative scans)
+        filters its ``ef_search`` candidates after the index scan, so a scope that is a small share of its
+        space may keep fewer than ``n`` of them: then the index is asked again with ``ef_search`` raised by
+        the share that passed the filter (and remembered with the scope), and the scope is searched exactly
+        if even that is too few."""
+        if scope.vector is None:
             return []
-        dims, index_name = int(row.dims), (row.index_name if row.indexed else None)
+        space: tuple[int, str | None] | None = self._indexed_spaces.get(scope.space)
+        if space is None:
+            row = (await conn.execute(select(embedding_spaces).where(embedding_spaces.c.space == scope.space))).first()
+            if row is None:
+                return []
+            space = int(row.dims), (row.index_name if row.indexed else None)
+            if row.indexed and row.index_name:
+                self._indexed_spaces[scope.space] = (int(row.dims), str(row.index_name))
+        dims, index_name = space
         if len(scope.vector) != dims:
             # The provider changed its model's dimension: its vectors cannot be compared; full text answers
             # (as the projector keeps such chunks for full text).
@@ -414,26 +439,14 @@ class VectorIndex:
         vtype = _vector_type(dims, halfvec)
         distance = f"(embedding::{vtype} <=> CAST(:qv AS {vtype}))"
         values = {**params, "qv": "[" + ",".join(repr(float(x)) for x in scope.vector) + "]", "n": n}
-        ef_search = self.ef_search
-        scope_size: int | None = None
-        if exact is None:
-            scope_size = int(
-                (
-                    await conn.execute(
-                        text(f"SELECT count(*) FROM (SELECT 1 FROM rm_chunks WHERE {where} LIMIT {SCOPE_COUNT_CAP}) s"), params
-                    )
-                ).scalar_one()
-            )
-            exact = index_name is None or scope_size <= EXACT_UP_TO
-            if not exact:
-                in_space = await conn.execute(text("SELECT reltuples FROM pg_class WHERE relname = :index"), {"index": index_name})
-                share = scope_size / max(float(in_space.scalar() or 0), scope_size)
-                ef_search = min(MAX_EF_SEARCH, max(self.ef_search, math.ceil(2 * n / share)))
 
-        async def query(exact: bool) -> list[Any]:
-            order = f"{distance} + 0" if exact else distance  # "+ 0" keeps the planner off the index
-            if not exact:
-                await conn.execute(text(f"SET LOCAL hnsw.ef_search = {max(ef_search, n)}"))
+        async def query(ef_search: int | None) -> list[tuple[Key, float]]:
+            """Through the index with this ``ef_search``; None: exact ("+ 0" keeps the planner off the index)."""
+            order = f"{distance} + 0" if ef_search is None else distance
+            if ef_search is not None:
+                # Until the transaction ends: only this module's statements scan an HNSW index, each
+                # after its own SET LOCAL, and the connection goes back to the pool rolled back.
+                await conn.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
             rows = (
                 await conn.execute(
                     text(
@@ -443,14 +456,106 @@ class VectorIndex:
                     values,
                 )
             ).all()
-            if not exact:
-                await conn.rollback()  # ends the SET LOCAL
-            return rows
+            return [((str(r[0]), int(r[1])), float(r[2])) for r in rows]
 
-        rows = await query(exact)
-        if not exact and scope_size is not None and len(rows) < min(n, scope_size):
-            rows = await query(True)  # the filter left too few of the index's candidates
-        return [((str(r[0]), int(r[1])), float(r[2])) for r in rows]
+        ef_search = max(self.ef_search, n)
+        if exact is not None:
+            return await query(None if exact else ef_search)
+        if index_name is None:
+            return await query(None)
+        scope_key = f"{where}|{sorted(params.items())!r}"
+        now = time.monotonic()
+        until, remembered_ef = self._large_scopes.get(scope_key, (0.0, 0))
+        if until > now:
+            ef_search = max(ef_search, remembered_ef)
+        else:
+            until = now + self.large_scope_memory_s  # counted again then, however often it is searched
+            size = (
+                await conn.execute(
+                    text(f"SELECT count(*) FROM (SELECT 1 FROM rm_chunks WHERE {where} LIMIT :cap) AS scope"),
+                    {**params, "cap": self.exact_up_to + 1},
+                )
+            ).scalar_one()
+            if size <= self.exact_up_to:
+                return await query(None)
+        found = await query(ef_search)
+        if len(found) < n and ef_search < MAX_EF_SEARCH:
+            # len(found) of ef_search candidates were in the scope: ask for enough to keep about 2n.
+            ef_search = MAX_EF_SEARCH if not found else min(MAX_EF_SEARCH, math.ceil(2 * n * ef_search / len(found)))
+            found = await query(ef_search)
+        if len(found) < n:
+            self._large_scopes.pop(scope_key, None)
+            return await query(None)  # the filter left too few of the index's candidates
+        if len(self._large_scopes) >= LARGE_SCOPES_REMEMBERED:
+            self._large_scopes = {k: v for k, v in self._large_scopes.items() if v[0] > now}
+            if len(self._large_scopes) >= LARGE_SCOPES_REMEMBERED:
+                self._large_scopes.clear()
+        self._large_scopes[scope_key] = (until, ef_search)
+        return found
+
+    async def _full_text(self, conn: AsyncConnection, where: str, params: dict[str, Any], query: str, n: int) -> list[Key]:
+        """The best full-text matches of the scope (up to ``n``): chunks with all of the query's words
+        first; then those holding more of its distinctive words; then by ``ts_rank_cd`` (cover density of
+        the all-words query for the first, of the any-word query for the rest).
+
+        Only a bounded set is ranked: for each word, at most ``text_pool`` chunks of the scope that hold
+        it. A word that fills no pool is distinctive: all of its chunks are candidates, and with them every
+        chunk that holds all the words. A common word brings a sample (whichever chunks the scan reaches
+        first), which can only order the chunks that hold no distinctive word. Ranking every chunk that
+        holds a common word is what cost: of 100,000 chunks, some 40,000 hold a word such as "report", and
+        ``ts_rank_cd`` over them took 150 ms and more. Each word is its own subquery with its tsquery as a
+        parameter, so that Postgres plans it from its statistics of ``tsv``: the GIN index for a rare word,
+        a scan stopped after ``text_pool`` rows for a common one. The lexemes are stemmed once, by
+        ``plainto_tsquery``, and split at its top-level ``&`` (a hyphenated word stays one phrase)."""
+        stemmed = (
+            await conn.execute(text("SELECT CAST(plainto_tsquery('english', :q) AS text)"), {"q": query[:2000]})
+        ).scalar_one()
+        words = list(dict.fromkeys(w for w in stemmed.split(" & ") if w))[:MAX_TEXT_WORDS]
+        if not words:
+            return []
+        pools = " UNION ALL ".join(
+            f"(SELECT {i} AS word, document_id, chunk_index, tsv FROM rm_chunks "
+            f"WHERE {where} AND tsv @@ CAST(:w{i} AS tsquery) LIMIT :pool)"
+            for i in range(len(words))
+        )
+        rows = await conn.execute(
+            text(
+                f"WITH pooled AS ({pools}), held AS ("
+                "SELECT document_id, chunk_index, count(*) OVER (PARTITION BY word) < :pool AS distinctive, "
+                "tsv @@ CAST(:every AS tsquery) AS every_word, "
+                "CASE WHEN tsv @@ CAST(:every AS tsquery) THEN ts_rank_cd(tsv, CAST(:every AS tsquery)) "
+                "ELSE ts_rank_cd(tsv, CAST(:some AS tsquery)) END AS rank FROM pooled) "
+                "SELECT document_id, chunk_index FROM held GROUP BY document_id, chunk_index "
+                "ORDER BY bool_or(every_word) DESC, count(*) FILTER (WHERE distinctive) DESC, max(rank) DESC, "
+                "document_id, chunk_index LIMIT :n"
+            ),
+            {
+                **params,
+                **{f"w{i}": word for i, word in enumerate(words)},
+                "every": " & ".join(words),
+                "some": " | ".join(words),
+                "pool": self.text_pool,
+                "n": n,
+            },
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def fuse(rankings: Sequence[tuple[Sequence[tuple[Key, float]], Sequence[Key]]], limit: int) -> list[Hit]:
+    """Reciprocal rank fusion (k = ``RRF_K``) of each scope's vector ranking (with similarities) and
+    full-text ranking: the ``limit`` best, ties broken by chunk, not yet read (``_fill``)."""
+    ranked: dict[Key, Hit] = {}
+    for nearest, words in rankings:
+        for rank, (key, similarity) in enumerate(nearest, start=1):
+            hit = ranked.setdefault(key, _placeholder(key))
+            hit.score += 1.0 / (RRF_K + rank)
+            hit.vector_rank = rank if hit.vector_rank is None else min(hit.vector_rank, rank)
+            hit.similarity = similarity
+        for rank, key in enumerate(words, start=1):
+            hit = ranked.setdefault(key, _placeholder(key))
+            hit.score += 1.0 / (RRF_K + rank)
+            hit.text_rank = rank if hit.text_rank is None else min(hit.text_rank, rank)
+    return sorted(ranked.values(), key=lambda h: (-h.score, h.document_id, h.chunk_index))[:limit]
 
 
 def _scope_filter(tenant_id: str, scope: SearchScope, document_ids: Sequence[str]) -> tuple[str, dict[str, Any]]:
@@ -467,35 +572,6 @@ def _scope_filter(tenant_id: str, scope: SearchScope, document_ids: Sequence[str
         where += " AND document_id = ANY(CAST(:docs AS uuid[]))"
         params["docs"] = list(document_ids)
     return where, params
-
-
-async def _full_text(
-    conn: AsyncConnection, where: str, params: dict[str, Any], query: str, n: int, *, enough: int
-) -> list[tuple[str, int]]:
-    """The best full-text matches (up to ``n``): chunks with all of the query's words first (few rows to
-    rank), then, when those are fewer than ``enough``, with any of them (a question rarely shares all its
-    words with its answer; ranking every chunk that has one common word is what costs). The lexemes are
-    stemmed once, by ``plainto_tsquery``; the OR form is built from them as they are."""
-    found: list[tuple[str, int]] = []
-    for tsquery in (
-        "plainto_tsquery('english', :q)",
-        "CAST(replace(CAST(plainto_tsquery('english', :q) AS text), ' & ', ' | ') AS tsquery)",
-    ):
-        rows = await conn.execute(
-            text(
-                f"SELECT document_id, chunk_index FROM rm_chunks, {tsquery} AS query "
-                f"WHERE {where} AND query::text <> '' AND tsv @@ query "
-                "ORDER BY ts_rank_cd(tsv, query) DESC, document_id, chunk_index LIMIT :n"
-            ),
-            {**params, "q": query[:2000], "n": n},
-        )
-        for r in rows:
-            key = (str(r[0]), int(r[1]))
-            if key not in found:
-                found.append(key)
-        if len(found) >= enough:
-            break
-    return found[:n]
 
 
 def _placeholder(key: tuple[str, int]) -> Hit:
