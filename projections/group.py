@@ -26,15 +26,13 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from projections.runtime import EventSource, Projector, ProjectorRunner
+from projections.runtime import EventSource, Projector, ProjectorRunner, apply_locked
 from schema.events import EventEnvelope
 from schema.tables import projector_positions
 
 __all__ = ["ProjectorGroup", "split_for_groups"]
 
 log = structlog.get_logger("parley.projector")
-
-_MAX_FILL = 5_000
 
 
 def split_for_groups(projectors: Sequence[Projector]) -> tuple[list[Projector], list[Projector]]:
@@ -80,7 +78,9 @@ class ProjectorGroup:
         try:
             await self.catch_up()
         except Exception as exc:  # retried when next idle
-            log.warning("projector_catch_up_failed", projector=self.name, error_type=type(exc).__name__, error=str(exc)[:300])
+            log.warning(
+                "projector_catch_up_failed", projector=self.name, error_type=type(exc).__name__, error=str(exc)[:300]
+            )
             await asyncio.sleep(1.0)
 
     async def apply(self, events: Sequence[EventEnvelope]) -> None:
@@ -92,8 +92,8 @@ class ProjectorGroup:
             for projector in self.projectors:
                 try:
                     async with conn.begin_nested():
-                        positions[projector.name] = await self._apply_one(
-                            conn, projector, positions[projector.name], events
+                        positions[projector.name] = await apply_locked(
+                            conn, projector, self.store, positions[projector.name], events
                         )
                 except Exception as exc:  # its savepoint rolled back; the others go on
                     log.warning(
@@ -117,33 +117,6 @@ class ProjectorGroup:
         )
         return {name: int(position) for name, position in rows.all()}
 
-    async def _apply_one(
-        self, conn: AsyncConnection, projector: Projector, position: int, events: Sequence[EventEnvelope]
-    ) -> int:
-        fresh = [e for e in events if e.id > position]
-        if not fresh:
-            return position
-        contiguous = fresh[0].id == position + 1 and all(
-            b.id == a.id + 1 for a, b in zip(fresh, fresh[1:], strict=False)
-        )
-        if not contiguous:  # a crash left messages unacked, a failure rolled this one back, ids were burnt
-            fresh = await self.store.call(self.store.read, position + 1, _MAX_FILL, fresh[-1].id)
-            if not fresh:
-                return position
-        handled = [e for e in fresh if projector.handles(e.type)]
-        apply_many = getattr(projector, "apply_many", None)
-        if apply_many is not None:
-            await apply_many(conn, handled)
-        else:
-            for event in handled:
-                await projector.apply(conn, event)
-        await conn.execute(
-            projector_positions.update()
-            .where(projector_positions.c.name == projector.name)
-            .values(position=fresh[-1].id)
-        )
-        return fresh[-1].id
-
     async def run(self, js: Any, subjects: Any, stop: asyncio.Event) -> None:
         """Follow ``PARLEY_EVENTS`` until ``stop`` is set."""
         from nats.errors import TimeoutError as NatsTimeout
@@ -164,7 +137,9 @@ class ProjectorGroup:
             ),
         )
         for projector in self.projectors:
-            log.info("projector_started", projector=projector.name, group=self.name, position=self.positions[projector.name])
+            log.info(
+                "projector_started", projector=projector.name, group=self.name, position=self.positions[projector.name]
+            )
         failures = 0
         while not stop.is_set():
             try:

@@ -28,7 +28,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schema.events import EventEnvelope
 from schema.tables import projector_positions
 
-__all__ = ["PAGE", "HandlesTypes", "Projector", "ProjectorRunner", "apply_batch", "copy_rows", "read_position", "rebuild"]
+__all__ = [
+    "PAGE",
+    "HandlesTypes",
+    "Projector",
+    "ProjectorRunner",
+    "apply_batch",
+    "apply_locked",
+    "copy_rows",
+    "read_position",
+    "rebuild",
+]
 
 log = structlog.get_logger("parley.projector")
 
@@ -157,31 +167,46 @@ async def apply_batch(
     start. Returns the position after the batch."""
     async with engine.begin() as conn:
         position = await _lock_position(conn, projector.name)
-        fresh = [e for e in events if e.id > position]
-        if read_from is not None and read_from <= position + 1:
-            end = max(position, through if through is not None else fresh[-1].id if fresh else position)
-        elif not fresh:
-            return position
-        else:
-            contiguous = fresh[0].id == position + 1 and all(
-                b.id == a.id + 1 for a, b in zip(fresh, fresh[1:], strict=False)
-            )
-            if not contiguous:
-                fresh = await store.call(store.read, position + 1, _MAX_FILL, fresh[-1].id)
-            end = fresh[-1].id
-        if end <= position:
-            return position
-        handled = [e for e in fresh if projector.handles(e.type)]
-        apply_many = getattr(projector, "apply_many", None)
-        if handled and apply_many is not None:  # a projector that can apply a batch in fewer statements
-            await apply_many(conn, handled)
-        else:
-            for event in handled:
-                await projector.apply(conn, event)
-        await conn.execute(
-            projector_positions.update().where(projector_positions.c.name == projector.name).values(position=end)
+        return await apply_locked(conn, projector, store, position, events, read_from=read_from, through=through)
+
+
+async def apply_locked(
+    conn: AsyncConnection,
+    projector: Projector,
+    store: EventSource,
+    position: int,
+    events: Sequence[EventEnvelope],
+    *,
+    read_from: int | None = None,
+    through: int | None = None,
+) -> int:
+    """``apply_batch`` inside a transaction that holds the projector's position row (locked, at
+    ``position``): applies what follows the position and records the new one. Returns it."""
+    fresh = [e for e in events if e.id > position]
+    if read_from is not None and read_from <= position + 1:
+        end = max(position, through if through is not None else fresh[-1].id if fresh else position)
+    elif not fresh:
+        return position
+    else:
+        contiguous = fresh[0].id == position + 1 and all(
+            b.id == a.id + 1 for a, b in zip(fresh, fresh[1:], strict=False)
         )
-        return end
+        if not contiguous:
+            fresh = await store.call(store.read, position + 1, _MAX_FILL, fresh[-1].id)
+        end = fresh[-1].id if fresh else position
+    if end <= position:
+        return position
+    handled = [e for e in fresh if projector.handles(e.type)]
+    apply_many = getattr(projector, "apply_many", None)
+    if handled and apply_many is not None:  # a projector that can apply a batch in fewer statements
+        await apply_many(conn, handled)
+    else:
+        for event in handled:
+            await projector.apply(conn, event)
+    await conn.execute(
+        projector_positions.update().where(projector_positions.c.name == projector.name).values(position=end)
+    )
+    return end
 
 
 class ProjectorRunner:
@@ -250,7 +275,12 @@ class ProjectorRunner:
         try:
             await self.catch_up()
         except Exception as exc:  # retried when next idle
-            log.warning("projector_catch_up_failed", projector=self.projector.name, error_type=type(exc).__name__, error=str(exc)[:300])
+            log.warning(
+                "projector_catch_up_failed",
+                projector=self.projector.name,
+                error_type=type(exc).__name__,
+                error=str(exc)[:300],
+            )
             await asyncio.sleep(1.0)
 
     async def run(self, js: Any, subjects: Any, stop: asyncio.Event) -> None:
