@@ -196,10 +196,13 @@ def register_on_parley(store: EventStore, tenant_id: str, email: str) -> list[in
 
 
 class RawApplication(Application[uuid.UUID]):
-    """The bare library, configured as ``ParleyApplication`` is (same persistence module, table lock)."""
+    """The bare library, configured as ``ParleyApplication`` is (same persistence module, table lock),
+    but with the library's own recorder: one transaction per save, no group commit."""
 
     name = "parley"
-    env: ClassVar[dict[str, str]] = dict(ParleyApplication.env)
+    env: ClassVar[dict[str, str]] = {
+        k: v for k, v in ParleyApplication.env.items() if k != "APPLICATION_RECORDER_TOPIC"
+    }
 
 
 def raw_application(database_url: str, *, pool_size: int = 10, max_overflow: int = 10) -> RawApplication:
