@@ -20,6 +20,7 @@ async def test_the_local_model_answers_paris_and_the_chat_keeps_both_messages(
     tokens = (await client.post("/api/v1/auths/login", json={"email": "ann@example.com", "password": PASSWORD})).json()
     auth = {"Authorization": f"Bearer {tokens['access_token']}"}
 
+    await pipeline.settle()  # the models read model holds the built-in model once projected
     models = (await client.get("/api/v1/models", headers=auth)).json()
     assert "smollm2" in json.dumps(models)
 

@@ -173,7 +173,9 @@ async def test_tool_calls_stream_as_deltas_the_sdk_reassembles(setup: Setup, pip
         deltas = [event async for event in stream if event.type == "chunk"]
         final = await stream.get_final_completion()
     pieces = [c.choices[0].delta.tool_calls for c in (e.chunk for e in deltas) if c.choices and c.choices[0].delta.tool_calls]
-    assert len(pieces) >= 2  # a header, then argument fragments
+    # A header, then argument fragments: in chunks of their own, or several in one chunk when the engine's
+    # output arrived together (under load); OpenAI's clients merge deltas by index either way.
+    assert sum(len(p) for p in pieces) >= 2
     assert final.choices[0].finish_reason == "tool_calls"
     calls = final.choices[0].message.tool_calls or []
     assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [
@@ -336,6 +338,7 @@ async def test_without_max_tokens_an_answer_is_not_capped_unless_the_quota_bound
     await ai.chat.completions.create(model="tools", messages=[{"role": "user", "content": "hi"}])
     bounded = _last_upstream_body(upstream)["max_tokens"]
     assert 0 < bounded < 500
+    await pipeline.settle()  # the generations read model, once projected
     rows = await _rows(container, select(generations.c.reserved_tokens, generations.c.params).order_by(generations.c.requested_at))
     # "hi" is estimated at 0 prompt tokens: the reservation is the answer's bound, within what was left.
     assert rows[-1].reserved_tokens == bounded and rows[-1].params["max_tokens"] == bounded
