@@ -78,10 +78,21 @@ class GroupCommitRecorder(PostgresApplicationRecorder):
         self._writing = False
         self._turn = threading.Condition()
         table = SQL("{0}.{1}").format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
-        self._conflicts_statement = SQL(
-            "SELECT e.originator_id, e.originator_version FROM {table} e"
-            " JOIN unnest(%s::{schema}.{stored_event_type}[]) u"
-            " ON e.originator_id = u.originator_id AND e.originator_version = u.originator_version"
+        # One statement writes the group: the rows of every command that conflicts with the log are left
+        # out whole (before the sequence is drawn for any of them, so no id is burnt), the others inserted
+        # in order. Conflicts within the group are settled before, in Python.
+        self._insert_group_statement = SQL(
+            "WITH u AS ("
+            " SELECT * FROM unnest(%s::{schema}.{stored_event_type}[], %s::int[]) WITH ORDINALITY"
+            " AS x(originator_id, originator_version, topic, state, command, n)"
+            "), refused AS ("
+            " SELECT DISTINCT u.command FROM u JOIN {table} t"
+            " ON t.originator_id = u.originator_id AND t.originator_version = u.originator_version"
+            ")"
+            " INSERT INTO {table} (originator_id, originator_version, topic, state)"
+            " SELECT originator_id, originator_version, topic, state FROM u"
+            " WHERE u.command NOT IN (SELECT command FROM refused) ORDER BY u.n"
+            " RETURNING notification_id, originator_id, originator_version"
         ).format(
             table=table,
             schema=Identifier(self.datastore.schema),
@@ -122,38 +133,46 @@ class GroupCommitRecorder(PostgresApplicationRecorder):
     def _write_group(self, group: list[_Append]) -> None:
         for append in group:  # a retry after a lost connection starts from scratch
             append.error, append.notification_ids = None, []
-        rows = {
-            id(append): [
-                self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
-                for e in append.stored_events
-            ]
-            for append in group
-        }
+        accepted: list[_Append] = []
+        keys_of: dict[int, list[tuple[str, int]]] = {}
+        taken: set[tuple[str, int]] = set()
+        for append in group:  # within the group, the first command to write a version has it
+            keys = [(str(e.originator_id), e.originator_version) for e in append.stored_events]
+            if len(set(keys)) < len(keys) or not taken.isdisjoint(keys):
+                clash = sorted(set(keys) & taken) or keys
+                append.error = IntegrityError(f"already recorded: {clash[0][0]} version {clash[0][1]}")
+                continue
+            taken.update(keys)
+            keys_of[id(append)] = keys
+            accepted.append(append)
+        if not accepted:
+            return
+        rows = [
+            self.construct_pg_stored_event(e.originator_id, e.originator_version, e.topic, e.state)
+            for append in accepted
+            for e in append.stored_events
+        ]
+        commands = [n for n, append in enumerate(accepted) for _ in append.stored_events]
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            with conn.pipeline():
+            with conn.pipeline():  # one round trip, as the library's own append
                 self._lock_table(curs)
-                curs.execute(self._conflicts_statement, ([row for r in rows.values() for row in r],))
-            taken = {(str(r["originator_id"]), int(r["originator_version"])) for r in curs.fetchall()}
-            accepted: list[_Append] = []
-            for append in group:
-                keys = [(str(e.originator_id), e.originator_version) for e in append.stored_events]
-                if len(set(keys)) < len(keys) or not taken.isdisjoint(keys):
-                    clash = sorted(set(keys) & taken) or keys
-                    append.error = IntegrityError(f"already recorded: {clash[0][0]} version {clash[0][1]}")
-                    continue
-                taken.update(keys)
-                accepted.append(append)
-            if not accepted:
-                return
-            self._notify_channel(curs)
-            curs.execute(self.insert_events_statement, ([row for a in accepted for row in rows[id(a)]],))
-            ids = [int(r["notification_id"]) for r in curs.fetchall()]
-        position = 0
+                self._notify_channel(curs)
+                curs.execute(self._insert_group_statement, (rows, commands))
+            ids = {
+                (str(r["originator_id"]), int(r["originator_version"])): int(r["notification_id"])
+                for r in curs.fetchall()
+            }
+        written = 0
         for append in accepted:
-            append.notification_ids = ids[position : position + len(append.stored_events)]
-            position += len(append.stored_events)
-        self.groups_written += 1
-        self.commands_written += len(accepted)
+            keys = keys_of[id(append)]
+            if keys[0] in ids:
+                append.notification_ids = [ids[k] for k in keys]
+                written += 1
+            else:
+                append.error = IntegrityError(f"already recorded: {keys[0][0]} version {keys[0][1]} or a later one")
+        if written:
+            self.groups_written += 1
+            self.commands_written += written
 
 
 class ParleyApplication(Application[uuid.UUID]):
@@ -322,7 +341,9 @@ class EventStore:
                 except IntegrityError as e:
                     if attempt == self.ATTEMPTS:
                         raise Conflict("VERSION_CONFLICT", "the resource changed concurrently; retry") from None
-                    log.debug("version_conflict_retry", correlation_id=ctx.correlation_id, attempt=attempt, error=str(e))
+                    log.debug(
+                        "version_conflict_retry", correlation_id=ctx.correlation_id, attempt=attempt, error=str(e)
+                    )
                     time.sleep(random.uniform(0, 0.002 * attempt))  # let the other writer's group commit
             raise AssertionError("unreachable")
         finally:
