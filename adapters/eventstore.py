@@ -326,11 +326,12 @@ class EventStore:
             events = [e for e in events if e.timestamp <= until]
         return events
 
-    ATTEMPTS = 4
+    ATTEMPTS = 8
     """How often a command is run before a version conflict becomes 409. One retry was enough while
-    commands touched an aggregate one at a time; a chat takes a user's next message while the answers to
-    earlier ones are recorded (several at once when a worker runs generations in parallel), and each
-    answer recorded during a command is one more conflict it must ride out."""
+    commands touched an aggregate one at a time; a chat takes a user's next message while the worker
+    records the answers to earlier ones (its own commands, retried the same way), and each answer recorded
+    during a command is one more conflict it must ride out. Retries back off (jittered, 1 ms doubling to
+    64 ms) so that two writers of one chat stop colliding."""
 
     def run_command(self, ctx: CommandContext, fn: Callable[[], R]) -> R:
         token = current_command.set(ctx)
@@ -344,7 +345,7 @@ class EventStore:
                     log.debug(
                         "version_conflict_retry", correlation_id=ctx.correlation_id, attempt=attempt, error=str(e)
                     )
-                    time.sleep(random.uniform(0, 0.002 * attempt))  # let the other writer's group commit
+                    time.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 6)))
             raise AssertionError("unreachable")
         finally:
             current_command.reset(token)

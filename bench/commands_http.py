@@ -106,7 +106,7 @@ class Serve:
             "PARLEY_PORT": str(self.port),
             "PARLEY_PRELOAD_LOCAL_MODEL": "false",
             "PARLEY_ENABLE_ECHO_ENGINE": "true",
-            "PARLEY_LOG_LEVEL": "warning",
+            "PARLEY_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "warning"),
             "HF_HUB_OFFLINE": "1",
         }
         log = (self.home / "serve.log").open("wb")

@@ -356,11 +356,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.perf_counter() + timeout
+async def wait_for(condition: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
+    deadline = time.perf_counter() + within_s
     while not await condition():
         if time.perf_counter() > deadline:
-            raise TimeoutError(f"{what} after {timeout:.0f}s")
+            raise TimeoutError(f"{what} after {within_s:.0f}s")
         await asyncio.sleep(0.01)
 
 
