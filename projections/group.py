@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from projections.runtime import EventSource, Projector, ProjectorRunner, apply_locked
+from projections.runtime import EventSource, Projector, ProjectorRunner, apply_locked, follow
 from schema.events import EventEnvelope
 from schema.tables import projector_positions
 
@@ -119,51 +119,21 @@ class ProjectorGroup:
 
     async def run(self, js: Any, subjects: Any, stop: asyncio.Event) -> None:
         """Follow ``PARLEY_EVENTS`` until ``stop`` is set."""
-        from nats.errors import TimeoutError as NatsTimeout
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        from schema.events import decode
+        async def behind() -> bool:
+            return bool(await self.store.call(self.store.max_id) > min(self.positions.values()))
+
+        def started() -> None:
+            for projector in self.projectors:
+                log.info(
+                    "projector_started",
+                    projector=projector.name,
+                    group=self.name,
+                    position=self.positions[projector.name],
+                )
 
         await self._catch_up_logged()
-        sub = await js.pull_subscribe(
-            subjects.events_all,
-            durable=subjects.durable(self.name),
-            stream=subjects.events_stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30,
-                max_ack_pending=20_000,
-            ),
-        )
-        for projector in self.projectors:
-            log.info(
-                "projector_started", projector=projector.name, group=self.name, position=self.positions[projector.name]
-            )
-        failures = 0
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(self.batch_size, timeout=self.idle_check_s)
-            except (TimeoutError, NatsTimeout):
-                # Idle: anything committed that never reached us (relay down, late consumer, a failure)?
-                if await self.store.call(self.store.max_id) > min(self.positions.values()):
-                    await self._catch_up_logged()
-                continue
-            events = sorted((decode(m.data) for m in msgs), key=lambda e: e.id)
-            try:
-                await self.apply(events)
-            except Exception as exc:  # the transaction itself failed: not acked, the batch comes back
-                failures += 1
-                log.warning(
-                    "projector_batch_failed",
-                    projector=self.name,
-                    error_type=type(exc).__name__,
-                    error=str(exc)[:300],
-                    failures=failures,
-                )
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
-                continue
-            failures = 0
-            for m in msgs:
-                await m.ack()
-        await sub.unsubscribe()
+        await follow(
+            js, subjects, stop, name=self.name, batch_size=self.batch_size, idle_check_s=self.idle_check_s,
+            apply=self.apply, behind=behind, catch_up=self._catch_up_logged, started=started,
+        )  # fmt: skip

@@ -16,7 +16,7 @@ pages it committed), through the projector's ``apply_many`` where it has one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -35,6 +35,7 @@ __all__ = [
     "ProjectorRunner",
     "apply_batch",
     "apply_locked",
+    "follow",
     "copy_rows",
     "read_position",
     "rebuild",
@@ -285,52 +286,80 @@ class ProjectorRunner:
 
     async def run(self, js: Any, subjects: Any, stop: asyncio.Event) -> None:
         """Follow ``PARLEY_EVENTS`` until ``stop`` is set."""
-        from nats.errors import TimeoutError as NatsTimeout
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        from schema.events import decode
+        async def apply(events: Sequence[EventEnvelope]) -> None:
+            self.position = await apply_batch(self.engine, self.projector, self.store, events)
+
+        async def behind() -> bool:
+            return bool(await self.store.call(self.store.max_id) > self.position)
+
+        def started() -> None:
+            log.info("projector_started", projector=self.projector.name, position=self.position)
 
         await self._catch_up_logged()
-        sub = await js.pull_subscribe(
-            subjects.events_all,
-            durable=subjects.durable(self.projector.name),
-            stream=subjects.events_stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=30,
-                max_ack_pending=20_000,
-            ),
-        )
-        log.info("projector_started", projector=self.projector.name, position=self.position)
+        await follow(
+            js, subjects, stop, name=self.projector.name, batch_size=self.batch_size, idle_check_s=self.idle_check_s,
+            apply=apply, behind=behind, catch_up=self._catch_up_logged, started=started,
+        )  # fmt: skip
+
+
+async def follow(
+    js: Any,
+    subjects: Any,
+    stop: asyncio.Event,
+    *,
+    name: str,
+    batch_size: int,
+    idle_check_s: float,
+    apply: Callable[[Sequence[EventEnvelope]], Awaitable[None]],
+    behind: Callable[[], Awaitable[bool]],
+    catch_up: Callable[[], Awaitable[None]],
+    started: Callable[[], None],
+) -> None:
+    """Follow ``PARLEY_EVENTS`` on the durable pull consumer ``name`` until ``stop`` is set: each batch is
+    applied (``apply``, one transaction) and acked only after it committed; a batch that failed is not
+    acked and comes back, after a backoff. When idle, anything committed that never arrived (relay down, a
+    late consumer, a failure) is read from the event store (``behind``, ``catch_up``)."""
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    from schema.events import decode
+
+    sub = await js.pull_subscribe(
+        subjects.events_all,
+        durable=subjects.durable(name),
+        stream=subjects.events_stream,
+        config=ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30,
+            max_ack_pending=20_000,
+        ),
+    )
+    started()
+    failures = 0
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(batch_size, timeout=idle_check_s)
+        except (TimeoutError, NatsTimeout):
+            if await behind():
+                await catch_up()
+            continue
+        events = sorted((decode(m.data) for m in msgs), key=lambda e: e.id)
+        try:
+            await apply(events)
+        except Exception as exc:
+            failures += 1
+            log.warning(
+                "projector_batch_failed", projector=name, error_type=type(exc).__name__, error=str(exc)[:300],
+                failures=failures,
+            )  # fmt: skip
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+            continue
         failures = 0
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(self.batch_size, timeout=self.idle_check_s)
-            except (TimeoutError, NatsTimeout):
-                # Idle: anything committed that never reached us (relay down, late consumer)?
-                if await self.store.call(self.store.max_id) > self.position:
-                    await self._catch_up_logged()
-                continue
-            events = sorted((decode(m.data) for m in msgs), key=lambda e: e.id)
-            try:
-                self.position = await apply_batch(self.engine, self.projector, self.store, events)
-            except Exception as exc:
-                # Not acked: the batch comes back (redelivery, or the gap is read from the store).
-                failures += 1
-                log.warning(
-                    "projector_batch_failed",
-                    projector=self.projector.name,
-                    error_type=type(exc).__name__,
-                    error=str(exc)[:300],
-                    failures=failures,
-                )
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
-                continue
-            failures = 0
-            for m in msgs:
-                await m.ack()
-        await sub.unsubscribe()
+        for m in msgs:
+            await m.ack()
+    await sub.unsubscribe()
 
 
 async def rebuild(
