@@ -85,6 +85,23 @@ async def _day(conn: AsyncConnection, tenant: str, e: EventEnvelope) -> date:
         return day_of(e.occurred_at, "UTC")
 
 
+async def _close_generation(conn: AsyncConnection, e: EventEnvelope) -> Any:
+    """The finished generation leaves the open set as it is billed (a generation finishes once): its
+    tenant, user, model and day, or None when it was already billed or never opened."""
+    return (
+        await conn.execute(
+            usage_generations.delete()
+            .where(usage_generations.c.generation_id == str(e.aggregate_id))
+            .returning(
+                usage_generations.c.tenant_id,
+                usage_generations.c.user_id,
+                usage_generations.c.model,
+                usage_generations.c.day,
+            )
+        )
+    ).first()
+
+
 async def _count_tool(conn: AsyncConnection, tenant: str, day: date, user: str, tool: str, **counts: float) -> None:
     t = usage_tools.c
     stmt = insert(usage_tools).values(tenant_id=tenant, day=day, user_id=user, tool=tool[:100], **counts)
@@ -231,18 +248,7 @@ class UsageProjector(HandlesTypes):
 
     async def _finished(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         # The generation leaves the open set as it is billed: a generation finishes once.
-        row = (
-            await conn.execute(
-                usage_generations.delete()
-                .where(usage_generations.c.generation_id == str(e.aggregate_id))
-                .returning(
-                    usage_generations.c.tenant_id,
-                    usage_generations.c.user_id,
-                    usage_generations.c.model,
-                    usage_generations.c.day,
-                )
-            )
-        ).first()
+        row = await _close_generation(conn, e)
         if row is None:
             return
         for call in e.data.get("tool_calls") or ():
@@ -358,18 +364,7 @@ class _Batch:
     async def finish(self, e: EventEnvelope) -> None:
         opened = self.open.pop(str(e.aggregate_id), None)
         if opened is None:
-            row = (
-                await self.conn.execute(
-                    usage_generations.delete()
-                    .where(usage_generations.c.generation_id == str(e.aggregate_id))
-                    .returning(
-                        usage_generations.c.tenant_id,
-                        usage_generations.c.user_id,
-                        usage_generations.c.model,
-                        usage_generations.c.day,
-                    )
-                )
-            ).first()
+            row = await _close_generation(self.conn, e)
             if row is None:
                 return
             tenant, user, model, day = row.tenant_id, row.user_id, row.model, row.day
