@@ -37,15 +37,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 import psycopg
-from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from adapters.eventstore import ParleyApplication
+from bench.spine import raw_application
 
 __all__ = ["main"]
 
@@ -203,27 +202,13 @@ class Note(Aggregate):
         self.text = text
 
 
-class RawApplication(Application[uuid.UUID]):
-    name = "parley"
-    env: ClassVar[dict[str, str]] = {k: v for k, v in ParleyApplication.env.items() if k != "APPLICATION_RECORDER_TOPIC"}
-
-
 def raw_phase(database_url: str, threads: int, seconds: float) -> Tally:
     name = f"bench_raw_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     params = conninfo_to_dict(database_url)
-    app = RawApplication(
-        env={
-            "POSTGRES_DBNAME": name,
-            "POSTGRES_HOST": str(params.get("host") or "localhost"),
-            "POSTGRES_PORT": str(params.get("port") or "5432"),
-            "POSTGRES_USER": str(params.get("user") or "postgres"),
-            "POSTGRES_PASSWORD": str(params.get("password") or ""),
-            "POSTGRES_POOL_SIZE": str(threads),
-            "POSTGRES_MAX_OVERFLOW": "0",
-        }
-    )
+    params["dbname"] = name
+    app = raw_application(make_conninfo(**params), pool_size=threads, max_overflow=0)
     tally = Tally()
     lock = threading.Lock()
     go = threading.Barrier(threads + 1)
