@@ -460,6 +460,21 @@ def _ready_line(settings: Settings, base_url: str, started: float) -> str | None
     return f"parley ready at {base_url} in {seconds:.1f} s{detail}"
 
 
+def cmd_schema_export(args: argparse.Namespace) -> None:
+    """The event contract's JSON Schema (what integrations may rely on), on stdout or into a file."""
+    import json
+
+    from schema.contract import contract_schema
+
+    text = json.dumps(contract_schema(), indent=2, sort_keys=True) + "\n"
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"wrote the event schema to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -521,6 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
     ur.add_argument("--group-by", choices=("user", "model", "role", "day"), default="user")
     ur.add_argument("--csv", action="store_true", help="CSV on stdout")
     ur.set_defaults(func=cmd_usage_report)
+    schema = sub.add_parser("schema", help="the event contract").add_subparsers(dest="schema_command", required=True)
+    export = schema.add_parser("export", help="print the events' JSON Schema (2020-12)")
+    export.add_argument("--out", help="write it to this file instead")
+    export.set_defaults(func=cmd_schema_export)
     return parser
 
 

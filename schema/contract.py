@@ -1,0 +1,1034 @@
+"""The typed event contract: what the ``data`` of each event type holds, as integrators may rely on it.
+
+Every event type the domain emits has one frozen msgspec Struct here, tagged with the event's type name
+(the envelope's ``type``; ``tag_field="type"``), and all of them form the union ``EventData``.
+``decode_data(envelope.type, envelope.data)`` turns an envelope's untyped ``data`` into its Struct;
+``contract_schema()`` is the JSON Schema (2020-12) of the envelope together with every payload, served at
+``GET /api/v1/events/schema`` and printed by ``parley schema export``.
+
+The payloads mirror what the envelope carries, not the domain event itself: fields whose names end in
+``_hash`` never leave the event store, and a field ``x_encrypted`` travels only as ``has_x: bool``.
+
+Personal data. A field that holds personal data is annotated ``Personal[...]`` (``"x-personal": true``
+in the JSON Schema); a field that names the data subject whose key seals it is annotated
+``SubjectUser[...]`` or ``SubjectChat[...]`` (``"x-subject"``); for the ``User`` and ``Chat`` aggregates
+the aggregate itself is a subject (``AGGREGATE_SUBJECTS``). Personal fields are sealed by
+crypto-shredding (``adapters.crypto``): on NATS and in the event store such a field may hold a string
+``enc:v1:...`` in place of its value. This contract describes the opened form. Content whose subject was
+erased opens as the marker string ``"[erased]"`` (or an empty list or object for fields that are not
+strings).
+
+Evolution rules (version ``SCHEMA_VERSION``; the tests enforce them against the checked-in snapshot
+``tests/unit/event_contract_v1.json``):
+
+- Add fields only with a default, so that events stored before the field existed still decode; the
+  default mirrors the domain method's default.
+- Never rename, retype or remove a field, and never rename an event type (the tag is the wire name).
+- Consumers ignore fields they do not know (no Struct forbids unknown fields), so adding is safe both ways.
+- A change that cannot be an addition needs a new ``class_version`` on the domain event with an upcaster
+  (``upcast_v1_v2``) that turns stored events into the new shape, and a new schema version here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar, Union, cast, get_args
+from uuid import UUID
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from schema.events import SCHEMA_VERSION, EventEnvelope
+
+__all__ = [
+    "AGGREGATE_SUBJECTS",
+    "SCHEMA_VERSION",
+    "ContractError",
+    "EventData",
+    "EventDataMismatch",
+    "UnknownEventType",
+    "Personal",
+    "SubjectUser",
+    "SubjectChat",
+    "contract_schema",
+    "decode_data",
+    "event_types",
+    "personal_fields",
+    "subject_fields",
+]
+
+T = TypeVar("T")
+
+Personal: TypeAlias = Annotated[T, Meta(extra={"personal": True}, extra_json_schema={"x-personal": True})]
+"""Personal data: sealed per data subject, erased with the subject's key."""
+SubjectUser: TypeAlias = Annotated[T, Meta(extra={"subject": "user"}, extra_json_schema={"x-subject": "user"})]
+"""The id of the user whose personal data this event holds."""
+SubjectChat: TypeAlias = Annotated[T, Meta(extra={"subject": "chat"}, extra_json_schema={"x-subject": "chat"})]
+"""The id of the chat whose content this event holds."""
+
+PersonalText: TypeAlias = Personal[str]
+
+AGGREGATE_SUBJECTS: Mapping[str, str] = MappingProxyType({"User": "user", "Chat": "chat"})
+"""Aggregates that are themselves a data subject: every event of a ``User`` is about that user, every
+event of a ``Chat`` about that chat."""
+
+Role = Literal["admin", "user", "premium", "guest", "pending"]
+Scope = Literal["read", "write", "admin", "gateway"]
+ProviderKind = Literal["local", "openai", "ollama", "echo"]
+AccessLevel = Literal["read", "write"]
+FinishedStatus = Literal["completed", "failed", "cancelled"]
+
+TenantId = Annotated[str, Meta(description="The tenant's id (the UUID of its slug, as text).")]
+Tokens = Annotated[int, Meta(ge=0, description="Tokens, as counted by the model's own tokenizer.")]
+Attempt = Annotated[int, Meta(ge=0, description="The delivery attempt of the generation job (1 for the first).")]
+MessageId = Annotated[str, Meta(description="A message's id within its chat.")]
+Limit = Annotated[int | None, Meta(description="Tokens per day; null: unlimited.")]
+
+
+# --- nested shapes -------------------------------------------------------------------------------------
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A function call a model made."""
+
+    id: Annotated[str, Meta(description="parley's id for the call (``call_<generation hex>_<index>``) or the client's.")]
+    name: str
+    arguments: Annotated[str, Meta(description="The JSON text the model wrote, unparsed (it may be invalid JSON).")] = ""
+
+
+class ImageRef(msgspec.Struct, frozen=True, kw_only=True):
+    """An image in a user turn; its bytes are in the blob store under ``sha256``, never in an event."""
+
+    sha256: str
+    media_type: str
+
+
+class Citation(msgspec.Struct, frozen=True, kw_only=True):
+    """A retrieved chunk an answer was given, numbered as the answer cites it."""
+
+    n: Annotated[int, Meta(description="The number the answer cites it by, from 1.")]
+    document_id: str
+    knowledge_id: str | None
+    filename: str
+    title: str | None
+    chunk_index: int
+    heading: Annotated[str, Meta(description="The heading path of the chunk's section; empty before the first heading.")]
+    page: Annotated[int | None, Meta(description="The 1-based page where the chunk starts, where the format has pages.")]
+    score: Annotated[float, Meta(description="Its reciprocal-rank-fusion score.")]
+
+
+class DocumentChunk(msgspec.Struct, frozen=True, kw_only=True):
+    """One chunk of a document's text, as it is embedded and cited."""
+
+    index: Annotated[int, Meta(description="0-based position in the document.")]
+    text: Annotated[str, Meta(description="The chunk's own text, without its heading path.")]
+    heading: Annotated[str, Meta(description="The heading path of its section; empty before the first heading.")]
+    page: Annotated[int | None, Meta(description="The 1-based page where it starts, where the format has pages.")]
+    start: Annotated[int, Meta(description="Where the chunk starts in the extracted text (characters).")]
+    end: Annotated[int, Meta(description="Where it ends (exclusive).")]
+
+
+class PromptTurn(msgspec.Struct, frozen=True, kw_only=True):
+    """A turn of a generation's own prompt (housekeeping calls outside any chat)."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    tool_calls: list[ToolCall] = []
+    images: list[ImageRef] = []
+    tool_call_id: Annotated[str | None, Meta(description="On a tool turn: the call it answers.")] = None
+    name: Annotated[str | None, Meta(description="On a tool turn: the function's name.")] = None
+
+
+class ToolsOffered(msgspec.Struct, frozen=True, kw_only=True):
+    """The tools a generation was offered; their definitions are in the blob store under ``sha256``."""
+
+    sha256: str
+    names: list[str]
+    choice: Annotated[str | dict[str, Any] | None, Meta(description="OpenAI ``tool_choice``: none, auto, required or a function.")] = None
+    parallel: Annotated[bool | None, Meta(description="OpenAI ``parallel_tool_calls``; null: the model's default.")] = None
+
+
+class Timings(msgspec.Struct, frozen=True, kw_only=True):
+    """How a generation went, in milliseconds and tokens per second."""
+
+    ttft_ms: Annotated[float, Meta(description="Time to the first token.")]
+    tokens_per_s: float
+    duration_ms: float
+
+
+class EmbeddingSetting(msgspec.Struct, frozen=True, kw_only=True):
+    """Which model embeds a knowledge base."""
+
+    provider_id: Annotated[str | None, Meta(description="The provider's id; null: the embedded local model.")] = None
+    model: str
+
+
+class KnowledgeBaseChanges(msgspec.Struct, frozen=True, kw_only=True):
+    """The settings a ``KnowledgeBaseUpdated`` changed; a setting absent was not changed."""
+
+    name: str | UnsetType = UNSET
+    description: str | UnsetType = UNSET
+    chunk_size: int | UnsetType = UNSET
+    chunk_overlap: int | UnsetType = UNSET
+
+
+class ModelCapabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a model can serve, as its admin set it."""
+
+    context_window: Annotated[int, Meta(description="Tokens of prompt and answer together.")]
+    tools: Annotated[bool, Meta(description="It can call functions.")]
+    vision: Annotated[bool, Meta(description="It reads images.")]
+    params: Annotated[list[str], Meta(description="The optional sampling parameters it honours.")]
+    max_output_tokens: Annotated[int | None, Meta(description="The most tokens an answer may have; null: the rest of the window.")] = None
+
+
+# --- event payloads ------------------------------------------------------------------------------------
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    aggregate: ClassVar[str]
+    """The aggregate type that emits this event (the envelope's ``aggregate_type``)."""
+
+
+# Identity ------------------------------------------------------------------------------------------------
+class TenantCreated(_Event, frozen=True, kw_only=True, tag="TenantCreated", tag_field="type"):
+    """A tenant was created."""
+
+    aggregate = "Tenant"
+    slug: str
+    name: str
+    allow_signup: Annotated[bool, Meta(description="Whether anyone may sign up, or only invited users.")]
+    default_role: Annotated[Role, Meta(description="The role of users who sign up.")]
+    domains: Annotated[list[str], Meta(description="Host names that route requests to this tenant.")]
+
+
+class TenantSettingsChanged(_Event, frozen=True, kw_only=True, tag="TenantSettingsChanged", tag_field="type"):
+    """A tenant's settings changed (all of them are stated)."""
+
+    aggregate = "Tenant"
+    name: str
+    allow_signup: bool
+    default_role: Role
+    domains: list[str]
+
+
+class FirstAdminClaimed(_Event, frozen=True, kw_only=True, tag="FirstAdminClaimed", tag_field="type"):
+    """The tenant's first admin was named (once per tenant)."""
+
+    aggregate = "Tenant"
+    user_id: UUID
+
+
+class UserRegistered(_Event, frozen=True, kw_only=True, tag="UserRegistered", tag_field="type"):
+    """A user account was created (signed up, invited, made by an admin or named by a gateway)."""
+
+    aggregate = "User"
+    tenant_id: TenantId
+    email: Personal[Annotated[str, Meta(description="The normalised e-mail address.")]]
+    name: PersonalText
+    role: Role
+    created_by: Annotated[str, Meta(description="Who created it: an actor (``user:<id>``, ``system:...``) or ``self``.")]
+
+
+class PasswordChanged(_Event, frozen=True, kw_only=True, tag="PasswordChanged", tag_field="type"):
+    """The user's password changed (the hash never leaves the event store); older tokens are revoked."""
+
+    aggregate = "User"
+
+
+class RoleChanged(_Event, frozen=True, kw_only=True, tag="RoleChanged", tag_field="type"):
+    """The user's role changed; older tokens are revoked."""
+
+    aggregate = "User"
+    role: Role
+    previous_role: Role
+
+
+class UserRenamed(_Event, frozen=True, kw_only=True, tag="UserRenamed", tag_field="type"):
+    """The user's display name changed."""
+
+    aggregate = "User"
+    name: PersonalText
+
+
+class UserDeactivated(_Event, frozen=True, kw_only=True, tag="UserDeactivated", tag_field="type"):
+    """The account was deactivated; its tokens are revoked."""
+
+    aggregate = "User"
+
+
+class UserReactivated(_Event, frozen=True, kw_only=True, tag="UserReactivated", tag_field="type"):
+    """The account was reactivated."""
+
+    aggregate = "User"
+
+
+class UserErased(_Event, frozen=True, kw_only=True, tag="UserErased", tag_field="type"):
+    """The user's personal data was erased (GDPR art. 17): the account is closed for good and the keys
+    sealing the user's data are destroyed."""
+
+    aggregate = "User"
+    erased_by: Annotated[str, Meta(description="The actor who erased it.")]
+
+
+class TokensRevoked(_Event, frozen=True, kw_only=True, tag="TokensRevoked", tag_field="type"):
+    """Every token the user holds was revoked."""
+
+    aggregate = "User"
+    reason: Annotated[str, Meta(description="Why, e.g. ``logout_everywhere``.")]
+
+
+class EmailClaimed(_Event, frozen=True, kw_only=True, tag="EmailClaimed", tag_field="type"):
+    """An e-mail address was taken by a user of a tenant (what makes e-mails unique per tenant)."""
+
+    aggregate = "EmailIndex"
+    tenant_id: TenantId
+    email: PersonalText
+    user_id: SubjectUser[UUID]
+
+
+class DomainClaimed(_Event, frozen=True, kw_only=True, tag="DomainClaimed", tag_field="type"):
+    """A host name was claimed by a tenant."""
+
+    aggregate = "DomainIndex"
+    domain: str
+    tenant_id: TenantId
+
+
+class InvitationIssued(_Event, frozen=True, kw_only=True, tag="InvitationIssued", tag_field="type"):
+    """An invitation to join a tenant with a role (its token's hash never leaves the event store)."""
+
+    aggregate = "Invitation"
+    invitation_id: UUID
+    tenant_id: TenantId
+    email: PersonalText
+    role: Role
+    expires_at: datetime
+
+
+class InvitationAccepted(_Event, frozen=True, kw_only=True, tag="InvitationAccepted", tag_field="type"):
+    """The invitation was used."""
+
+    aggregate = "Invitation"
+    user_id: SubjectUser[Annotated[UUID, Meta(description="The user who accepted it.")]]
+
+
+class InvitationRevoked(_Event, frozen=True, kw_only=True, tag="InvitationRevoked", tag_field="type"):
+    """The invitation was withdrawn before it was used."""
+
+    aggregate = "Invitation"
+
+
+class ApiKeyCreated(_Event, frozen=True, kw_only=True, tag="ApiKeyCreated", tag_field="type"):
+    """An API key was created (its hash never leaves the event store)."""
+
+    aggregate = "ApiKey"
+    key_id: UUID
+    tenant_id: TenantId
+    user_id: Annotated[UUID, Meta(description="The key's owner.")]
+    name: str
+    prefix: Annotated[str, Meta(description="The key's first characters, to tell keys apart.")]
+    scopes: list[Scope]
+    expires_at: datetime | None
+    role_map: Annotated[
+        dict[str, Role] | None, Meta(description="A gateway key's map from the front end's role names to parley roles.")
+    ] = None
+
+
+class ApiKeyRoleMapChanged(_Event, frozen=True, kw_only=True, tag="ApiKeyRoleMapChanged", tag_field="type"):
+    """A gateway key's role map changed."""
+
+    aggregate = "ApiKey"
+    role_map: dict[str, Role]
+
+
+class ApiKeyRevoked(_Event, frozen=True, kw_only=True, tag="ApiKeyRevoked", tag_field="type"):
+    """The API key was revoked."""
+
+    aggregate = "ApiKey"
+
+
+class SessionStarted(_Event, frozen=True, kw_only=True, tag="SessionStarted", tag_field="type"):
+    """A sign-in session began (its refresh token's hash never leaves the event store)."""
+
+    aggregate = "Session"
+    session_id: UUID
+    tenant_id: TenantId
+    user_id: UUID
+    token_version: Annotated[int, Meta(description="The user's token version the session was issued under.")]
+    expires_at: datetime
+
+
+class SessionRefreshed(_Event, frozen=True, kw_only=True, tag="SessionRefreshed", tag_field="type"):
+    """The session's refresh token was rotated."""
+
+    aggregate = "Session"
+    expires_at: datetime
+
+
+class SessionEnded(_Event, frozen=True, kw_only=True, tag="SessionEnded", tag_field="type"):
+    """The session ended (logout, or a refresh token presented twice)."""
+
+    aggregate = "Session"
+    reason: str
+
+
+class SignInFailed(_Event, frozen=True, kw_only=True, tag="SignInFailed", tag_field="type"):
+    """A sign-in failed: kept for the audit log."""
+
+    aggregate = "SignInAttempt"
+    tenant_id: TenantId
+    email: Personal[Annotated[str, Meta(description="The address given (it may belong to no account).")]]
+    reason: str
+
+
+class RevokedTokenUsed(_Event, frozen=True, kw_only=True, tag="RevokedTokenUsed", tag_field="type"):
+    """A revoked or reused token was presented."""
+
+    aggregate = "TokenMisuse"
+    tenant_id: TenantId
+    user_id: UUID | None
+    token_kind: Annotated[str, Meta(description="``access`` or ``refresh``.")]
+    reason: str
+
+
+class PersonalDataExported(_Event, frozen=True, kw_only=True, tag="PersonalDataExported", tag_field="type"):
+    """A copy of a data subject's personal data was exported (GDPR arts. 15 and 20); who asked is the
+    envelope's actor. It carries identifiers only, never the data."""
+
+    aggregate = "DataExport"
+    tenant_id: TenantId
+    subject_id: Annotated[UUID, Meta(description="The user whose data was exported.")]
+    format_version: Annotated[int, Meta(description="The version of the export archive's layout.")]
+
+
+# Chats and generations -----------------------------------------------------------------------------------
+class ChatCreated(_Event, frozen=True, kw_only=True, tag="ChatCreated", tag_field="type"):
+    """A chat was created."""
+
+    aggregate = "Chat"
+    tenant_id: TenantId
+    owner_id: SubjectUser[UUID]
+    title: PersonalText
+    source: Annotated[str, Meta(description="``api`` (the chat UI) or ``openai`` (/v1/chat/completions).")]
+    client_chat_id: Annotated[str | None, Meta(description="The id a client that keeps its own chat gave it.")] = None
+
+
+class ChatRenamed(_Event, frozen=True, kw_only=True, tag="ChatRenamed", tag_field="type"):
+    """The chat's title changed."""
+
+    aggregate = "Chat"
+    title: PersonalText
+
+
+class ChatArchived(_Event, frozen=True, kw_only=True, tag="ChatArchived", tag_field="type"):
+    """The chat was archived."""
+
+    aggregate = "Chat"
+
+
+class ChatUnarchived(_Event, frozen=True, kw_only=True, tag="ChatUnarchived", tag_field="type"):
+    """The chat was unarchived."""
+
+    aggregate = "Chat"
+
+
+class ChatDeleted(_Event, frozen=True, kw_only=True, tag="ChatDeleted", tag_field="type"):
+    """The chat was deleted."""
+
+    aggregate = "Chat"
+
+
+class MessagePosted(_Event, frozen=True, kw_only=True, tag="MessagePosted", tag_field="type"):
+    """A message was added to the chat's tree (a user's question, or a system or assistant turn a client
+    handed in)."""
+
+    aggregate = "Chat"
+    message_id: MessageId
+    role: Literal["system", "user", "assistant"]
+    content: PersonalText
+    parent_id: Annotated[str | None, Meta(description="The message it follows; null: a root.")]
+    tool_calls: Personal[Annotated[list[ToolCall] | None, Meta(description="On an assistant turn: the calls it made.")]] = None
+    images: Annotated[list[ImageRef] | None, Meta(description="On a user turn: its images.")] = None
+
+
+class ToolResultPosted(_Event, frozen=True, kw_only=True, tag="ToolResultPosted", tag_field="type"):
+    """The result of a tool call, handed back by the client."""
+
+    aggregate = "Chat"
+    message_id: MessageId
+    parent_id: str
+    user_id: SubjectUser[Annotated[UUID, Meta(description="The chat's owner.")]]
+    tool_call_id: Annotated[str, Meta(description="The call it answers.")]
+    name: Annotated[str | None, Meta(description="The function's name, where known.")]
+    content: PersonalText
+    size: Annotated[int, Meta(description="The content's size in bytes (UTF-8).")]
+    latency_ms: Annotated[float | None, Meta(description="Time from the call to its result, where the call was parley's.")]
+
+
+class ChatKnowledgeChanged(_Event, frozen=True, kw_only=True, tag="ChatKnowledgeChanged", tag_field="type"):
+    """The knowledge bases the chat's answers draw on changed."""
+
+    aggregate = "Chat"
+    knowledge_ids: list[str]
+
+
+class ChatFileAttached(_Event, frozen=True, kw_only=True, tag="ChatFileAttached", tag_field="type"):
+    """A document was attached to the chat."""
+
+    aggregate = "Chat"
+    document_id: str
+
+
+class ChatFileDetached(_Event, frozen=True, kw_only=True, tag="ChatFileDetached", tag_field="type"):
+    """A document was detached from the chat."""
+
+    aggregate = "Chat"
+    document_id: str
+
+
+class AnswerRecorded(_Event, frozen=True, kw_only=True, tag="AnswerRecorded", tag_field="type"):
+    """A generation's answer (complete, failed or cancelled: the text so far) became a message."""
+
+    aggregate = "Chat"
+    message_id: MessageId
+    parent_id: str
+    generation_id: UUID
+    model: Annotated[str, Meta(description="The model's name.")]
+    content: PersonalText
+    thinking: Personal[Annotated[str, Meta(description="The model's reasoning, apart from its answer.")]]
+    status: FinishedStatus
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
+    timings: Timings
+    citations: Personal[list[Citation] | None] = None
+    tool_calls: Personal[list[ToolCall] | None] = None
+
+
+class GenerationRequested(_Event, frozen=True, kw_only=True, tag="GenerationRequested", tag_field="type"):
+    """An answer was requested: the job a worker picks up; the quota reservation is made under it."""
+
+    aggregate = "Generation"
+    tenant_id: TenantId
+    chat_id: SubjectChat[Annotated[UUID | None, Meta(description="The chat it answers in; null: none (housekeeping).")]]
+    user_id: SubjectUser[Annotated[UUID, Meta(description="Whose request it is (billed to them).")]]
+    model_id: UUID
+    model: str
+    user_message_id: Annotated[str, Meta(description="The message it answers.")]
+    answer_message_id: Annotated[str, Meta(description="The id the answer will have.")]
+    params: Annotated[dict[str, Any], Meta(description="The sampling parameters (temperature, max_tokens, ...).")]
+    reserved_tokens: Annotated[int, Meta(ge=0, description="Tokens reserved against the quotas.")]
+    purpose: Annotated[str, Meta(description="``chat``, or a front end's housekeeping task (title, tags, ...).")] = "chat"
+    prompt: Personal[
+        Annotated[list[PromptTurn] | None, Meta(description="The turns of a generation outside any chat; null: the chat's branch.")]
+    ] = None
+    tools: Annotated[ToolsOffered | None, Meta(description="The tools offered.")] = None
+    tools_ignored: Annotated[list[str] | None, Meta(description="Tools sent to a model that cannot call them.")] = None
+
+
+class GenerationStarted(_Event, frozen=True, kw_only=True, tag="GenerationStarted", tag_field="type"):
+    """A worker began an attempt."""
+
+    aggregate = "Generation"
+    attempt: Attempt
+    worker: Annotated[str, Meta(description="The worker's name.")]
+
+
+class GenerationCancelRequested(_Event, frozen=True, kw_only=True, tag="GenerationCancelRequested", tag_field="type"):
+    """The user asked to stop the generation."""
+
+    aggregate = "Generation"
+
+
+class GenerationCompleted(_Event, frozen=True, kw_only=True, tag="GenerationCompleted", tag_field="type"):
+    """The generation finished."""
+
+    aggregate = "Generation"
+    text: PersonalText
+    thinking: PersonalText
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
+    finish_reason: Annotated[str, Meta(description="``stop``, ``length`` or ``tool_calls``.")]
+    ttft_ms: Annotated[float, Meta(description="Time to the first token, in milliseconds.")]
+    tokens_per_s: float
+    duration_ms: float
+    attempt: Attempt
+    citations: Personal[list[Citation] | None] = None
+    tool_calls: Personal[list[ToolCall] | None] = None
+
+
+class GenerationFailed(_Event, frozen=True, kw_only=True, tag="GenerationFailed", tag_field="type"):
+    """The generation failed; what was generated is billed."""
+
+    aggregate = "Generation"
+    code: Annotated[str, Meta(description="A stable error code, e.g. ``ENGINE_ERROR``.")]
+    message: str
+    text: Personal[Annotated[str, Meta(description="What was generated before the failure.")]]
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
+    attempt: Attempt
+
+
+class GenerationCancelled(_Event, frozen=True, kw_only=True, tag="GenerationCancelled", tag_field="type"):
+    """The generation was cancelled (or its stream abandoned); what was generated is billed."""
+
+    aggregate = "Generation"
+    text: Personal[Annotated[str, Meta(description="What was generated before it stopped.")]]
+    prompt_tokens: Tokens
+    completion_tokens: Tokens
+    attempt: Attempt
+
+
+# Knowledge -----------------------------------------------------------------------------------------------
+class KnowledgeBaseCreated(_Event, frozen=True, kw_only=True, tag="KnowledgeBaseCreated", tag_field="type"):
+    """A knowledge base was created."""
+
+    aggregate = "KnowledgeBase"
+    tenant_id: TenantId
+    owner_id: UUID
+    name: str
+    description: str
+    embedding: EmbeddingSetting
+    chunk_size: Annotated[int, Meta(description="Characters per chunk.")]
+    chunk_overlap: Annotated[int, Meta(description="Characters shared by consecutive chunks.")]
+
+
+class KnowledgeBaseUpdated(_Event, frozen=True, kw_only=True, tag="KnowledgeBaseUpdated", tag_field="type"):
+    """Some of a knowledge base's settings changed."""
+
+    aggregate = "KnowledgeBase"
+    changes: KnowledgeBaseChanges
+
+
+class KnowledgeAccessGranted(_Event, frozen=True, kw_only=True, tag="KnowledgeAccessGranted", tag_field="type"):
+    """Access to a knowledge base was granted."""
+
+    aggregate = "KnowledgeBase"
+    grantee: Annotated[str, Meta(description="``user:<id>``, ``role:<role>`` or ``tenant``.")]
+    level: AccessLevel
+
+
+class KnowledgeAccessRevoked(_Event, frozen=True, kw_only=True, tag="KnowledgeAccessRevoked", tag_field="type"):
+    """A grant was withdrawn."""
+
+    aggregate = "KnowledgeBase"
+    grantee: str
+
+
+class EmbeddingChangeRequested(_Event, frozen=True, kw_only=True, tag="EmbeddingChangeRequested", tag_field="type"):
+    """A re-embedding with another model was asked for; the switch follows when the vectors are ready."""
+
+    aggregate = "KnowledgeBase"
+    embedding: EmbeddingSetting
+
+
+class EmbeddingChangeCancelled(_Event, frozen=True, kw_only=True, tag="EmbeddingChangeCancelled", tag_field="type"):
+    """The pending re-embedding was called off."""
+
+    aggregate = "KnowledgeBase"
+
+
+class EmbeddingSwitched(_Event, frozen=True, kw_only=True, tag="EmbeddingSwitched", tag_field="type"):
+    """The knowledge base now searches with the new embedding model."""
+
+    aggregate = "KnowledgeBase"
+    embedding: EmbeddingSetting
+
+
+class KnowledgeBaseDeleted(_Event, frozen=True, kw_only=True, tag="KnowledgeBaseDeleted", tag_field="type"):
+    """The knowledge base was deleted."""
+
+    aggregate = "KnowledgeBase"
+
+
+class DocumentUploaded(_Event, frozen=True, kw_only=True, tag="DocumentUploaded", tag_field="type"):
+    """A file was uploaded into a knowledge base or a chat; its bytes are in the blob store."""
+
+    aggregate = "Document"
+    tenant_id: TenantId
+    scope: Annotated[str, Meta(description="``knowledge/<id>`` or ``chats/<id>``.")]
+    sha256: str
+    owner_id: SubjectUser[UUID]
+    knowledge_id: UUID | None
+    chat_id: SubjectChat[UUID | None]
+    filename: PersonalText
+    media_type: str
+    size: Annotated[int, Meta(description="Bytes.")]
+    source_url: Personal[str | None]
+
+
+class DocumentReuploaded(_Event, frozen=True, kw_only=True, tag="DocumentReuploaded", tag_field="type"):
+    """The same content again, after it was deleted or failed: it is ingested afresh."""
+
+    aggregate = "Document"
+    filename: PersonalText
+    media_type: str
+    size: int
+    source_url: Personal[str | None]
+
+
+class DocumentExtracted(_Event, frozen=True, kw_only=True, tag="DocumentExtracted", tag_field="type"):
+    """The document's text was extracted and chunked; the chunks follow in ``parts`` events."""
+
+    aggregate = "Document"
+    title: Personal[str | None]
+    media_type: str
+    chars: Annotated[int, Meta(description="Characters of extracted text.")]
+    chunk_count: int
+    parts: Annotated[int, Meta(description="How many DocumentChunked events carry the chunks.")]
+
+
+class DocumentChunked(_Event, frozen=True, kw_only=True, tag="DocumentChunked", tag_field="type"):
+    """One part of the document's chunks."""
+
+    aggregate = "Document"
+    knowledge_id: UUID | None
+    chat_id: UUID | None
+    part: Annotated[int, Meta(description="0-based.")]
+    parts: int
+    chunks: Personal[list[DocumentChunk]]
+
+
+class DocumentFailed(_Event, frozen=True, kw_only=True, tag="DocumentFailed", tag_field="type"):
+    """The document could not be ingested."""
+
+    aggregate = "Document"
+    code: str
+    message: str
+
+
+class DocumentDeleted(_Event, frozen=True, kw_only=True, tag="DocumentDeleted", tag_field="type"):
+    """The document was deleted."""
+
+    aggregate = "Document"
+
+
+# Models --------------------------------------------------------------------------------------------------
+class ProviderRegistered(_Event, frozen=True, kw_only=True, tag="ProviderRegistered", tag_field="type"):
+    """A model provider was registered (its API key never leaves the event store)."""
+
+    aggregate = "Provider"
+    tenant_id: TenantId
+    name: str
+    kind: ProviderKind
+    base_url: str | None
+    has_api_key: Annotated[bool, Meta(description="Whether an API key is set.")]
+
+
+class ProviderChanged(_Event, frozen=True, kw_only=True, tag="ProviderChanged", tag_field="type"):
+    """A provider's address or key changed."""
+
+    aggregate = "Provider"
+    base_url: str | None
+    has_api_key: bool
+
+
+class ModelRegistered(_Event, frozen=True, kw_only=True, tag="ModelRegistered", tag_field="type"):
+    """A model was registered on a provider."""
+
+    aggregate = "Model"
+    tenant_id: TenantId
+    name: str
+    display_name: str
+    provider_id: UUID
+    provider_kind: ProviderKind
+    upstream_model: Annotated[str, Meta(description="The model's name at its provider.")]
+    defaults: Annotated[dict[str, Any], Meta(description="Default sampling parameters.")]
+    open_to_tenant: Annotated[bool, Meta(description="Whether every user of the tenant may use it.")]
+
+
+class ModelCapabilitiesChanged(_Event, frozen=True, kw_only=True, tag="ModelCapabilitiesChanged", tag_field="type"):
+    """What the model can serve was set."""
+
+    aggregate = "Model"
+    capabilities: ModelCapabilities
+
+
+class ModelChanged(_Event, frozen=True, kw_only=True, tag="ModelChanged", tag_field="type"):
+    """The model's settings changed."""
+
+    aggregate = "Model"
+    display_name: str
+    defaults: dict[str, Any]
+    open_to_tenant: bool
+    active: bool
+
+
+class ModelKnowledgeChanged(_Event, frozen=True, kw_only=True, tag="ModelKnowledgeChanged", tag_field="type"):
+    """The knowledge bases every answer of the model draws on changed."""
+
+    aggregate = "Model"
+    knowledge_ids: list[str]
+
+
+class ModelAccessGranted(_Event, frozen=True, kw_only=True, tag="ModelAccessGranted", tag_field="type"):
+    """A user or a role may use the model (exactly one of them is set)."""
+
+    aggregate = "Model"
+    user_id: str | None
+    role: Role | None
+
+
+class ModelAccessRevoked(_Event, frozen=True, kw_only=True, tag="ModelAccessRevoked", tag_field="type"):
+    """A grant was withdrawn (exactly one of them is set)."""
+
+    aggregate = "Model"
+    user_id: str | None
+    role: Role | None
+
+
+# Quotas --------------------------------------------------------------------------------------------------
+class QuotaPolicyCreated(_Event, frozen=True, kw_only=True, tag="QuotaPolicyCreated", tag_field="type"):
+    """The tenant's quota policy was created (with the default limits)."""
+
+    aggregate = "QuotaPolicy"
+    tenant_id: TenantId
+    timezone: Annotated[str, Meta(description="IANA time zone in which days roll over.")] = "UTC"
+
+
+class RoleQuotaSet(_Event, frozen=True, kw_only=True, tag="RoleQuotaSet", tag_field="type"):
+    """A role's daily token limit was set."""
+
+    aggregate = "QuotaPolicy"
+    role: Role
+    limit: Limit
+
+
+class UserQuotaSet(_Event, frozen=True, kw_only=True, tag="UserQuotaSet", tag_field="type"):
+    """A user's own daily limit was set, or cleared (``clear``: the role's limit applies again)."""
+
+    aggregate = "QuotaPolicy"
+    user_id: str
+    limit: Limit
+    clear: bool
+
+
+class ModelQuotaSet(_Event, frozen=True, kw_only=True, tag="ModelQuotaSet", tag_field="type"):
+    """A per-user daily limit on one model was set (null: removed)."""
+
+    aggregate = "QuotaPolicy"
+    model: str
+    limit: Limit
+
+
+class TenantQuotaCapSet(_Event, frozen=True, kw_only=True, tag="TenantQuotaCapSet", tag_field="type"):
+    """The tenant's daily cap over all its users was set."""
+
+    aggregate = "QuotaPolicy"
+    limit: Limit
+
+
+class QuotaTimezoneSet(_Event, frozen=True, kw_only=True, tag="QuotaTimezoneSet", tag_field="type"):
+    """The time zone in which the tenant's days roll over changed."""
+
+    aggregate = "QuotaPolicy"
+    timezone: str
+
+
+class RateLimitsSet(_Event, frozen=True, kw_only=True, tag="RateLimitsSet", tag_field="type"):
+    """Request rate limits changed (those named; others keep their values)."""
+
+    aggregate = "QuotaPolicy"
+    limits: Annotated[dict[str, int], Meta(description="Limit name (e.g. ``user_per_minute``) -> requests per minute.")]
+
+
+EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better than a chain of |
+    TenantCreated,
+    TenantSettingsChanged,
+    FirstAdminClaimed,
+    UserRegistered,
+    PasswordChanged,
+    RoleChanged,
+    UserRenamed,
+    UserDeactivated,
+    UserReactivated,
+    UserErased,
+    TokensRevoked,
+    EmailClaimed,
+    DomainClaimed,
+    InvitationIssued,
+    InvitationAccepted,
+    InvitationRevoked,
+    ApiKeyCreated,
+    ApiKeyRoleMapChanged,
+    ApiKeyRevoked,
+    SessionStarted,
+    SessionRefreshed,
+    SessionEnded,
+    SignInFailed,
+    RevokedTokenUsed,
+    PersonalDataExported,
+    ChatCreated,
+    ChatRenamed,
+    ChatArchived,
+    ChatUnarchived,
+    ChatDeleted,
+    MessagePosted,
+    ToolResultPosted,
+    ChatKnowledgeChanged,
+    ChatFileAttached,
+    ChatFileDetached,
+    AnswerRecorded,
+    GenerationRequested,
+    GenerationStarted,
+    GenerationCancelRequested,
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationCancelled,
+    KnowledgeBaseCreated,
+    KnowledgeBaseUpdated,
+    KnowledgeAccessGranted,
+    KnowledgeAccessRevoked,
+    EmbeddingChangeRequested,
+    EmbeddingChangeCancelled,
+    EmbeddingSwitched,
+    KnowledgeBaseDeleted,
+    DocumentUploaded,
+    DocumentReuploaded,
+    DocumentExtracted,
+    DocumentChunked,
+    DocumentFailed,
+    DocumentDeleted,
+    ProviderRegistered,
+    ProviderChanged,
+    ModelRegistered,
+    ModelCapabilitiesChanged,
+    ModelChanged,
+    ModelKnowledgeChanged,
+    ModelAccessGranted,
+    ModelAccessRevoked,
+    QuotaPolicyCreated,
+    RoleQuotaSet,
+    UserQuotaSet,
+    ModelQuotaSet,
+    TenantQuotaCapSet,
+    QuotaTimezoneSet,
+    RateLimitsSet,
+]
+"""The data of any event, told apart by its ``type`` tag."""
+
+
+# --- lookups, built once -----------------------------------------------------------------------------------
+def _tag(cls: type[msgspec.Struct]) -> str:
+    return str(cls.__struct_config__.tag)
+
+
+_TYPES: Mapping[str, type[msgspec.Struct]] = MappingProxyType({_tag(cls): cls for cls in get_args(EventData)})
+
+
+def _marked(cls: type[msgspec.Struct]) -> tuple[frozenset[str], Mapping[str, str]]:
+    """(personal fields, subject kind -> field) from the fields' ``Meta.extra``."""
+    personal: set[str] = set()
+    subjects: dict[str, str] = {}
+    info = cast(msgspec.inspect.StructType, msgspec.inspect.type_info(cls))
+    for field in info.fields:
+        extra = field.type.extra if isinstance(field.type, msgspec.inspect.Metadata) else None
+        if not extra:
+            continue
+        if extra.get("personal"):
+            personal.add(field.encode_name)
+        if "subject" in extra:
+            subjects[str(extra["subject"])] = field.encode_name
+    return frozenset(personal), MappingProxyType(subjects)
+
+
+_MARKS = {name: _marked(cls) for name, cls in _TYPES.items()}
+_NO_SUBJECTS: Mapping[str, str] = MappingProxyType({})
+_AT = re.compile(r" - at `\$\.([A-Za-z0-9_]+)")
+_MISSING = re.compile(r"missing required field `([A-Za-z0-9_]+)`")
+
+
+class ContractError(ValueError):
+    """Event data that the contract cannot read."""
+
+    def __init__(self, message: str, *, event_type: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.event_type = event_type
+        self.field = field
+
+
+class UnknownEventType(ContractError):
+    """No event type of this name is in the contract."""
+
+
+class EventDataMismatch(ContractError):
+    """The data does not fit its event type's Struct (``field`` names the first field that does not)."""
+
+
+def event_types() -> Mapping[str, type[msgspec.Struct]]:
+    """Event type name -> its payload Struct, for every type in the contract."""
+    return _TYPES
+
+
+def decode_data(event_type: str, data: Mapping[str, Any]) -> EventData:
+    """The typed payload of an envelope's ``data`` (UUIDs and datetimes may be given as text or as
+    themselves). Raises ``UnknownEventType`` or ``EventDataMismatch``."""
+    cls = _TYPES.get(event_type)
+    if cls is None:
+        raise UnknownEventType(f"unknown event type {event_type!r}", event_type=event_type)
+    try:
+        return cast(EventData, msgspec.convert(data, cls))
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        found = _AT.search(text) or _MISSING.search(text)
+        field = found.group(1) if found else None
+        raise EventDataMismatch(
+            f"{event_type} data does not fit the contract" + (f" at field {field!r}" if field else "") + f": {text}",
+            event_type=event_type,
+            field=field,
+        ) from None
+
+
+def personal_fields(event_type: str) -> frozenset[str]:
+    """The fields of ``event_type``'s data that hold personal data (empty for an unknown type)."""
+    marks = _MARKS.get(event_type)
+    return marks[0] if marks else frozenset()
+
+
+def subject_fields(event_type: str) -> Mapping[str, str]:
+    """Subject kind (``user``, ``chat``) -> the field of ``event_type``'s data naming that subject."""
+    marks = _MARKS.get(event_type)
+    return marks[1] if marks else _NO_SUBJECTS
+
+
+_JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def contract_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of an event: the envelope, and for each known ``type`` the shape of its
+    ``data``. Unknown types pass with any object (new event types are an addition, not a break)."""
+    names = list(_TYPES)
+    _, defs = msgspec.json.schema_components(
+        [EventEnvelope, *_TYPES.values()], ref_template="#/$defs/{name}"
+    )
+    for name, cls in _TYPES.items():
+        payload = defs[name]
+        # In an envelope the type is the envelope's own ``type``: ``data`` need not repeat it.
+        payload["required"] = [f for f in payload.get("required", []) if f != "type"]
+        if not payload["required"]:
+            del payload["required"]
+        payload["x-aggregate"] = cast(Any, cls).aggregate
+    defs["EventData"] = {
+        "description": "The data of any event; which shape applies is named by the envelope's type.",
+        "anyOf": [{"$ref": f"#/$defs/{name}"} for name in names],
+    }
+    return {
+        "$schema": _JSON_SCHEMA_DIALECT,
+        "$id": f"urn:parley:events:v{SCHEMA_VERSION}",
+        "title": "parley event",
+        "description": (
+            "An event as parley publishes it (NATS PARLEY_EVENTS, webhooks, the event feed). Fields marked "
+            "x-personal may travel sealed (a string enc:v1:...); this schema describes their opened form, and "
+            "erased content reads as \"[erased]\" (an empty list or object for fields that are not strings)."
+        ),
+        "x-schema-version": SCHEMA_VERSION,
+        "x-aggregate-subjects": dict(AGGREGATE_SUBJECTS),
+        "$ref": "#/$defs/EventEnvelope",
+        "allOf": [
+            {
+                "if": {"properties": {"type": {"const": name}}, "required": ["type"]},
+                "then": {"properties": {"data": {"$ref": f"#/$defs/{name}"}}},
+            }
+            for name in names
+        ],
+        "$defs": defs,
+    }
