@@ -16,6 +16,7 @@ from api.conformance import read_as_documented
 from api.controllers.audit import AuditController
 from api.controllers.auths import AuthController
 from api.controllers.chats import ChatController
+from api.controllers.events import EventsController
 from api.controllers.generations import GenerationController
 from api.controllers.health import HealthController, MetricsController
 from api.controllers.invitations import AcceptInvitationController, InvitationController
@@ -135,6 +136,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             KnowledgeController,
             DocumentController,
             ChatFilesController,
+            EventsController,
         ],
         dependencies={
             "c": Provide(container, sync_to_thread=False),
