@@ -129,8 +129,9 @@ class DocumentChunk(msgspec.Struct, frozen=True, kw_only=True):
     end: Annotated[int, Meta(description="Where it ends (exclusive).")]
 
 
-class PromptTurn(msgspec.Struct, frozen=True, kw_only=True):
-    """A turn of a generation's own prompt (housekeeping calls outside any chat)."""
+class PromptTurn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A turn of a generation's own prompt (housekeeping calls outside any chat); what a turn does not
+    have is absent."""
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str
