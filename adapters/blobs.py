@@ -25,14 +25,14 @@ import re
 import struct
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 
 from psycopg.errors import UniqueViolation
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -72,6 +72,11 @@ class BlobStore(Protocol):
 
     async def get(self, tenant_id: str, sha256: str) -> bytes:
         """The bytes; ``BlobMissing`` when there are none."""
+        ...
+
+    def chunks(self, tenant_id: str, sha256: str) -> AsyncIterator[bytes]:
+        """The bytes a piece at a time (never whole in memory); ``BlobMissing`` before the first piece
+        when there are none."""
         ...
 
     async def exists(self, tenant_id: str, sha256: str) -> bool: ...
@@ -189,6 +194,22 @@ class PostgresBlobs:
             raise BlobMissing(tenant_id, sha256)
         return bytes(data)
 
+    async def chunks(self, tenant_id: str, sha256: str) -> AsyncIterator[bytes]:
+        """Slices of the ``bytea`` value, one short query each: no connection is held between pieces
+        (the reader may be a slow download)."""
+        _check_key(tenant_id, sha256)
+        async with self.engine.connect() as conn:
+            size = await conn.scalar(select(blobs.c.size).where(*self._key(tenant_id, sha256)))
+        if size is None:
+            raise BlobMissing(tenant_id, sha256)
+        for start in range(0, size, _PIECE_BYTES):
+            piece = func.substring(blobs.c.data, start + 1, _PIECE_BYTES)  # SQL counts from 1
+            async with self.engine.connect() as conn:
+                data = await conn.scalar(select(piece).where(*self._key(tenant_id, sha256)))
+            if data is None:
+                raise BlobMissing(tenant_id, sha256)  # deleted meanwhile
+            yield bytes(data)
+
     async def exists(self, tenant_id: str, sha256: str) -> bool:
         _check_key(tenant_id, sha256)
         async with self.engine.connect() as conn:
@@ -256,6 +277,18 @@ class DirectoryBlobs:
             return await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             raise BlobMissing(tenant_id, sha256) from None
+
+    async def chunks(self, tenant_id: str, sha256: str) -> AsyncIterator[bytes]:
+        path = self.path(tenant_id, sha256)
+        try:
+            file = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            raise BlobMissing(tenant_id, sha256) from None
+        try:
+            while piece := await asyncio.to_thread(file.read, _PIECE_BYTES):
+                yield piece
+        finally:
+            file.close()
 
     async def exists(self, tenant_id: str, sha256: str) -> bool:
         return await asyncio.to_thread(self.path(tenant_id, sha256).is_file)
@@ -341,6 +374,24 @@ class S3Blobs:
                 body.close()
 
         return await asyncio.to_thread(read)
+
+    async def chunks(self, tenant_id: str, sha256: str) -> AsyncIterator[bytes]:
+        key = self.key(tenant_id, sha256)
+
+        def open_body() -> Any:
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            except Exception as exc:
+                if _is_missing(exc):
+                    raise BlobMissing(tenant_id, sha256) from None
+                raise
+
+        body = await asyncio.to_thread(open_body)
+        try:
+            while piece := await asyncio.to_thread(body.read, _PIECE_BYTES):
+                yield bytes(piece)
+        finally:
+            body.close()
 
     async def exists(self, tenant_id: str, sha256: str) -> bool:
         key = self.key(tenant_id, sha256)

@@ -23,6 +23,7 @@ from api.controllers.invitations import AcceptInvitationController, InvitationCo
 from api.controllers.knowledge import ChatFilesController, DocumentController, KnowledgeController
 from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
+from api.controllers.privacy import PrivacyController
 from api.controllers.quotas import QuotaController
 from api.controllers.usage import UsageController
 from api.controllers.users import TenantController, UserController
@@ -137,6 +138,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             DocumentController,
             ChatFilesController,
             EventsController,
+            PrivacyController,
         ],
         dependencies={
             "c": Provide(container, sync_to_thread=False),

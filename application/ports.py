@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from eventsourcing.domain import Aggregate
@@ -13,7 +13,7 @@ from application.context import CommandContext
 if TYPE_CHECKING:
     from application.identity import AccessClaims
 
-__all__ = ["EventStorePort", "PasswordHasher", "AccessTokenIssuer", "TokenVersionCache", "Blobs"]
+__all__ = ["EventStorePort", "PasswordHasher", "AccessTokenIssuer", "TokenVersionCache", "Blobs", "PersonalData"]
 
 A = TypeVar("A", bound=Aggregate)
 R = TypeVar("R")
@@ -71,3 +71,33 @@ class Blobs(Protocol):
 
     async def get(self, tenant_id: str, sha256: str) -> bytes: ...
 
+    def chunks(self, tenant_id: str, sha256: str) -> AsyncIterator[bytes]:
+        """The bytes a piece at a time, never whole in memory; ``KeyError`` (before the first piece)
+        when there are none."""
+        ...
+
+
+class PersonalData(Protocol):
+    """What the read models hold about one data subject (a user of a tenant), for an export. Rows are
+    plain dicts of JSON-encodable values, read a page at a time: an iterator holds no connection while
+    its consumer waits."""
+
+    async def profile(self, tenant_id: str, user_id: str) -> dict[str, Any] | None: ...
+
+    def api_keys(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    def sessions(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    def chats(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    def messages(self, tenant_id: str, chat_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    def documents(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    def usage_days(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    def tool_days(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    def generations(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    def audit(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...

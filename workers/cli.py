@@ -377,6 +377,47 @@ def cmd_usage_report(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def cmd_export_user(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from api.controllers.privacy import privacy_service
+    from application.context import CommandContext
+    from application.identity import Principal
+    from workers.bootstrap import bootstrap
+
+    settings = _settings(args)
+    settings = _with_engines(settings, "database_url", "redis_url")
+    out = Path(args.out)
+
+    async def main() -> None:
+        c = await bootstrap(settings, pool_size=2)
+        partial = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            tenant = await c.identity.tenant(args.tenant)
+            privacy = privacy_service(c)
+            user_id = await privacy.find_user(str(tenant.id), args.user)
+            operator = Principal(tenant_id=str(tenant.id), user_id=uuid.UUID(int=0), role="admin", via="cli")
+            ctx = CommandContext(tenant_id=str(tenant.id), actor="system:cli")
+            export = await privacy.export(ctx, operator, user_id)
+            file = await asyncio.to_thread(partial.open, "wb")
+            try:
+                with tqdm(desc=f"export {user_id}", unit="B", unit_scale=True, file=sys.stderr) as bar:
+                    async for chunk in export.chunks:
+                        await asyncio.to_thread(file.write, chunk)
+                        bar.update(len(chunk))
+            finally:
+                await asyncio.to_thread(file.close)
+            await asyncio.to_thread(partial.replace, out)  # a half-written archive never takes the name
+            print(f"exported {user_id} of tenant {tenant.slug} to {out} ({bar.n:,} bytes)")
+        finally:
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
+            await c.close()
+
+    asyncio.run(main())
+
+
 # --- serve: everything, one process tree ----------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> None:
     from adapters.embedded import EmbeddedEngines
@@ -536,6 +577,15 @@ def build_parser() -> argparse.ArgumentParser:
     ur.add_argument("--group-by", choices=("user", "model", "role", "day"), default="user")
     ur.add_argument("--csv", action="store_true", help="CSV on stdout")
     ur.set_defaults(func=cmd_usage_report)
+
+    exports = sub.add_parser("export", help="personal data exports").add_subparsers(
+        dest="export_command", required=True
+    )
+    eu = exports.add_parser("user", help="everything parley holds about one user, as a zip (GDPR art. 15/20)")
+    eu.add_argument("--tenant", required=True, help="tenant slug")
+    eu.add_argument("--user", required=True, help="the user's id or e-mail address")
+    eu.add_argument("--out", required=True, help="the zip file to write")
+    eu.set_defaults(func=cmd_export_user)
     schema = sub.add_parser("schema", help="the event contract").add_subparsers(dest="schema_command", required=True)
     export = schema.add_parser("export", help="print the events' JSON Schema (2020-12)")
     export.add_argument("--out", help="write it to this file instead")
