@@ -6,14 +6,18 @@ user does not exist); each export is recorded; the CLI writes the same archive."
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
+import os
+import uuid
 import zipfile
 from typing import Any
 
 import httpx
 import pytest
 
+from adapters.blobs import BlobMissing, DirectoryBlobs, PostgresBlobs
 from tests.conftest import Pipeline
 from tests.e2e.test_chat_api import add_echo_model, bearer, error_code, finished, new_chat, send, sign_up
 from tests.tenants import tenant_with_admin
@@ -32,7 +36,9 @@ async def talk(client: httpx.AsyncClient, tokens: dict[str, Any], chat: str, con
 
 
 async def attach(client: httpx.AsyncClient, tokens: dict[str, Any], chat: str, name: str, data: bytes) -> str:
-    r = await client.post(f"/api/v1/chats/{chat}/files", files={"file": (name, data, "text/plain")}, headers=bearer(tokens))
+    r = await client.post(
+        f"/api/v1/chats/{chat}/files", files={"file": (name, data, "text/plain")}, headers=bearer(tokens)
+    )
     assert r.status_code == 202, r.text
     return str(r.json()[0]["id"])
 
@@ -90,7 +96,9 @@ async def test_a_users_export_holds_all_their_data_and_nothing_of_anyone_else(
     assert manifest["subject"] == {"id": ada["id"], "email": "ada@example.com"}
     assert manifest["tenant"]["slug"] == "default" and manifest["format_version"] == 1
     assert {f["path"] for f in manifest["files"]} == set(files), "the manifest lists every file"
-    assert set(manifest["formats"]) <= {line.split("`")[1] for line in files["README.md"].decode().splitlines() if "`" in line}
+    assert set(manifest["formats"]) <= {
+        line.split("`")[1] for line in files["README.md"].decode().splitlines() if "`" in line
+    }
 
     profile = json.loads(files["profile.json"])
     assert profile["user"]["email"] == "ada@example.com" and profile["user"]["status"] == "active"
@@ -175,3 +183,15 @@ async def test_the_cli_writes_the_same_archive(
     assert files[f"documents/{doc}/notes.txt"] == ADA_DOCUMENT
     assert json.loads(files["manifest.json"])["subject"]["id"] == ada["id"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+async def test_blob_stores_hand_out_their_bytes_a_piece_at_a_time(container: Container, tmp_path: Any) -> None:
+    tenant = str(uuid.uuid4())
+    data = os.urandom(2 * 1024 * 1024 + 123)
+    sha = hashlib.sha256(data).hexdigest()
+    for store in (PostgresBlobs(container.engine), DirectoryBlobs(tmp_path)):
+        await store.put(tenant, sha, data)
+        pieces = [piece async for piece in store.chunks(tenant, sha)]
+        assert [len(p) for p in pieces] == [1024 * 1024, 1024 * 1024, 123] and b"".join(pieces) == data
+        with pytest.raises(BlobMissing):
+            await anext(store.chunks(tenant, "0" * 64))
