@@ -38,7 +38,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schema.tables import blobs
 
-__all__ = ["BlobMissing", "BlobStore", "DirectoryBlobs", "PostgresBlobs", "S3Blobs", "open_blob_store"]
+__all__ = [
+    "BlobMissing",
+    "BlobStore",
+    "DirectoryBlobs",
+    "PostgresBlobs",
+    "S3Blobs",
+    "open_blob_store",
+    "s3_blobs",
+]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Tenant ids are UUIDs; anything that could climb out of a directory or split an object key is refused.
@@ -433,16 +441,23 @@ def open_blob_store(url: str | None, *, engine: AsyncEngine) -> BlobStore:
             raise ValueError(f"a blob directory URL is file:///absolute/path, not {url!r}")
         return DirectoryBlobs(Path(unquote(parsed.path)))
     if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise ValueError(f"an S3 blob URL names its bucket: s3://bucket/prefix, not {url!r}")
-        query = parse_qs(parsed.query)
-        unknown = set(query) - {"endpoint", "region"}
-        if unknown:
-            raise ValueError(f"unknown S3 blob URL parameters: {', '.join(sorted(unknown))}")
-        return S3Blobs(
-            parsed.netloc,
-            unquote(parsed.path),
-            endpoint=query.get("endpoint", [None])[-1],
-            region=query.get("region", [None])[-1],
-        )
+        return s3_blobs(url)
     raise ValueError(f"unknown blob store {url!r}: expected postgres, file:///dir or s3://bucket/prefix")
+
+
+def s3_blobs(url: str) -> S3Blobs:
+    """The S3 store ``s3://bucket/prefix?endpoint=http://host:port&region=us-east-1`` names. Its client
+    (path-style addressing for other stores, standard retries) also serves the audit checkpoints."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"an S3 URL names its bucket: s3://bucket/prefix, not {url!r}")
+    query = parse_qs(parsed.query)
+    unknown = set(query) - {"endpoint", "region"}
+    if unknown:
+        raise ValueError(f"unknown S3 URL parameters: {', '.join(sorted(unknown))}")
+    return S3Blobs(
+        parsed.netloc,
+        unquote(parsed.path),
+        endpoint=query.get("endpoint", [None])[-1],
+        region=query.get("region", [None])[-1],
+    )

@@ -82,6 +82,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # closes it first races the client's next request on it, which then fails without an answer
     # (httpx.ReadError) - with both at 5 s, a few requests in a thousand under load.
     keep_alive_timeout_s: int = 75
+    # Signed audit checkpoints (adapters/checkpoints.py): where they go (an absolute directory,
+    # "file:///dir" or "s3://bucket/prefix?..."; None: <home>/checkpoints) and how often heads that moved
+    # are signed.
+    audit_checkpoints: str | None = None
+    audit_checkpoint_interval_s: int = 300
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -142,6 +147,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     problems.append(f"PARLEY_{name}: {item!r} is not an IP address or network (10.0.0.5, 10.0.0.0/8)")
             return tuple(found)
 
+        def checkpoint_sink(name: str) -> str | None:
+            raw = get(name)
+            if raw is not None and not raw.startswith("/") and urlsplit(raw).scheme not in ("file", "s3"):
+                problems.append(f"PARLEY_{name} must be an absolute directory, file:///dir or s3://bucket/prefix")
+            return raw
+
         home = Path(get("HOME") or Path.cwd() / ".parley").expanduser().resolve()
         namespace = get("NAMESPACE") or "parley"
         if not _NAMESPACE.match(namespace):
@@ -188,6 +199,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             header_timeout_s=number("HEADER_TIMEOUT_S", 10.0, 0.1, 600.0),
             body_timeout_s=number("BODY_TIMEOUT_S", 30.0, 0.1, 3600.0),
             keep_alive_timeout_s=integer("KEEP_ALIVE_TIMEOUT_S", 75, 1, 3600),
+            audit_checkpoints=checkpoint_sink("AUDIT_CHECKPOINTS"),
+            audit_checkpoint_interval_s=integer("AUDIT_CHECKPOINT_INTERVAL", 300, 1, 86_400),
         )
         if problems:
             raise SettingsError(problems)
@@ -230,16 +243,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_HEADER_TIMEOUT_S": str(self.header_timeout_s),
             "PARLEY_BODY_TIMEOUT_S": str(self.body_timeout_s),
             "PARLEY_KEEP_ALIVE_TIMEOUT_S": str(self.keep_alive_timeout_s),
+            "PARLEY_AUDIT_CHECKPOINT_INTERVAL": str(self.audit_checkpoint_interval_s),
         }
         for name, value in (
             ("DATABASE_URL", self.database_url),
             ("NATS_URL", self.nats_url),
             ("REDIS_URL", self.redis_url),
             ("BLOB_STORE", self.blob_store),
+            ("AUDIT_CHECKPOINTS", self.audit_checkpoints),
         ):
             if value:
                 env[f"PARLEY_{name}"] = value
         return env
+
+    @property
+    def audit_checkpoint_sink(self) -> str:
+        """Where signed audit checkpoints go: ``audit_checkpoints``, else ``<home>/checkpoints``."""
+        return self.audit_checkpoints or str(self.home / "checkpoints")
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(home={str(self.home)!r}, namespace={self.namespace!r}, secret_key='***')"

@@ -3,8 +3,9 @@
 Why a chain: the audit log is what an admin shows an auditor, so a quietly edited, deleted or inserted
 row must be detectable. Each row's hash covers its content and the previous row's hash; ``audit_heads``
 anchors each tenant's newest (seq, hash), so even dropping or appending a row at the end shows. Anyone who
-can rewrite every row *and* the head can still forge a consistent chain; publishing heads elsewhere
-closes that, and the event store stays the truth from which ``rebuild`` recreates the log exactly.
+can rewrite every row *and* the head can still forge a consistent chain; signed checkpoints of the heads
+kept outside the database (``adapters/checkpoints.py``) close that: ``verify_chain(..., anchors=...)``
+holds the chain to them. The event store stays the truth from which ``rebuild`` recreates the log exactly.
 
 The hash is computed by one function, ``row_hash``, from values normalised so that what Postgres hands
 back (timestamps in the session's time zone, JSONB numbers) hashes the same as what was written.
@@ -16,10 +17,10 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from sqlalchemy import Table, select, union
@@ -34,9 +35,11 @@ __all__ = [
     "GENESIS_HASH",
     "HASHED_FIELDS",
     "PLATFORM_TENANT",
+    "Anchor",
     "AuditProjector",
     "ChainProblem",
     "audit_row",
+    "chain_heads",
     "query_audit",
     "redact",
     "row_hash",
@@ -294,6 +297,14 @@ async def query_audit(
     return page, (page[-1]["seq"] if len(rows) > limit else None)
 
 
+async def chain_heads(engine: AsyncEngine) -> dict[str, tuple[int, str]]:
+    """Every tenant's chain head: (seq, hash) by tenant id. The projector writes a head in the same
+    transaction as its rows, so a head always names a committed row."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(audit_heads.c.tenant_id, audit_heads.c.seq, audit_heads.c.hash))
+        return {r.tenant_id: (r.seq, r.hash) for r in rows}
+
+
 # --- verification --------------------------------------------------------------------------------------
 class ChainProblem(msgspec.Struct, frozen=True):
     tenant_id: str
@@ -301,34 +312,64 @@ class ChainProblem(msgspec.Struct, frozen=True):
     problem: str
 
 
+class Anchor(Protocol):
+    """A (tenant, seq, hash) of a chain vouched for outside the database: a checkpoint whose signature
+    was verified (``adapters.checkpoints.read_checkpoints``)."""
+
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def hash(self) -> str: ...
+
+
 async def verify_chain(
     engine: AsyncEngine,
     tenant_id: str | None = None,
     *,
+    anchors: Iterable[Anchor] = (),
     max_problems: int = 1_000,
     chunk_size: int = 5_000,
 ) -> list[ChainProblem]:
     """Recompute the chain of ``tenant_id`` (or of every tenant) from one snapshot, ``chunk_size`` rows
-    at a time; empty means intact. Stops after ``max_problems``: a rewritten log need not fill memory."""
+    at a time; empty means intact. Stops after ``max_problems``: a rewritten log need not fill memory.
+
+    ``anchors`` (trusted checkpoints) hold the chain to hashes kept outside the database, which a
+    rewrite of every row and head cannot match: the row at each anchor's seq must have the anchor's hash,
+    and the chain must still reach the newest anchor. They also let a chain whose oldest rows were
+    dropped (retention) verify from what is kept: when a tenant's first row is seq k > 1 and an anchor
+    vouches for seq k-1, the chain is checked from row k with the anchor's hash as the one before it;
+    when an anchor vouches for seq k itself, from row k, whose hash (which covers its ``prev_hash``)
+    must be the anchor's. Anchors below that are of dropped rows and not compared; without such an
+    anchor a missing start is a problem, as before."""
+    expected: dict[str, dict[int, str]] = {}
     problems: list[ChainProblem] = []
+    for anchor in anchors:
+        if tenant_id is not None and anchor.tenant_id != tenant_id:
+            continue
+        known = expected.setdefault(anchor.tenant_id, {}).setdefault(anchor.seq, anchor.hash)
+        if known != anchor.hash:
+            problems.append(ChainProblem(anchor.tenant_id, anchor.seq, "two signed checkpoints disagree on the hash"))
     async with engine.connect() as conn:
         # One snapshot: rows the projector commits meanwhile cannot disagree with the head we read.
         await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
             if tenant_id is None:
                 tenants = union(select(audit_log.c.tenant_id), select(audit_heads.c.tenant_id))
-                names = sorted((await conn.execute(tenants)).scalars())
+                names = sorted(set((await conn.execute(tenants)).scalars()) | set(expected))
             else:
                 names = [tenant_id]
             for name in names:
                 if len(problems) >= max_problems:
                     break
-                problems += await _verify_tenant(conn, name, max_problems - len(problems), chunk_size)
+                budget = max_problems - len(problems)
+                problems += await _verify_tenant(conn, name, budget, chunk_size, expected.get(name, {}))
     return problems[:max_problems]
 
 
 async def _verify_tenant(
-    conn: AsyncConnection, tenant_id: str, budget: int, chunk_size: int
+    conn: AsyncConnection, tenant_id: str, budget: int, chunk_size: int, anchors: Mapping[int, str]
 ) -> list[ChainProblem]:
     c = audit_log.c
     problems: list[ChainProblem] = []
@@ -337,6 +378,8 @@ async def _verify_tenant(
         problems.append(ChainProblem(tenant_id, seq, problem))
 
     expected_seq, expected_prev = 1, GENESIS_HASH
+    dropped_up_to = 0  # rows at or below it were dropped, and an anchor vouches for the last of them
+    anchors_met: set[int] = set()
     last: tuple[int, str] | None = None
     while True:
         stmt = select(audit_log).where(c.tenant_id == tenant_id)
@@ -345,18 +388,36 @@ async def _verify_tenant(
         rows = (await conn.execute(stmt.order_by(c.seq).limit(chunk_size))).mappings().all()
         for row in rows:
             seq = row["seq"]
+            if last is None and seq > 1 and seq - 1 in anchors:  # a retained suffix, anchored before it
+                dropped_up_to, expected_seq, expected_prev = seq - 1, seq, anchors[seq - 1]
+            elif last is None and seq > 1 and seq in anchors:  # a retained suffix whose first row is anchored
+                dropped_up_to, expected_seq, expected_prev = seq - 1, seq, row["prev_hash"]
             if seq != expected_seq:
                 report(seq, f"expected seq {expected_seq}: rows deleted or inserted")
             if row["prev_hash"] != expected_prev:
                 report(seq, "prev_hash does not match the row before")
             if row_hash(row) != row["hash"]:
                 report(seq, "hash does not match the row's content")
+            if seq in anchors:
+                anchors_met.add(seq)
+                if row["hash"] != anchors[seq]:
+                    report(seq, "hash differs from the one the signed checkpoint holds: the log was rewritten")
             expected_seq, expected_prev = seq + 1, row["hash"]
             last = (seq, row["hash"])
         if len(problems) >= budget:
             return problems  # the caller stops here; the head check would only add noise
         if len(rows) < chunk_size:
             break
+
+    for seq in sorted(anchors):
+        if seq <= dropped_up_to or seq in anchors_met:
+            continue
+        if last is None:
+            report(seq, f"the tenant has no rows, but a signed checkpoint anchors seq {seq}")
+        elif seq > last[0]:
+            report(seq, f"the chain ends at seq {last[0]}, before the signed checkpoint at seq {seq}: rows removed")
+        else:
+            report(seq, f"no row at seq {seq}, which a signed checkpoint anchors")
 
     head = (
         await conn.execute(

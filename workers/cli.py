@@ -165,7 +165,9 @@ def cmd_project(args: argparse.Namespace) -> None:
             ]
             if shared:  # one consumer and one transaction per batch for all of them
                 runners.append(ProjectorGroup(shared, engine=c.engine, store=c.store))
-            await asyncio.gather(*(r.run(js, c.subjects, stop) for r in runners))
+            # Where the audit chain grows, its heads are signed and kept outside the database.
+            checkpointer = [_checkpointer(settings, c.engine).run(stop)] if "audit" in chosen else []
+            await asyncio.gather(*(r.run(js, c.subjects, stop) for r in runners), *checkpointer)
         finally:
             await c.close()
 
@@ -242,28 +244,106 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def _checkpointer(settings: Settings, engine: Any) -> Any:
+    from functools import partial
+
+    from adapters.checkpoints import Checkpointer, checkpoint_key, open_checkpoint_sink
+    from projections.audit import chain_heads
+
+    return Checkpointer(
+        checkpoint_key(settings.secret_key),
+        open_checkpoint_sink(settings.audit_checkpoint_sink),
+        partial(chain_heads, engine),
+        interval_s=settings.audit_checkpoint_interval_s,
+    )
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from adapters.checkpoints import (
+        Checkpoint,
+        Rejected,
+        checkpoint_key,
+        load_public_key,
+        open_checkpoint_sink,
+        read_checkpoints,
+    )
+    from adapters.database import create_engine, create_tables
     from projections.audit import verify_chain
-    from workers.bootstrap import bootstrap
 
     settings = _settings(args)
-    settings = _with_engines(settings, "database_url", "redis_url")
+    settings = _with_engines(settings, "database_url")
+    assert settings.database_url is not None
+    # --checkpoints with no value: the configured sink
+    sink_location = None if args.checkpoints is None else (args.checkpoints or settings.audit_checkpoint_sink)
+    if args.public_key and sink_location is None:
+        raise SystemExit("parley: --public-key checks checkpoints: give --checkpoints too")
+    try:
+        public_key = (
+            load_public_key(Path(args.public_key).read_bytes())
+            if args.public_key
+            else checkpoint_key(settings.secret_key).public_key
+        )
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"parley: --public-key {args.public_key}: {exc}") from None
 
     async def main() -> int:
-        c = await bootstrap(settings, pool_size=2)
+        anchors: list[Checkpoint] = []
+        rejected: list[Rejected] = []
+        if sink_location is not None:
+            anchors, rejected = await read_checkpoints(open_checkpoint_sink(sink_location), public_key, args.tenant)
+        engine = create_engine(settings.database_url, pool_size=2)
         try:
-            problems = await verify_chain(c.engine, args.tenant)
+            await create_tables(engine)
+            problems = await verify_chain(engine, args.tenant, anchors=anchors)
         finally:
-            await c.close()
-        for p in problems:
+            await engine.dispose()
+        for p in [*rejected, *problems]:
             print(f"BROKEN tenant={p.tenant_id} seq={p.seq}: {p.problem}")
-        if problems:
-            print(f"audit chain verification FAILED: {len(problems)} problem(s)")
+        if rejected or problems:
+            print(f"audit chain verification FAILED: {len(rejected) + len(problems)} problem(s)")
             return 1
-        print("audit chain verified: intact")
+        if sink_location is None:
+            print("audit chain verified: intact")
+        else:
+            key = "the given public key"
+            if not args.public_key:
+                key = "this deployment's key (pass --public-key to check against a copy kept elsewhere)"
+            print(f"audit chain verified: intact, and it matches {len(anchors)} checkpoint(s) signed by {key}")
         return 0
 
     sys.exit(asyncio.run(main()))
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> None:
+    from adapters.database import create_engine, create_tables
+
+    settings = _settings(args)
+    settings = _with_engines(settings, "database_url")
+    assert settings.database_url is not None
+
+    async def main() -> None:
+        engine = create_engine(settings.database_url, pool_size=2)
+        try:
+            await create_tables(engine)
+            written = await _checkpointer(settings, engine).checkpoint_once()
+        finally:
+            await engine.dispose()
+        for checkpoint in written:
+            print(f"checkpoint tenant={checkpoint.tenant_id} seq={checkpoint.seq} hash={checkpoint.hash}")
+        print(f"{len(written)} checkpoint(s) written to {settings.audit_checkpoint_sink} (anchored heads skipped)")
+
+    asyncio.run(main())
+
+
+def cmd_audit_public_key(args: argparse.Namespace) -> None:
+    from adapters.checkpoints import checkpoint_key
+
+    key = checkpoint_key(_settings(args).secret_key)
+    print(f"audit checkpoint key {key.key_id} (Ed25519)")
+    print(key.public_pem(), end="")
+    print(f"raw (base64): {key.public_base64()}")
 
 
 def cmd_admin_create_tenant(args: argparse.Namespace) -> None:
@@ -551,7 +631,20 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit log tools").add_subparsers(dest="audit_command", required=True)
     verify = audit.add_parser("verify", help="check the audit hash chain")
     verify.add_argument("--tenant", help="tenant id (default: all)")
+    verify.add_argument(
+        "--checkpoints",
+        nargs="?",
+        const="",
+        metavar="DIR_OR_URL",
+        help="also check the signed checkpoints in this directory, file:///dir or s3://bucket/prefix "
+        "(no value: PARLEY_AUDIT_CHECKPOINTS)",
+    )
+    verify.add_argument("--public-key", metavar="FILE", help="PEM or raw base64 (default: derived from the secret)")
     verify.set_defaults(func=cmd_audit_verify)
+    checkpoint = audit.add_parser("checkpoint", help="sign and store a checkpoint of every head that moved, now")
+    checkpoint.set_defaults(func=cmd_audit_checkpoint)
+    public_key = audit.add_parser("public-key", help="print the public key that checks audit checkpoints")
+    public_key.set_defaults(func=cmd_audit_public_key)
 
     admin = sub.add_parser("admin", help="bootstrapping").add_subparsers(dest="admin_command", required=True)
     ct = admin.add_parser("create-tenant")

@@ -1,4 +1,6 @@
-"""The audit log (tenant admins): filtered, paged, newest first; and replay of any aggregate's state."""
+"""The audit log (tenant admins): filtered, paged, newest first; replay of any aggregate's state; and the
+public key that checks the signed checkpoints of the chain (any signed-in caller: the key is not secret,
+but only sign-in and operations routes are open to anyone)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import msgspec
 from litestar import Controller, get
 from litestar.params import FromQuery, QueryParameter
 
+from adapters.checkpoints import CHECKPOINT_FORMAT, checkpoint_key
 from api import dto
 from api.deps import App, Caller
 from domain.errors import Invalid
@@ -18,6 +21,16 @@ from projections.audit import query_audit
 
 def _aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+class AuditPublicKey(msgspec.Struct, frozen=True, kw_only=True):
+    """The Ed25519 key that signs audit checkpoints (``parley audit public-key`` prints the same)."""
+
+    algorithm: str
+    key_id: str
+    public_key_pem: str
+    public_key_base64: str  # the raw 32 bytes
+    checkpoint_format: str
 
 
 class AuditController(Controller):
@@ -59,3 +72,14 @@ class AuditController(Controller):
     @get("/replay", operation_id="ReplayAggregate")
     async def replay(self, c: App, caller: Caller, aggregate_id: FromQuery[UUID], at: FromQuery[datetime | None] = None) -> dict[str, Any]:
         return await c.audit.state_at(caller, aggregate_id, _aware(at) or datetime.now(UTC))
+
+    @get("/public-key", operation_id="GetAuditPublicKey")
+    async def public_key(self, c: App, caller: Caller) -> AuditPublicKey:
+        key = checkpoint_key(c.settings.secret_key)
+        return AuditPublicKey(
+            algorithm="Ed25519",
+            key_id=key.key_id,
+            public_key_pem=key.public_pem(),
+            public_key_base64=key.public_base64(),
+            checkpoint_format=CHECKPOINT_FORMAT,
+        )
