@@ -10,6 +10,7 @@ async facade runs it on a thread pool sized for the connection pool, never on th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import random
 import threading
@@ -31,9 +32,11 @@ from eventsourcing.utils import retry
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier
 
+from adapters.crypto import KeyStore, ShreddingMapper, erased_marker, is_sealed
 from application.context import CommandContext, current_command
 from domain.chats import Chat
 from domain.errors import Conflict, NotFound
+from schema.contract import personal_fields
 from schema.events import SECRET_SUFFIXES, EventEnvelope
 
 __all__ = ["EventStore", "GroupCommitRecorder", "notification_to_envelope", "envelopes"]
@@ -192,6 +195,7 @@ class ParleyApplication(Application[uuid.UUID]):
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "POSTGRES_PRE_PING": "no",
         "APPLICATION_RECORDER_TOPIC": "adapters.eventstore:GroupCommitRecorder",
+        "MAPPER_TOPIC": "adapters.crypto:ShreddingMapper",
     }
 
 
@@ -207,7 +211,9 @@ def event_id(aggregate_id: uuid.UUID, version: int) -> uuid.UUID:
 
 
 def notification_to_envelope(app: Application[uuid.UUID], n: Notification) -> EventEnvelope:
-    domain_event = app.mapper.to_domain_event(n)
+    """The event as it leaves the event store: personal fields stay sealed (see ``adapters.crypto``)."""
+    mapper = app.mapper
+    domain_event = mapper.to_sealed_event(n) if isinstance(mapper, ShreddingMapper) else mapper.to_domain_event(n)
     state = dict(vars(domain_event))
     meta: dict[str, Any] = state.pop("meta", None) or {}
     state.pop("originator_id", None)
@@ -244,7 +250,7 @@ class EventStore:
     worker thread with the context set, loads aggregates with ``get``, mutates them and calls ``save``.
     A version conflict re-runs ``fn`` (``ATTEMPTS`` in all), then becomes 409 ``VERSION_CONFLICT``."""
 
-    def __init__(self, database_url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+    def __init__(self, database_url: str, *, secret_key: str, pool_size: int = 10, max_overflow: int = 10) -> None:
         params = conninfo_to_dict(database_url.replace("postgresql+psycopg://", "postgresql://"))
         env = {
             "POSTGRES_DBNAME": str(params.get("dbname") or "postgres"),
@@ -262,9 +268,15 @@ class EventStore:
             lock.execute("SELECT pg_advisory_lock(7261002)")
             try:
                 self.app = ParleyApplication(env=env)
+                self.keys = KeyStore(database_url.replace("postgresql+psycopg://", "postgresql://"), secret_key)
+                self.keys.create_table(lock)
             finally:
                 lock.execute("SELECT pg_advisory_unlock(7261002)")
         self.recorder = self.app.recorder
+        self.mapper = self.app.mapper
+        assert isinstance(self.mapper, ShreddingMapper)
+        self.mapper.keys = self.keys
+        self.keys.on_forget = self.forget
         self.events_table = "parley_events"
         self._executor = ThreadPoolExecutor(max_workers=pool_size + max_overflow, thread_name_prefix="es")
 
@@ -320,6 +332,37 @@ class EventStore:
     def max_id(self) -> int:
         return self.recorder.max_notification_id() or 0
 
+    def forget(self, key_ids: Iterable[uuid.UUID]) -> None:
+        """Keys destroyed (here or by another process): drop them from the key cache, and the aggregates
+        they sealed from the aggregate cache, so that nothing opened with them stays in this process."""
+        key_ids = list(key_ids)
+        self.keys.forget(key_ids)
+        cache = self.app.repository.cache
+        if cache is not None:
+            for key_id in key_ids:
+                with contextlib.suppress(KeyError):
+                    cache.get(key_id, evict=True)
+
+    def open_envelopes(self, events: Sequence[EventEnvelope]) -> list[EventEnvelope]:
+        """``events`` with their personal fields opened (erased ones as their marker), for what needs the
+        text (the read models of chats, documents and users)."""
+        opened = []
+        for event in events:
+            fields = personal_fields(event.type)
+            if not fields or not any(is_sealed(event.data.get(f)) for f in fields):
+                opened.append(event)
+                continue
+            data = dict(event.data)
+            for name in fields:
+                value = data.get(name)
+                if is_sealed(value):
+                    plain = self.keys.open(value, event.aggregate_id, name)
+                    data[name] = erased_marker(value) if plain is None else msgspec.to_builtins(
+                        self.mapper.transcoder.decode(plain)
+                    )
+            opened.append(msgspec.structs.replace(event, data=data))
+        return opened
+
     def events_of(self, aggregate_id: uuid.UUID, *, until: datetime | None = None) -> list[Any]:
         events = list(self.app.events.get(aggregate_id))
         if until is not None:
@@ -364,6 +407,7 @@ class EventStore:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.app.close()
+        self.keys.close()
 
 
 def connect(database_url: str) -> psycopg.Connection[Any]:

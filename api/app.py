@@ -112,6 +112,7 @@ async def _follow_policy_changes(c: Container) -> None:
         return
     try:
         await c.follow_policy_changes()
+        await c.follow_shredding("parley-api")
     except Exception as e:  # noqa: BLE001 - without the bus, every decision reads the event store
         log.warning("policy_cache_off", reason=str(e))
 

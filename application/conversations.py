@@ -28,7 +28,7 @@ import msgspec
 from application.context import CommandContext
 from application.engines import ChatTurn, EngineRequest, Image, ToolCall
 from application.identity import Principal, check_user_of_tenant
-from application.ports import Blobs, EventStorePort
+from application.ports import Blobs, EventStorePort, Shredder
 from domain.chats import (
     Chat,
     Generation,
@@ -395,6 +395,8 @@ class Chats:
         self.models = models
         self.quotas = quotas
         self.blobs = blobs
+        self.shredder: Shredder | None = None
+        """Set by the composition root: what deleting a chat does outside the event store, at once."""
 
     def _reserve(
         self, loop: asyncio.AbstractEventLoop, principal: Principal, model: Model, turns: Sequence[dict[str, Any]],
@@ -485,12 +487,21 @@ class Chats:
         return await self.store.execute(ctx, command)
 
     async def delete(self, ctx: CommandContext, principal: Principal, chat_id: uuid.UUID) -> None:
+        """Delete a chat: its content is shredded (its keys destroyed, its files and images deleted, its
+        token chunks erased), nothing else of its owner."""
+        await self.store.call(self._chat, principal, chat_id)  # 404 before gathering
+        doomed = None
+        if self.shredder is not None:
+            doomed = await self.shredder.gather(principal.tenant_id, chat_id=str(chat_id))
+
         def command() -> None:
             chat = self._chat(principal, chat_id)
             chat.delete()
             self.store.save(chat)
 
         await self.store.execute(ctx, command)
+        if self.shredder is not None:
+            await self.shredder.shred(doomed, chat_id=chat_id)
 
     def _answer(
         self, loop: asyncio.AbstractEventLoop, principal: Principal, chat: Chat, message_id: str, model: Model,

@@ -24,7 +24,7 @@ from application.credentials import (
     secret_hash,
     secrets_equal,
 )
-from application.ports import AccessTokenIssuer, EventStorePort, PasswordHasher, TokenVersionCache
+from application.ports import AccessTokenIssuer, EventStorePort, PasswordHasher, Shredder, TokenVersionCache
 from domain.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from domain.identity import (
     API_KEY_SCOPES,
@@ -238,6 +238,8 @@ class Identity:
             raise NotFound("TENANT_NOT_FOUND", "no such tenant", tenant=slug_or_id)
         return tenant
 
+        self.shredder: Shredder | None = None
+        """Set by the composition root: what erasing does outside the event store, at once."""
     async def tenant(self, slug_or_id: str) -> TenantInfo:
         return TenantInfo.of(await self.store.call(self._tenant, slug_or_id))
 
@@ -480,6 +482,30 @@ class Identity:
         check_password_strength(new, user.email)
         password_hash = await self.store.call(self.passwords.hash, new)
 
+    async def erase_user(self, ctx: CommandContext, principal: Principal, user_id: uuid.UUID) -> UserInfo:
+        """Erase a user (GDPR art. 17), by a tenant admin: ``UserErased`` is stored, then every key sealing
+        the user's personal data is destroyed, their uploads and images deleted and their generations'
+        token chunks erased; the projectors purge the read models. Final: an erased user stays erased."""
+        principal.require_admin()
+        if user_id == principal.user_id:
+            raise Forbidden("CANNOT_ERASE_SELF", "an admin cannot erase themselves; another admin can")
+        await self.store.call(self._user_of_tenant, principal.tenant_id, user_id)  # 404 before gathering
+        doomed = None
+        if self.shredder is not None:
+            doomed = await self.shredder.gather(principal.tenant_id, user_id=str(user_id))
+
+        def command() -> User:
+            user = self._user_of_tenant(principal.tenant_id, user_id)
+            user.erase(erased_by=ctx.actor)
+            self.store.save(user)
+            return user
+
+        user = await self.store.execute(ctx, command)
+        await self.token_versions.set(str(user.id), user.token_version)
+        if self.shredder is not None:
+            await self.shredder.shred(doomed, user_id=user_id)
+        return UserInfo.of(user)
+
         def command() -> User:
             u = self._user_of_tenant(principal.tenant_id, principal.user_id)
             u.change_password(password_hash)
@@ -504,12 +530,18 @@ class Identity:
         if user is None or not valid:
             reason = "unknown_email" if user is None else "wrong_password"
             await self.store.execute(
-                ctx, lambda: self.store.save(SignInAttempt(tenant_id=t.tenant_id, email=email, reason=reason))
+                ctx,
+                lambda: self.store.save(
+                    SignInAttempt(tenant_id=t.tenant_id, email=email, reason=reason, user_id=user.id if user else None)
+                ),
             )
             raise Unauthenticated("INVALID_CREDENTIALS", "e-mail or password is wrong")
         if not user.active:
             await self.store.execute(
-                ctx, lambda: self.store.save(SignInAttempt(tenant_id=t.tenant_id, email=email, reason="deactivated"))
+                ctx,
+                lambda: self.store.save(
+                    SignInAttempt(tenant_id=t.tenant_id, email=email, reason="deactivated", user_id=user.id)
+                ),
             )
             raise Forbidden("USER_DEACTIVATED", "this account is deactivated")
         await self.token_versions.set(str(user.id), user.token_version)

@@ -13,7 +13,7 @@ from application.context import CommandContext
 if TYPE_CHECKING:
     from application.identity import AccessClaims
 
-__all__ = ["EventStorePort", "PasswordHasher", "AccessTokenIssuer", "TokenVersionCache", "Blobs", "PersonalData"]
+__all__ = ["EventStorePort", "PasswordHasher", "AccessTokenIssuer", "TokenVersionCache", "Blobs", "PersonalData", "Shredder"]
 
 A = TypeVar("A", bound=Aggregate)
 R = TypeVar("R")
@@ -101,3 +101,13 @@ class PersonalData(Protocol):
     def generations(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...
 
     def audit(self, tenant_id: str, user_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class Shredder(Protocol):
+    """The immediate part of erasing a user or deleting a chat outside the event store (keys, snapshots,
+    blobs, token chunks): ``gather`` what will go while the read models still name it, store the event,
+    then ``shred``."""
+
+    async def gather(self, tenant_id: str, *, user_id: str | None = None, chat_id: str | None = None) -> Any: ...
+
+    async def shred(self, doomed: Any, *, user_id: uuid.UUID | None = None, chat_id: uuid.UUID | None = None) -> None: ...

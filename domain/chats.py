@@ -544,6 +544,8 @@ class Generation(Aggregate):
 
     def complete(self, **result: Any) -> None:
         self._check_open()
+        # The tools called, by name: usage counts them; the calls' arguments are personal and sealed.
+        result["tool_names"] = [str(call.get("name") or "unknown") for call in result.get("tool_calls") or ()]
         self._complete(**result)
 
     @event("GenerationCompleted")
@@ -560,6 +562,7 @@ class Generation(Aggregate):
         attempt: int,
         citations: list[dict[str, Any]] | None = None,
         tool_calls: list[dict[str, str]] | None = None,
+        tool_names: list[str] | None = None,
     ) -> None:
         self._finish("completed", text, prompt_tokens, completion_tokens, attempt)
         self.thinking = thinking

@@ -19,6 +19,9 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import Conflict, Forbidden, Invalid, Unauthenticated
 
+ERASED = "[erased]"
+"""What erased personal text reads as (the value sealed with a destroyed key, an erased user's name)."""
+
 __all__ = [
     "ROLES",
     "SIGNUP_ROLES",
@@ -290,9 +293,29 @@ class User(Aggregate):
 
     def reactivate(self) -> None:
         if not self.active:
+        self.check_not_erased()
             self._reactivate()
 
     @event("UserReactivated")
+    def check_not_erased(self) -> None:
+        if getattr(self, "erased", False):
+            raise Conflict("USER_ERASED", "this user's personal data was erased")
+
+    def erase(self, erased_by: str) -> None:
+        """Erase the user (GDPR art. 17): the account is closed for good and every key sealing the
+        user's personal data is destroyed (by the service, after this event is stored)."""
+        self.check_not_erased()
+        self._erase(erased_by=erased_by)
+
+    @event("UserErased")
+    def _erase(self, erased_by: str) -> None:
+        self.erased = True
+        self.active = False
+        self.email = ERASED
+        self.name = ERASED
+        self.password_hash = None
+        self.token_version += 1
+
     def _reactivate(self) -> None:
         self.active = True
 
@@ -489,11 +512,13 @@ class SignInAttempt(Aggregate):
     """A failed sign-in: a security event that changes no other aggregate, kept for the audit log."""
 
     @event("SignInFailed")
-    def __init__(self, tenant_id: str, email: str, reason: str) -> None:
+    def __init__(self, tenant_id: str, email: str, reason: str, user_id: UUID | None = None) -> None:
+        """``user_id``: the account the address belongs to, where there is one (its erasure shreds this)."""
         self.tenant_id = tenant_id
         self.email = email
         self.reason = reason
 
+        self.user_id = user_id
 
 class TokenMisuse(Aggregate):
     """A revoked or reused token was presented."""

@@ -19,6 +19,7 @@ from sqlalchemy import Column, Table, Text, and_, case, cast, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from domain.identity import ERASED
 from domain.models import default_capabilities
 from projections.runtime import HandlesTypes, copy_rows
 from schema.events import EventEnvelope
@@ -192,10 +193,12 @@ class ChatsProjector:
     )
 
     def handles(self, event_type: str) -> bool:
-        return event_type in self._chat_types or event_type in self._generation_types
+        return event_type in self._chat_types or event_type in self._generation_types or event_type == "UserErased"
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        if e.type in self._generation_types:
+        if e.type == "UserErased":
+            await _erase_user(conn, str(e.aggregate_id))
+        elif e.type in self._generation_types:
             await self._apply_generation(conn, e)
         else:
             await self._apply_chat(conn, e)
@@ -210,7 +213,13 @@ class ChatsProjector:
         new_generations: dict[str, dict[str, Any]] = {}
         for e in events:
             key = str(e.aggregate_id)
-            if e.type in self._generation_types:
+            if e.type == "UserErased":  # after what came before it, whether in memory or written
+                await _copy_grouped(conn, chats, list(new_chats.values()))
+                await _copy_grouped(conn, messages, new_messages)
+                await _copy_grouped(conn, generations, list(new_generations.values()))
+                new_chats, new_messages, new_generations = {}, [], {}
+                await _erase_user(conn, key)
+            elif e.type in self._generation_types:
                 if e.type == "GenerationRequested":
                     new_generations[key] = _generation_row(e)
                 elif key in new_generations:
@@ -223,6 +232,14 @@ class ChatsProjector:
                 _fold_chat_event(new_chats[key], new_messages, e)
             else:
                 await self._apply_chat(conn, e)
+            if e.type == "ChatDeleted":  # its generations of this batch, as _apply_chat does those written
+                for row in new_generations.values():
+                    if row["chat_id"] == key:
+                        row.update(_SHREDDED_GENERATION)
+                if key in new_chats:
+                    await conn.execute(
+                        generations.update().where(generations.c.chat_id == key).values(**_SHREDDED_GENERATION)
+                    )
         await _copy_grouped(conn, chats, list(new_chats.values()))
         await _copy_grouped(conn, messages, new_messages)
         await _copy_grouped(conn, generations, list(new_generations.values()))
@@ -246,11 +263,14 @@ class ChatsProjector:
                     .where(this_chat)
                     .values(archived=e.type == "ChatArchived", updated_at=e.occurred_at)
                 )
-            case "ChatDeleted":
+            case "ChatDeleted":  # its content is shredded: nothing of it stays but that it existed
                 await conn.execute(
-                    chats.update().where(this_chat).values(deleted=True, updated_at=e.occurred_at)
+                    chats.update().where(this_chat).values(deleted=True, title=ERASED, updated_at=e.occurred_at)
                 )
                 await conn.execute(messages.delete().where(messages.c.chat_id == chat_id))
+                await conn.execute(
+                    generations.update().where(generations.c.chat_id == chat_id).values(**_SHREDDED_GENERATION)
+                )
             case "MessagePosted" | "ToolResultPosted":
                 row = _message_row(e)
                 tenant_id = await self._touch(conn, chat_id, e, head=row["message_id"])
@@ -294,6 +314,18 @@ class ChatsProjector:
                 .where(generations.c.generation_id == str(e.aggregate_id))
                 .values(**_generation_changes(e))
             )
+
+
+_SHREDDED_GENERATION = {"text": None, "error_message": None, "tool_calls": None}
+"""What a generation row keeps of its content once its chat is deleted: nothing."""
+
+
+async def _erase_user(conn: AsyncConnection, user_id: str) -> None:
+    """An erased user's chats, their messages and the user's generations leave the read model."""
+    owned = select(chats.c.chat_id).where(chats.c.owner_id == user_id)
+    await conn.execute(messages.delete().where(messages.c.chat_id.in_(owned)))
+    await conn.execute(generations.delete().where(generations.c.user_id == user_id))
+    await conn.execute(chats.delete().where(chats.c.owner_id == user_id))
 
 
 # --- rows the chats projector writes, from the events -------------------------------------------------
@@ -422,7 +454,7 @@ def _fold_chat_event(chat: dict[str, Any], new_messages: list[dict[str, Any]], e
         case "ChatArchived" | "ChatUnarchived":
             chat.update(archived=e.type == "ChatArchived", updated_at=e.occurred_at)
         case "ChatDeleted":
-            chat.update(deleted=True, updated_at=e.occurred_at)
+            chat.update(deleted=True, title=ERASED, updated_at=e.occurred_at)
             new_messages[:] = [m for m in new_messages if m["chat_id"] != chat["chat_id"]]
         case "MessagePosted" | "ToolResultPosted" | "AnswerRecorded":
             if chat["deleted"]:

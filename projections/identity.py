@@ -10,13 +10,14 @@ from typing import Any
 from sqlalchemy import Integer, Table, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from domain.identity import ERASED
 from projections.runtime import HandlesTypes
 from schema.events import EventEnvelope
 from schema.tables import api_keys, tenants, users
 
 __all__ = ["IdentityProjector", "list_users", "get_user_row", "list_api_keys", "list_tenants", "tenant_for_host"]
 
-_REVOKING = {"PasswordChanged", "RoleChanged", "UserDeactivated", "TokensRevoked"}
+_REVOKING = {"PasswordChanged", "RoleChanged", "UserDeactivated", "TokensRevoked", "UserErased"}
 
 
 class IdentityProjector(HandlesTypes):
@@ -33,6 +34,7 @@ class IdentityProjector(HandlesTypes):
             "UserDeactivated",
             "UserReactivated",
             "TokensRevoked",
+            "UserErased",
             "ApiKeyCreated",
             "ApiKeyRevoked",
             "ApiKeyRoleMapChanged",
@@ -146,6 +148,8 @@ def _user_changes(e: EventEnvelope) -> dict[str, Any]:
         changes["active"] = False
     elif e.type == "UserReactivated":
         changes["active"] = True
+    elif e.type == "UserErased":  # the row stays (ids elsewhere name it), nothing personal in it
+        changes.update(active=False, name=ERASED, email=f"erased:{e.aggregate_id}")
     return changes
 
 

@@ -52,6 +52,8 @@ class KnowledgeProjector(HandlesTypes):
             "DocumentExtracted",
             "DocumentFailed",
             "DocumentDeleted",
+            "UserErased",
+            "ChatDeleted",
         }
     )
 
@@ -114,6 +116,10 @@ class KnowledgeProjector(HandlesTypes):
             case "KnowledgeBaseDeleted":
                 await conn.execute(documents.delete().where(documents.c.knowledge_id == aggregate_id))
                 await conn.execute(knowledge_bases.delete().where(where_kb))
+            case "UserErased":  # the documents they uploaded go (their keys are destroyed)
+                await conn.execute(documents.delete().where(documents.c.owner_id == aggregate_id))
+            case "ChatDeleted":  # and so do the files uploaded into a deleted chat
+                await conn.execute(documents.delete().where(documents.c.chat_id == aggregate_id))
             case "DocumentUploaded" | "DocumentReuploaded":
                 values = dict(
                     filename=_fit(documents.c.filename, d["filename"]),

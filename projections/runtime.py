@@ -198,6 +198,8 @@ async def apply_locked(
     if end <= position:
         return position
     handled = [e for e in fresh if projector.handles(e.type)]
+    if handled and not getattr(projector, "sealed", False):
+        handled = await opened(store, handled)
     apply_many = getattr(projector, "apply_many", None)
     if handled and apply_many is not None:  # a projector that can apply a batch in fewer statements
         await apply_many(conn, handled)
@@ -208,6 +210,19 @@ async def apply_locked(
         projector_positions.update().where(projector_positions.c.name == projector.name).values(position=end)
     )
     return end
+
+
+def _holds_sealed(event: EventEnvelope) -> bool:
+    return any(type(v) is str and v.startswith("enc:v1:") for v in event.data.values())
+
+
+async def opened(store: EventSource, events: list[EventEnvelope]) -> list[EventEnvelope]:
+    """``events`` with personal fields opened, where the store seals them. A projector that keeps them
+    sealed (the audit log) says ``sealed = True``."""
+    open_envelopes = getattr(store, "open_envelopes", None)
+    if open_envelopes is None or not any(_holds_sealed(e) for e in events):
+        return events
+    return list(await store.call(open_envelopes, events))
 
 
 class ProjectorRunner:

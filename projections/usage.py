@@ -85,6 +85,15 @@ async def _day(conn: AsyncConnection, tenant: str, e: EventEnvelope) -> date:
         return day_of(e.occurred_at, "UTC")
 
 
+def _tools_called(e: EventEnvelope) -> list[str]:
+    """The names of the tools a finished generation called: ``tool_names`` where recorded (so that an
+    erasure, which empties the sealed ``tool_calls``, leaves the count), else from the calls."""
+    names = e.data.get("tool_names")
+    if names is not None:
+        return [str(n) for n in names]
+    return [str(call.get("name") or "unknown") for call in e.data.get("tool_calls") or () if isinstance(call, dict)]
+
+
 async def _close_generation(conn: AsyncConnection, e: EventEnvelope) -> Any:
     """The finished generation leaves the open set as it is billed (a generation finishes once): its
     tenant, user, model and day, or None when it was already billed or never opened."""
@@ -251,9 +260,8 @@ class UsageProjector(HandlesTypes):
         row = await _close_generation(conn, e)
         if row is None:
             return
-        for call in e.data.get("tool_calls") or ():
-            if isinstance(call, dict):
-                await _count_tool(conn, row.tenant_id, row.day, row.user_id, str(call.get("name") or "unknown"), calls=1)
+        for name in _tools_called(e):
+            await _count_tool(conn, row.tenant_id, row.day, row.user_id, name, calls=1)
         prompt, completion = _tokens(e.data.get("prompt_tokens")), _tokens(e.data.get("completion_tokens"))
         outcome = usage_daily.c[_OUTCOMES[e.type]]
         u = usage_daily.c
@@ -370,10 +378,9 @@ class _Batch:
             tenant, user, model, day = row.tenant_id, row.user_id, row.model, row.day
         else:
             tenant, user, model, day = opened["tenant_id"], opened["user_id"], opened["model"], opened["day"]
-        for call in e.data.get("tool_calls") or ():
-            if isinstance(call, dict):
-                key = (tenant, day, user, str(call.get("name") or "unknown")[:100])
-                self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
+        for name in _tools_called(e):
+            key = (tenant, day, user, name[:100])
+            self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
         prompt, completion = _tokens(e.data.get("prompt_tokens")), _tokens(e.data.get("completion_tokens"))
         for totals, period in ((self.daily, day), (self.monthly, day.replace(day=1))):
             counts = totals.setdefault((tenant, period, user, model), dict.fromkeys(_METRICS, 0))

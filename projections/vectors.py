@@ -35,7 +35,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import Table, bindparam, select, text, tuple_
+from sqlalchemy import Table, bindparam, column, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -235,6 +235,29 @@ async def cached_vectors(
     return found
 
 
+async def _forget_chunks(conn: AsyncConnection, event_type: str, subject_id: str) -> None:
+    """The chunks of an erased user's documents (their keys name the user) or of a deleted chat's
+    files, and their cached embeddings: derived from the text, they go with it."""
+    if event_type == "UserErased":
+        where = chunks.c.document_id.in_(
+            text("SELECT key_id FROM parley_subject_keys WHERE user_id = CAST(:subject AS uuid)")
+            .bindparams(subject=subject_id)
+            .columns(column("key_id"))
+        )
+    else:
+        where = chunks.c.chat_id == subject_id
+    deleted = chunks.delete().where(where).returning(chunks.c.tenant_id, chunks.c.space, chunks.c.content_sha)
+    gone = (await conn.execute(deleted)).all()
+    if gone:
+        await conn.execute(
+            embedding_cache.delete().where(
+                tuple_(embedding_cache.c.tenant_id, embedding_cache.c.space, embedding_cache.c.content_sha).in_(
+                    [tuple(row) for row in gone]
+                )
+            )
+        )
+
+
 class VectorsProjector(HandlesTypes):
     name = "vectors"
     tables: Sequence[Table] = (vector_spaces, chunks)
@@ -248,6 +271,8 @@ class VectorsProjector(HandlesTypes):
             "DocumentChunked",
             "DocumentReuploaded",
             "DocumentDeleted",
+            "UserErased",
+            "ChatDeleted",
         }
     )
 
@@ -270,6 +295,8 @@ class VectorsProjector(HandlesTypes):
                 await conn.execute(vector_spaces.delete().where(vector_spaces.c.knowledge_id == aggregate_id))
             case "DocumentReuploaded" | "DocumentDeleted":
                 await conn.execute(chunks.delete().where(chunks.c.document_id == aggregate_id))
+            case "UserErased" | "ChatDeleted":
+                await _forget_chunks(conn, e.type, aggregate_id)
             case "DocumentChunked":
                 await self._index(conn, e)
             case "EmbeddingSwitched":

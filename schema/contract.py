@@ -380,6 +380,8 @@ class SignInFailed(_Event, frozen=True, kw_only=True, tag="SignInFailed", tag_fi
     tenant_id: TenantId
     email: Personal[Annotated[str, Meta(description="The address given (it may belong to no account).")]]
     reason: str
+    user_id: SubjectUser[UUID | None] = None
+    """The account the address belongs to, where there is one (absent before v1.1)."""
 
 
 class RevokedTokenUsed(_Event, frozen=True, kw_only=True, tag="RevokedTokenUsed", tag_field="type"):
@@ -574,6 +576,10 @@ class GenerationCancelled(_Event, frozen=True, kw_only=True, tag="GenerationCanc
 
     aggregate = "Generation"
     text: Personal[Annotated[str, Meta(description="What was generated before it stopped.")]]
+    tool_names: Annotated[
+        list[str] | None,
+        Meta(description="The names of the tools called, in order (not personal: usage counts them). Absent before v1.1."),
+    ] = None
     prompt_tokens: Tokens
     completion_tokens: Tokens
     attempt: Attempt

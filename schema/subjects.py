@@ -35,6 +35,10 @@ class Subjects:
         """Every tenant's events of one aggregate type; the tenant is the subject's third token."""
         return f"{self.namespace}.events.*.{_token(aggregate_type)}.*"
 
+    def events_of_type(self, aggregate_type: str, event_type: str) -> str:
+        """Every tenant's events of one type."""
+        return f"{self.namespace}.events.*.{_token(aggregate_type)}.{_token(event_type)}"
+
     def policy_changed(self, tenant_id: str) -> str:
         """A direct notice (core NATS, not a stream) that a tenant's quota policy changed, sent by the
         process that changed it the moment it committed; the tenant is the subject's fourth token."""

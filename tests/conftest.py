@@ -36,9 +36,14 @@ configure_logging("warning", json=False)
 FAST_PASSWORDS = Passwords(Argon2Hasher(time_cost=1, memory_cost=8192, parallelism=1))
 
 
+ENGINES_HOME: list[Path] = []
+"""The session's engines' home (its ``nats`` directory is the JetStream store), for tests that search it."""
+
+
 @pytest.fixture(scope="session")
 def engines() -> Iterator[EngineUrls]:
     home = Path(tempfile.mkdtemp(prefix="parley-test-", dir="/tmp"))
+    ENGINES_HOME[:] = [home]
     with EmbeddedEngines(home, fast=True) as e:
         yield e.start()
     shutil.rmtree(home, ignore_errors=True)

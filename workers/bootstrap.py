@@ -23,6 +23,7 @@ from adapters.metrics import Metrics
 from adapters.quota_ledger import QuotaLedger
 from adapters.security import AccessTokens, FernetBox, Passwords
 from adapters.settings import Settings
+from adapters.shredding import Shredding
 from application.audit import Audit
 from application.conversations import Chats, Generations, Models
 from application.identity import Identity
@@ -33,6 +34,7 @@ from projections.identity import IdentityProjector
 from projections.knowledge import storage_used
 from projections.runtime import Projector
 from projections.vectors import VectorIndex
+from schema.events import decode as decode_envelope
 from schema.subjects import Subjects
 
 __all__ = ["Container", "PROJECTOR_NAMES", "bootstrap", "all_projectors"]
@@ -40,12 +42,13 @@ __all__ = ["Container", "PROJECTOR_NAMES", "bootstrap", "all_projectors"]
 log = structlog.get_logger("parley.bootstrap")
 
 
-PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors")
+PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors", "shredder")
 
 
 def all_projectors(c: Container) -> list[Projector]:
     from projections.conversations import ChatsProjector, ModelsProjector
     from projections.knowledge import KnowledgeProjector
+    from projections.shredding import ShredderProjector
     from projections.usage import UsageProjector
     from projections.vectors import VectorsProjector
 
@@ -57,6 +60,7 @@ def all_projectors(c: Container) -> list[Projector]:
         UsageProjector(),
         KnowledgeProjector(),
         VectorsProjector(c.embedders),
+        ShredderProjector(c.store.forget),
     ]
 
 
@@ -75,6 +79,7 @@ class Container:
     knowledge: Knowledge
     embedders: Embedders
     subjects: Subjects
+    shredding: Shredding
     nc: Any = None
     js: Any = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -91,6 +96,7 @@ class Container:
                 self.settings.nats_url, name, disconnected=self._bus_lost, reconnected=self._bus_back
             )
             await nats_adapter.ensure_streams(self.js, self.subjects)
+            self.shredding.js = self.js
         return self.js
 
     async def follow_policy_changes(self, name: str = "parley-api") -> None:
@@ -109,6 +115,25 @@ class Container:
         await self.nc.flush()
         self._following_policies = True
         self.quotas.policies.follow(True)
+
+    async def follow_shredding(self, name: str) -> None:
+        """Hear every erasure and deletion, from any process, and forget the keys they destroyed and the
+        aggregates those sealed (cached here, opened): within the relay's lag of the event, nothing of the
+        erased content stays in this process; without the bus, the key cache's bound (``KEY_TTL_S``)."""
+
+        async def forget(msg: Any) -> None:
+            event = decode_envelope(msg.data)
+            subject = str(event.aggregate_id)
+            scope = {"UserErased": {"user_id": subject}, "ChatDeleted": {"chat_id": subject}}.get(event.type, {})
+            ids = [event.aggregate_id]
+            if scope:
+                ids += await self.store.call(partial(self.store.keys.keys_of, **scope))
+            self.store.forget(ids)
+
+        await self.connect_nats(name)
+        for aggregate_type, event_type in (("User", "UserErased"), ("Chat", "ChatDeleted"), ("Document", "DocumentDeleted")):
+            await self.nc.subscribe(self.subjects.events_of_type(aggregate_type, event_type), cb=forget)
+        await self.nc.flush()
 
     async def announce_policy_change(self, tenant_id: str) -> None:
         if self.nc is None or not self.nc.is_connected:
@@ -140,7 +165,9 @@ class Container:
 async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passwords | None = None) -> Container:
     if not (settings.database_url and settings.redis_url):
         raise ValueError("bootstrap needs database and Redis URLs (the embedded launcher provides them)")
-    store = await asyncio.to_thread(EventStore, settings.database_url, pool_size=pool_size)
+    store = await asyncio.to_thread(
+        EventStore, settings.database_url, secret_key=settings.secret_key, pool_size=pool_size
+    )
     engine = create_engine(settings.database_url, pool_size=pool_size)
     await create_tables(engine)
     redis = redis_adapter.connect(settings.redis_url)
@@ -175,12 +202,18 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
             max_file_bytes=settings.max_upload_bytes, tenant_storage_bytes=settings.tenant_storage_bytes
         ),
     )
+    chats = Chats(store=store, models=models, quotas=quotas, blobs=blobs)
+    subjects = Subjects(settings.namespace)
+    shredding = Shredding(engine=engine, keys=store.keys, blobs=blobs, subjects=subjects)
+    identity.shredder = shredding
+    chats.shredder = shredding
     return Container(
         settings=settings,
+        shredding=shredding,
         knowledge=knowledge,
         embedders=embedders,
         models=models,
-        chats=Chats(store=store, models=models, quotas=quotas, blobs=blobs),
+        chats=chats,
         generations=Generations(store=store, models=models, blobs=blobs),
         quotas=quotas,
         store=store,
@@ -188,5 +221,5 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         redis=redis,
         identity=identity,
         audit=Audit(store=store, events_of=store.events_of),
-        subjects=Subjects(settings.namespace),
+        subjects=subjects,
     )

@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -238,6 +239,48 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
                     f"rebuilt {projector.name}: {count} events in {elapsed:.1f}s "
                     f"({count / elapsed if elapsed else 0:.0f} events/s)"
                 )
+        finally:
+            await c.close()
+
+    asyncio.run(main())
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    """``parley migrate encrypt-personal-data``: seal what was written in the clear, then clear its copies
+    (``PARLEY_EVENTS`` purged, the audit log rebuilt over the sealed events)."""
+    from tqdm import tqdm
+
+    from adapters.migrations import encrypt_personal_data
+    from projections.audit import AuditProjector
+    from projections.runtime import rebuild
+    from workers.bootstrap import bootstrap
+
+    settings = _with_engines(_settings(args), "database_url", "redis_url", "nats_url")
+
+    async def main() -> None:
+        c = await bootstrap(settings, pool_size=2)
+        try:
+            with tqdm(desc="seal personal data", unit="ev", file=sys.stderr) as bar:
+
+                def progress(position: int, target: int, rewritten: int) -> None:
+                    bar.total = target
+                    bar.update(position - bar.n)
+                    bar.set_postfix(rewritten=rewritten)
+
+                read, rewritten = await c.store.call(partial(encrypt_personal_data, c.store, progress=progress))
+            print(f"sealed: {rewritten} of {read} events read rewritten")
+            js = await c.connect_nats("parley-migrate")
+            await js.purge_stream(c.subjects.events_stream)
+            await js.purge_stream(c.subjects.tokens_stream)
+            print("purged PARLEY_EVENTS and PARLEY_TOKENS (projectors catch up from the event store)")
+            with tqdm(desc="rebuild audit", unit="ev", file=sys.stderr) as bar:
+
+                def rebuilt(position: int, target: int) -> None:
+                    bar.total = target
+                    bar.update(position - bar.n)
+
+                await rebuild(AuditProjector(), engine=c.engine, store=c.store, progress=rebuilt)
+            print("rebuilt the audit log over the sealed events (take a new audit checkpoint: parley audit checkpoint)")
         finally:
             await c.close()
 
@@ -645,6 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.set_defaults(func=cmd_audit_checkpoint)
     public_key = audit.add_parser("public-key", help="print the public key that checks audit checkpoints")
     public_key.set_defaults(func=cmd_audit_public_key)
+
+    migrate = sub.add_parser("migrate", help="one-off migrations").add_subparsers(dest="migrate_command", required=True)
+    migrate.add_parser(
+        "encrypt-personal-data", help="seal personal fields written in the clear (resumable, shows progress)"
+    ).set_defaults(func=cmd_migrate)
 
     admin = sub.add_parser("admin", help="bootstrapping").add_subparsers(dest="admin_command", required=True)
     ct = admin.add_parser("create-tenant")

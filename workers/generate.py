@@ -221,6 +221,8 @@ class GenerationWorker:
                 max_ack_pending=10_000,
             ),
         )
+        if self.c.js is not None:  # chats and generations this worker cached: forgotten when shredded
+            await self.c.follow_shredding("parley-worker")
         cancels = await self.nc.subscribe(self.subjects.cancel_all, cb=self._on_cancel)
         advisories = await self.nc.subscribe(
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.subjects.jobs_stream}.{self.subjects.workers_durable}",

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
-from litestar.status_codes import HTTP_201_CREATED
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api import dto
 from api.controllers.auths import user_dto
@@ -67,6 +67,24 @@ class UserController(Controller):
             password=given(data.password),
         )
         return user_dto(user)
+
+
+    @delete("/{user_id:uuid}", operation_id="DeleteUser", status_code=HTTP_200_OK)
+    async def delete(
+        self,
+        request: Request[Any, Any, Any],
+        user_id: FromPath[UUID],
+        c: App,
+        caller: Caller,
+        erase: Annotated[bool, QueryParameter(description="erase the user's personal data (GDPR art. 17)")] = False,
+    ) -> dto.User:
+        """Without ``erase`` the account is deactivated (it can be reactivated); with ``erase=true`` the
+        user is erased for good: every key sealing their personal data destroyed, their chats, uploads and
+        generations purged, their usage kept as numbers under their id."""
+        ctx = command_context(request, caller)
+        if erase:
+            return user_dto(await c.identity.erase_user(ctx, caller, user_id))
+        return user_dto(await c.identity.update_user(ctx, caller, user_id, active=False))
 
 
 class TenantController(Controller):

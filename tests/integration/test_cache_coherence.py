@@ -92,7 +92,7 @@ async def test_one_chat_written_through_two_processes_at_once_records_each_answe
 
     await asyncio.gather(post(a, "a1"), post(b, "b1"), post(a, "a2"), post(b, "b2"))
 
-    store = EventStore(settings.database_url, pool_size=2, max_overflow=0)
+    store = EventStore(settings.database_url, secret_key=settings.secret_key, pool_size=2, max_overflow=0)
     try:
         events = [e for page in envelopes(store, 1) for e in page if str(e.aggregate_id) == chat]
     finally:

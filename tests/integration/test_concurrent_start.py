@@ -10,7 +10,7 @@ from adapters.embedded import EngineUrls
 from tests.conftest import create_database
 from tests.integration.procs import REPO_ROOT
 
-SCRIPT = "import sys; from adapters.eventstore import EventStore; EventStore(sys.argv[1]).close()"
+SCRIPT = "import sys; from adapters.eventstore import EventStore; EventStore(sys.argv[1], secret_key=\"x\" * 32).close()"
 
 
 def test_event_stores_built_at_once_by_many_processes_all_start(engines: EngineUrls) -> None:

@@ -338,6 +338,7 @@ SUBJECTS = {
     "InvitationAccepted": {"user": "user_id"},
     "ToolResultPosted": {"user": "user_id"},
 }
+    "SignInFailed": {"user": "user_id"},
 
 
 def test_exactly_the_personal_fields_are_marked() -> None:
