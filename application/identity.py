@@ -226,6 +226,8 @@ class Identity:
         self.token_versions = token_versions
         self.refresh_ttl = timedelta(seconds=refresh_ttl_s)
         self.platform_tenant_id = str(tenant_id_for(platform_tenant))
+        self.shredder: Shredder | None = None
+        """Set by the composition root: what erasing does outside the event store, at once."""
 
     # --- tenants ----------------------------------------------------------------------------------------
     def _tenant(self, slug_or_id: str) -> Tenant:
@@ -238,8 +240,6 @@ class Identity:
             raise NotFound("TENANT_NOT_FOUND", "no such tenant", tenant=slug_or_id)
         return tenant
 
-        self.shredder: Shredder | None = None
-        """Set by the composition root: what erasing does outside the event store, at once."""
     async def tenant(self, slug_or_id: str) -> TenantInfo:
         return TenantInfo.of(await self.store.call(self._tenant, slug_or_id))
 
@@ -470,18 +470,6 @@ class Identity:
         await self.token_versions.set(str(user.id), user.token_version)
         return UserInfo.of(user)
 
-    async def change_password(
-        self, ctx: CommandContext, principal: Principal, *, current: str, new: str
-    ) -> TokenPair:
-        """Changing one's password revokes every outstanding token and starts a fresh session."""
-        if principal.via != "token":
-            raise Forbidden("SESSION_REQUIRED", "sign in with a password to change it")
-        user = await self.store.call(self._user_of_tenant, principal.tenant_id, principal.user_id)
-        if not await self.store.call(self.passwords.verify, user.password_hash, current):
-            raise Unauthenticated("INVALID_CREDENTIALS", "current password is wrong")
-        check_password_strength(new, user.email)
-        password_hash = await self.store.call(self.passwords.hash, new)
-
     async def erase_user(self, ctx: CommandContext, principal: Principal, user_id: uuid.UUID) -> UserInfo:
         """Erase a user (GDPR art. 17), by a tenant admin: ``UserErased`` is stored, then every key sealing
         the user's personal data is destroyed, their uploads and images deleted and their generations'
@@ -505,6 +493,18 @@ class Identity:
         if self.shredder is not None:
             await self.shredder.shred(doomed, user_id=user_id)
         return UserInfo.of(user)
+
+    async def change_password(
+        self, ctx: CommandContext, principal: Principal, *, current: str, new: str
+    ) -> TokenPair:
+        """Changing one's password revokes every outstanding token and starts a fresh session."""
+        if principal.via != "token":
+            raise Forbidden("SESSION_REQUIRED", "sign in with a password to change it")
+        user = await self.store.call(self._user_of_tenant, principal.tenant_id, principal.user_id)
+        if not await self.store.call(self.passwords.verify, user.password_hash, current):
+            raise Unauthenticated("INVALID_CREDENTIALS", "current password is wrong")
+        check_password_strength(new, user.email)
+        password_hash = await self.store.call(self.passwords.hash, new)
 
         def command() -> User:
             u = self._user_of_tenant(principal.tenant_id, principal.user_id)

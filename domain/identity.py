@@ -292,11 +292,10 @@ class User(Aggregate):
         self.token_version += 1
 
     def reactivate(self) -> None:
-        if not self.active:
         self.check_not_erased()
+        if not self.active:
             self._reactivate()
 
-    @event("UserReactivated")
     def check_not_erased(self) -> None:
         if getattr(self, "erased", False):
             raise Conflict("USER_ERASED", "this user's personal data was erased")
@@ -316,6 +315,7 @@ class User(Aggregate):
         self.password_hash = None
         self.token_version += 1
 
+    @event("UserReactivated")
     def _reactivate(self) -> None:
         self.active = True
 
@@ -517,8 +517,8 @@ class SignInAttempt(Aggregate):
         self.tenant_id = tenant_id
         self.email = email
         self.reason = reason
-
         self.user_id = user_id
+
 
 class TokenMisuse(Aggregate):
     """A revoked or reused token was presented."""

@@ -202,11 +202,11 @@ def audit_row(event: EventEnvelope, *, seq: int, prev_hash: str) -> dict[str, An
 class AuditProjector:
     name: str = "audit"
     tables: Sequence[Table] = (audit_log, audit_heads)
-
-    def handles(self, event_type: str) -> bool:
     sealed = True
     """Rows keep personal fields sealed: the chain is over ciphertext, so it still verifies after a key is
     destroyed, and reading the content needs the key (and a stated reason)."""
+
+    def handles(self, event_type: str) -> bool:
         return True
 
     async def apply(self, conn: AsyncConnection, event: EventEnvelope) -> None:

@@ -557,6 +557,10 @@ class GenerationCompleted(_Event, frozen=True, kw_only=True, tag="GenerationComp
     attempt: Attempt
     citations: Personal[list[Citation] | None] = None
     tool_calls: Personal[list[ToolCall] | None] = None
+    tool_names: Annotated[
+        list[str] | None,
+        Meta(description="The names of the tools called, in order (not personal: usage counts them). Absent before v1.1."),
+    ] = None
 
 
 class GenerationFailed(_Event, frozen=True, kw_only=True, tag="GenerationFailed", tag_field="type"):
@@ -576,10 +580,6 @@ class GenerationCancelled(_Event, frozen=True, kw_only=True, tag="GenerationCanc
 
     aggregate = "Generation"
     text: Personal[Annotated[str, Meta(description="What was generated before it stopped.")]]
-    tool_names: Annotated[
-        list[str] | None,
-        Meta(description="The names of the tools called, in order (not personal: usage counts them). Absent before v1.1."),
-    ] = None
     prompt_tokens: Tokens
     completion_tokens: Tokens
     attempt: Attempt

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import structlog
@@ -248,6 +247,8 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 def cmd_migrate(args: argparse.Namespace) -> None:
     """``parley migrate encrypt-personal-data``: seal what was written in the clear, then clear its copies
     (``PARLEY_EVENTS`` purged, the audit log rebuilt over the sealed events)."""
+    from functools import partial
+
     from tqdm import tqdm
 
     from adapters.migrations import encrypt_personal_data

@@ -337,8 +337,8 @@ SUBJECTS = {
     "EmailClaimed": {"user": "user_id"},
     "InvitationAccepted": {"user": "user_id"},
     "ToolResultPosted": {"user": "user_id"},
-}
     "SignInFailed": {"user": "user_id"},
+}
 
 
 def test_exactly_the_personal_fields_are_marked() -> None:
