@@ -94,7 +94,7 @@ async def test_one_chat_written_through_two_processes_at_once_records_each_answe
 
     store = EventStore(settings.database_url, secret_key=settings.secret_key, pool_size=2, max_overflow=0)
     try:
-        events = [e for page in envelopes(store, 1) for e in page if str(e.aggregate_id) == chat]
+        events = [e for page in envelopes(store, 1) for e in store.open_envelopes(page) if str(e.aggregate_id) == chat]
     finally:
         store.close()
     posted = [e.data["content"] for e in events if e.type == "MessagePosted" and e.data["role"] == "user"]

@@ -202,7 +202,7 @@ async def test_kill_9_mid_group_loses_nothing_acknowledged_and_half_writes_nothi
 
     store = EventStore(settings.database_url, secret_key=settings.secret_key, pool_size=2, max_overflow=0)
     try:
-        events = [e for page in envelopes(store, 1) for e in page]
+        events = [e for page in envelopes(store, 1) for e in store.open_envelopes(page)]
     finally:
         store.close()
     posted = {e.data["message_id"]: e.data["content"] for e in events if e.type == "MessagePosted"}
