@@ -45,7 +45,8 @@ __all__ = [
     "check_domain",
 ]
 
-ROLES = ("admin", "user", "premium", "guest", "pending")
+ROLES = ("admin", "user", "premium", "guest", "pending", "auditor")
+"""``auditor``: reads the tenant's audit log, its replays and its usage reports; an admin of nothing else."""
 SIGNUP_ROLES = ("user", "premium", "guest", "pending")
 API_KEY_SCOPES = ("read", "write", "admin", "gateway")
 """``gateway``: the key belongs to an application in front of parley (Open WebUI, any chat front end) that
@@ -153,7 +154,7 @@ def check_role(role: str) -> None:
 
 
 def check_role_map(role_map: dict[str, str]) -> dict[str, str]:
-    """Front-end role (case aside) -> parley role; admin is never given through a gateway."""
+    """Front-end role (case aside) -> parley role; admin and auditor are never given through a gateway."""
     if len(role_map) > MAX_ROLE_MAP:
         raise Invalid("INVALID_ROLE_MAP", f"a role map has at most {MAX_ROLE_MAP} entries", field="role_map")
     checked = {}
@@ -161,8 +162,8 @@ def check_role_map(role_map: dict[str, str]) -> dict[str, str]:
         if not isinstance(theirs, str) or not 0 < len(theirs) <= 64 or not isinstance(ours, str):
             raise Invalid("INVALID_ROLE_MAP", "a role map maps role names to parley roles", field="role_map")
         check_role(ours)
-        if ours == "admin":
-            raise Invalid("INVALID_ROLE_MAP", "a gateway cannot make admins", field="role_map")
+        if ours not in SIGNUP_ROLES:
+            raise Invalid("INVALID_ROLE_MAP", "a gateway cannot make admins or auditors", field="role_map")
         checked[theirs.strip().lower()] = ours
     return checked
 

@@ -1,7 +1,9 @@
 """Privacy: what parley records about the handling of personal data itself. No I/O here.
 
 An export of a data subject's personal data (GDPR articles 15 and 20) is an event of its own, so the
-audit trail shows who took a copy of whose data and when; it carries identifiers only, never the data."""
+audit trail shows who took a copy of whose data and when; it carries identifiers only, never the data.
+So is every reading of someone's content by another (an admin or an auditor replaying a chat, opening the
+sealed detail of the audit log): it needs a stated reason, recorded before the content is handed over."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-__all__ = ["EXPORT_FORMAT_VERSION", "DataExport"]
+from domain.errors import BadRequest
+
+__all__ = ["CONTENT_ACCESS_KINDS", "EXPORT_FORMAT_VERSION", "ContentAccess", "DataExport", "check_reason"]
 
 EXPORT_FORMAT_VERSION = 1
 """The version of the export archive's layout and JSON shapes (``manifest.json`` says which)."""
@@ -23,3 +27,40 @@ class DataExport(Aggregate):
         self.tenant_id = tenant_id
         self.subject_id = subject_id
         self.format_version = format_version
+
+
+CONTENT_ACCESS_KINDS = ("chat", "aggregate", "audit_detail")
+"""How content was read: a chat replayed, another aggregate holding content replayed (a generation, a
+document), the sealed detail of audit entries opened."""
+REASON_LENGTH = (3, 500)
+
+
+def check_reason(reason: str | None) -> str:
+    """The stated reason for reading someone else's content, stripped: 3 to 500 characters."""
+    text = (reason or "").strip()
+    low, high = REASON_LENGTH
+    if not low <= len(text) <= high:
+        raise BadRequest(
+            "REASON_REQUIRED",
+            f"reading someone else's content needs a reason ({low}-{high} characters)",
+            field="reason",
+        )
+    return text
+
+
+class ContentAccess(Aggregate):
+    """One reading of personal content by someone other than its owner; who read it is the event's actor.
+    ``subject`` is the id of what was read (a chat, a user, a generation, a document)."""
+
+    @event("ContentAccessed")
+    def __init__(self, tenant_id: str, subject: str, kind: str, reason: str) -> None:
+        self.tenant_id = tenant_id
+        self.subject = subject
+        self.kind = kind
+        self.reason = reason  # checked by check_reason before
+
+    @classmethod
+    def record(cls, tenant_id: str, subject: str, kind: str, reason: str | None) -> ContentAccess:
+        if kind not in CONTENT_ACCESS_KINDS:
+            raise ValueError(f"unknown content access kind {kind!r}")
+        return cls(tenant_id=tenant_id, subject=subject, kind=kind, reason=check_reason(reason))

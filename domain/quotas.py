@@ -39,6 +39,7 @@ DEFAULT_ROLE_LIMITS: dict[str, int | None] = {
     "user": 500_000,
     "guest": 50_000,
     "pending": 0,
+    "auditor": 50_000,  # reads the audit trail; chats, if at all, as a guest would
 }
 DEFAULT_RATE_LIMITS: dict[str, int] = {
     "user_per_minute": 120,

@@ -17,10 +17,11 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol
+from uuid import UUID
 
 import msgspec
 from sqlalchemy import Table, select, union
@@ -40,6 +41,7 @@ __all__ = [
     "ChainProblem",
     "audit_row",
     "chain_heads",
+    "open_details",
     "query_audit",
     "redact",
     "row_hash",
@@ -298,6 +300,38 @@ async def query_audit(
         rows = (await conn.execute(stmt.order_by(c.seq.desc()).limit(limit + 1))).mappings().all()
     page = [_public(row) for row in rows[:limit]]
     return page, (page[-1]["seq"] if len(rows) > limit else None)
+
+
+_SEALED_PREFIX = "enc:v1:"
+
+
+def open_details(
+    open_envelopes: Callable[[Sequence[EventEnvelope]], list[EventEnvelope]], entries: Sequence[Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """``entries`` (as ``query_audit`` gives them) with the sealed personal fields of their ``detail``
+    opened by ``open_envelopes`` (the event store's, which holds the keys; an erased one reads as its
+    marker), and redacted as the row would have been had it not been sealed; and the target ids whose
+    detail was opened. Runs on the event store's thread: opening may read keys."""
+    out = [dict(entry) for entry in entries]
+    sealed = [
+        entry for entry in out
+        if isinstance(entry["detail"], Mapping)
+        and any(type(v) is str and v.startswith(_SEALED_PREFIX) for v in entry["detail"].values())
+    ]  # fmt: skip
+    if not sealed:
+        return out, []
+    envelopes = [
+        EventEnvelope(
+            id=entry["notification_id"], event_id=UUID(entry["event_id"]), type=entry["action"],
+            aggregate_type=entry["target_type"], aggregate_id=UUID(entry["target_id"]), aggregate_version=0,
+            occurred_at=datetime.fromisoformat(entry["occurred_at"]), tenant_id="", actor=entry["actor"],
+            correlation_id=entry["correlation_id"] or "", data=dict(entry["detail"]),
+        )
+        for entry in sealed
+    ]  # fmt: skip
+    for entry, opened in zip(sealed, open_envelopes(envelopes), strict=True):
+        entry["detail"] = redact(opened.data)
+    return out, sorted({entry["target_id"] for entry in sealed})
 
 
 async def chain_heads(engine: AsyncEngine) -> dict[str, tuple[int, str]]:

@@ -75,7 +75,7 @@ AGGREGATE_SUBJECTS: Mapping[str, str] = MappingProxyType({"User": "user", "Chat"
 """Aggregates that are themselves a data subject: every event of a ``User`` is about that user, every
 event of a ``Chat`` about that chat."""
 
-Role = Literal["admin", "user", "premium", "guest", "pending"]
+Role = Literal["admin", "user", "premium", "guest", "pending", "auditor"]  # widened only: old events still decode
 Scope = Literal["read", "write", "admin", "gateway"]
 ProviderKind = Literal["local", "openai", "ollama", "echo"]
 AccessLevel = Literal["read", "write"]
@@ -402,6 +402,25 @@ class PersonalDataExported(_Event, frozen=True, kw_only=True, tag="PersonalDataE
     tenant_id: TenantId
     subject_id: Annotated[UUID, Meta(description="The user whose data was exported.")]
     format_version: Annotated[int, Meta(description="The version of the export archive's layout.")]
+
+
+class ContentAccessed(_Event, frozen=True, kw_only=True, tag="ContentAccessed", tag_field="type"):
+    """Someone other than its owner (an admin or an auditor) read personal content, for the reason they
+    stated; who read it is the envelope's actor. It carries identifiers and the reason, never the content."""
+
+    aggregate = "ContentAccess"
+    tenant_id: TenantId
+    subject: Annotated[
+        str, Meta(description="The id of what was read: a chat, a generation, a document, or a user (audit detail).")
+    ]
+    kind: Annotated[
+        str,
+        Meta(
+            description="How it was read: ``chat`` (a chat replayed), ``aggregate`` (a generation or a document"
+            " replayed), ``audit_detail`` (the sealed detail of audit entries opened)."
+        ),
+    ]
+    reason: Annotated[str, Meta(description="The reason the reader stated (3-500 characters).")]
 
 
 # Chats and generations -----------------------------------------------------------------------------------
@@ -864,6 +883,7 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     SignInFailed,
     RevokedTokenUsed,
     PersonalDataExported,
+    ContentAccessed,
     ChatCreated,
     ChatRenamed,
     ChatArchived,

@@ -29,7 +29,7 @@ from application.conversations import Chats, Generations, Models
 from application.identity import Identity
 from application.knowledge import Embedders, Knowledge, KnowledgeLimits
 from application.quotas import Quotas
-from projections.audit import AuditProjector
+from projections.audit import AuditProjector, open_details
 from projections.identity import IdentityProjector
 from projections.knowledge import storage_used
 from projections.runtime import Projector
@@ -220,6 +220,6 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         engine=engine,
         redis=redis,
         identity=identity,
-        audit=Audit(store=store, events_of=store.events_of),
+        audit=Audit(store=store, events_of=store.events_of, open_details=partial(open_details, store.open_envelopes)),
         subjects=subjects,
     )

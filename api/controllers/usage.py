@@ -1,4 +1,5 @@
-"""Token usage: the caller's own today (with limits and what remains), and the tenant admins' reports.
+"""Token usage: the caller's own today (with limits and what remains), and the tenant's reports (for its
+admins and auditors).
 
 Answers come from the usage read model, which follows the event store within moments; the quota ledger
 (Redis) is what admits requests, so ``remaining`` here is informational and may lag a running generation.
@@ -160,7 +161,7 @@ class UsageController(Controller):
         """Usage of the caller's tenant over tenant-local days ``from``..``to`` (default: the last 30),
         grouped by user, model, role or day, with totals over every group; ``format=csv`` exports every
         group (no paging)."""
-        caller.require_admin()
+        caller.require_auditor()
         policy = await _policy(c, caller.tenant_id)
         start, end = report_range(start, end, day_of(datetime.now(UTC), policy.timezone))
         check_report(start, end, group_by)
@@ -211,7 +212,7 @@ class UsageController(Controller):
         """Tool calls of the caller's tenant over tenant-local days ``from``..``to`` (default: the last 30),
         per tool: the calls models made, the results clients handed back, their bytes and the mean time
         from call to result."""
-        caller.require_admin()
+        caller.require_auditor()
         policy = await _policy(c, caller.tenant_id)
         start, end = report_range(start, end, day_of(datetime.now(UTC), policy.timezone))
         items = await tool_usage(c.engine, caller.tenant_id, start=start, end=end, user_id=user_id)

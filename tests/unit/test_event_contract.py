@@ -18,6 +18,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -428,9 +429,24 @@ def _nested_structs(t: msgspec.inspect.Type) -> Iterator[type[msgspec.Struct]]:
                 yield from _nested_structs(u)
 
 
+_LITERAL = re.compile(r"literal\[([^\]]*)\]")
+
+
+def widened(released: str, now: str) -> bool:
+    """Whether ``now`` is ``released`` with values added to its literals (a new role): every value stored
+    before still decodes."""
+    if _LITERAL.sub("literal", released) != _LITERAL.sub("literal", now):
+        return False
+    return all(
+        set(old.split(", ")) <= set(new.split(", "))
+        for old, new in zip(_LITERAL.findall(released), _LITERAL.findall(now), strict=True)
+    )
+
+
 def breaks(released: dict[str, dict[str, dict[str, str]]], now: dict[str, dict[str, dict[str, str]]]) -> list[str]:
-    """What ``now`` breaks of ``released``: a type or field gone (removed or renamed), a field retyped or
-    no longer defaulted, a new field without a default (older events lack it)."""
+    """What ``now`` breaks of ``released``: a type or field gone (removed or renamed), a field retyped
+    (other than a literal widened) or no longer defaulted, a new field without a default (older events
+    lack it)."""
     found = []
     for group in ("events", "structs"):
         for name, fields in released[group].items():
@@ -440,7 +456,7 @@ def breaks(released: dict[str, dict[str, dict[str, str]]], now: dict[str, dict[s
             for field, typed in fields.items():
                 if field not in now[group][name]:
                     found.append(f"{name}.{field} is gone (removed or renamed)")
-                elif now[group][name][field] != typed:
+                elif now[group][name][field] != typed and not widened(typed, now[group][name][field]):
                     found.append(f"{name}.{field} was {typed!r}, is {now[group][name][field]!r}")
             for field, typed in now[group][name].items():
                 if field not in fields and not typed.endswith(" ="):
@@ -463,6 +479,12 @@ def test_the_guard_catches_each_kind_of_break_and_lets_additions_through() -> No
         "E.c is new without a default: events stored before it lack it"
     ]
     assert breaks(released, {"events": {}, "structs": {}}) == ["event E is gone"]
+    roles = {"events": {"E": {"r": "literal['a', 'b'] | none"}}, "structs": {}}
+    assert breaks(roles, {"events": {"E": {"r": "literal['a', 'b', 'c'] | none"}}, "structs": {}}) == []
+    assert breaks(roles, {"events": {"E": {"r": "literal['a'] | none"}}, "structs": {}}) == [
+        "E.r was \"literal['a', 'b'] | none\", is \"literal['a'] | none\""
+    ]
+    assert breaks(roles, {"events": {"E": {"r": "literal['a', 'b', 'c']"}}, "structs": {}}) != []
 
 
 def record_additions() -> None:
