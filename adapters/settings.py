@@ -87,6 +87,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # are signed.
     audit_checkpoints: str | None = None
     audit_checkpoint_interval_s: int = 300
+    # How often the retention sweep (application/retention.py) applies every tenant's policy, where the
+    # audit projector runs.
+    retention_sweep_interval_s: int = 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -201,6 +204,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             keep_alive_timeout_s=integer("KEEP_ALIVE_TIMEOUT_S", 75, 1, 3600),
             audit_checkpoints=checkpoint_sink("AUDIT_CHECKPOINTS"),
             audit_checkpoint_interval_s=integer("AUDIT_CHECKPOINT_INTERVAL", 300, 1, 86_400),
+            retention_sweep_interval_s=integer("RETENTION_SWEEP_INTERVAL", 3600, 1, 7 * 86_400),
         )
         if problems:
             raise SettingsError(problems)
@@ -244,6 +248,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_BODY_TIMEOUT_S": str(self.body_timeout_s),
             "PARLEY_KEEP_ALIVE_TIMEOUT_S": str(self.keep_alive_timeout_s),
             "PARLEY_AUDIT_CHECKPOINT_INTERVAL": str(self.audit_checkpoint_interval_s),
+            "PARLEY_RETENTION_SWEEP_INTERVAL": str(self.retention_sweep_interval_s),
         }
         for name, value in (
             ("DATABASE_URL", self.database_url),

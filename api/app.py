@@ -25,6 +25,7 @@ from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
 from api.controllers.privacy import PrivacyController
 from api.controllers.quotas import QuotaController
+from api.controllers.retention import RetentionController
 from api.controllers.usage import UsageController
 from api.controllers.users import TenantController, UserController
 from api.deps import container, optional_principal, principal, request_tenant
@@ -140,6 +141,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             ChatFilesController,
             EventsController,
             PrivacyController,
+            RetentionController,
         ],
         dependencies={
             "c": Provide(container, sync_to_thread=False),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
+from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from eventsourcing.domain import Aggregate
@@ -13,7 +14,18 @@ from application.context import CommandContext
 if TYPE_CHECKING:
     from application.identity import AccessClaims
 
-__all__ = ["EventStorePort", "PasswordHasher", "AccessTokenIssuer", "TokenVersionCache", "Blobs", "PersonalData", "Shredder"]
+__all__ = [
+    "EventStorePort",
+    "PasswordHasher",
+    "AccessTokenIssuer",
+    "TokenVersionCache",
+    "Blobs",
+    "PersonalData",
+    "Shredder",
+    "AuditDropPlan",
+    "RetentionData",
+    "AuditAnchor",
+]
 
 A = TypeVar("A", bound=Aggregate)
 R = TypeVar("R")
@@ -111,3 +123,42 @@ class Shredder(Protocol):
     async def gather(self, tenant_id: str, *, user_id: str | None = None, chat_id: str | None = None) -> Any: ...
 
     async def shred(self, doomed: Any, *, user_id: uuid.UUID | None = None, chat_id: uuid.UUID | None = None) -> None: ...
+
+
+class AuditDropPlan(Protocol):
+    """The oldest rows of a tenant's audit chain that retention may drop: every row up to ``up_to_seq``
+    (``count`` of them), and the hash of the row at ``up_to_seq``, which a checkpoint must vouch for."""
+
+    @property
+    def up_to_seq(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def hash(self) -> str: ...
+
+
+class RetentionData(Protocol):
+    """What retention reads and trims in the read models."""
+
+    async def tenant_ids(self) -> list[str]: ...
+
+    async def expired_chats(
+        self, tenant_id: str, before: datetime, *, spare_owners: Collection[str], limit: int
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """(chat id, owner id) of the tenant's chats not deleted, last active before ``before``, whose owner
+        is not among ``spare_owners``; oldest first, at most ``limit``."""
+        ...
+
+    async def plan_audit_drop(self, tenant_id: str, before: datetime, *, spare_users: Collection[str]) -> AuditDropPlan | None:
+        """The rows that may go (``domain.retention.audit_drop_end``): None when none may."""
+        ...
+
+    async def drop_audit_rows(self, tenant_id: str, up_to_seq: int) -> int:
+        """Delete the tenant's audit rows up to ``up_to_seq`` in one transaction; how many went."""
+        ...
+
+
+class AuditAnchor(Protocol):
+    async def __call__(self, tenant_id: str, seq: int, hash: str) -> None:
+        """Make sure a signed checkpoint of (tenant, seq, hash) is kept outside the database."""
+        ...

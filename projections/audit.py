@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import Table, select, union
+from sqlalchemy import Table, delete, select, union
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -241,6 +241,11 @@ class AuditProjector:
             ),
             [{"tenant_id": t, "seq": seq, "hash": h} for t, (seq, h) in heads.items()],
         )
+        # Retention dropped a tenant's oldest rows (domain/retention.py): a rebuild drops them again.
+        for tenant_id, event in zip(tenant_of, events, strict=True):
+            if event.type == "AuditRowsDropped":
+                up_to = int(event.data["up_to_seq"])
+                await conn.execute(delete(audit_log).where(audit_log.c.tenant_id == tenant_id, audit_log.c.seq <= up_to))
 
 
 # --- queries -------------------------------------------------------------------------------------------

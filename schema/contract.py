@@ -857,6 +857,55 @@ class RateLimitsSet(_Event, frozen=True, kw_only=True, tag="RateLimitsSet", tag_
     limits: Annotated[dict[str, int], Meta(description="Limit name (e.g. ``user_per_minute``) -> requests per minute.")]
 
 
+# Retention and legal hold -------------------------------------------------------------------------------
+RetentionDays = Annotated[int | None, Meta(description="Days, 1 to 36500; null: kept for ever.")]
+
+
+class RetentionPolicyCreated(_Event, frozen=True, kw_only=True, tag="RetentionPolicyCreated", tag_field="type"):
+    """The tenant's retention policy was created (everything kept, no holds)."""
+
+    aggregate = "RetentionPolicy"
+    tenant_id: TenantId
+
+
+class RetentionPeriodsSet(_Event, frozen=True, kw_only=True, tag="RetentionPeriodsSet", tag_field="type"):
+    """How long the tenant keeps chats (after their last activity) and audit rows changed."""
+
+    aggregate = "RetentionPolicy"
+    chat_days: RetentionDays
+    audit_days: RetentionDays
+
+
+class LegalHoldPlaced(_Event, frozen=True, kw_only=True, tag="LegalHoldPlaced", tag_field="type"):
+    """A legal hold was placed on a user's data or (``user_id`` null) on the whole tenant's: retention
+    deletes none of it while the hold stands."""
+
+    aggregate = "RetentionPolicy"
+    hold_id: Annotated[str, Meta(description="The hold's id (a UUID), to lift it by.")]
+    user_id: Annotated[str | None, Meta(description="The held user; null: the whole tenant is held.")]
+    reason: Annotated[str, Meta(description="Why, as the admin wrote it (a matter reference).")]
+
+
+class LegalHoldLifted(_Event, frozen=True, kw_only=True, tag="LegalHoldLifted", tag_field="type"):
+    """A legal hold was lifted."""
+
+    aggregate = "RetentionPolicy"
+    hold_id: str
+    user_id: Annotated[str | None, Meta(description="The user it held; null: it held the whole tenant.")]
+
+
+class AuditRowsDropped(_Event, frozen=True, kw_only=True, tag="AuditRowsDropped", tag_field="type"):
+    """Retention dropped the oldest rows of the tenant's audit chain; what is kept verifies from the signed
+    checkpoint named here."""
+
+    aggregate = "RetentionPolicy"
+    tenant_id: TenantId
+    up_to_seq: Annotated[int, Meta(ge=1, description="Every row up to this seq of the tenant's chain was dropped.")]
+    count: Annotated[int, Meta(ge=0, description="How many rows this drop removed.")]
+    checkpoint_seq: Annotated[int, Meta(ge=1, description="The seq of the signed checkpoint that vouches for the kept rows.")]
+    checkpoint_sha256: Annotated[str, Meta(description="The chain hash that checkpoint signed.")]
+
+
 EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better than a chain of |
     TenantCreated,
     TenantSettingsChanged,
@@ -930,6 +979,11 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     TenantQuotaCapSet,
     QuotaTimezoneSet,
     RateLimitsSet,
+    RetentionPolicyCreated,
+    RetentionPeriodsSet,
+    LegalHoldPlaced,
+    LegalHoldLifted,
+    AuditRowsDropped,
 ]
 """The data of any event, told apart by its ``type`` tag."""
 

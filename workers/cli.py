@@ -165,9 +165,10 @@ def cmd_project(args: argparse.Namespace) -> None:
             ]
             if shared:  # one consumer and one transaction per batch for all of them
                 runners.append(ProjectorGroup(shared, engine=c.engine, store=c.store))
-            # Where the audit chain grows, its heads are signed and kept outside the database.
-            checkpointer = [_checkpointer(settings, c.engine).run(stop)] if "audit" in chosen else []
-            await asyncio.gather(*(r.run(js, c.subjects, stop) for r in runners), *checkpointer)
+            # Where the audit chain grows, its heads are signed and kept outside the database, and the
+            # retention policies are applied (the sweep drops audit rows behind a checkpoint).
+            beside = [_checkpointer(settings, c.engine).run(stop), _retention_sweeper(settings, c).run(stop)]
+            await asyncio.gather(*(r.run(js, c.subjects, stop) for r in runners), *(beside if "audit" in chosen else []))
         finally:
             await c.close()
 
@@ -435,6 +436,49 @@ def cmd_audit_public_key(args: argparse.Namespace) -> None:
     print(f"audit checkpoint key {key.key_id} (Ed25519)")
     print(key.public_pem(), end="")
     print(f"raw (base64): {key.public_base64()}")
+
+
+def _retention_sweeper(settings: Settings, c: Any) -> Any:
+    from workers.retention import RetentionSweeper, retention_service
+
+    return RetentionSweeper(retention_service(c, sweeping=True), interval_s=settings.retention_sweep_interval_s)
+
+
+def cmd_retention_sweep(args: argparse.Namespace) -> None:
+    from domain.errors import ParleyError
+    from workers.bootstrap import bootstrap
+    from workers.retention import retention_service
+
+    settings = _with_engines(_settings(args), "database_url", "redis_url")
+
+    async def main() -> None:
+        c = await bootstrap(settings, pool_size=2)
+        try:
+            if settings.nats_url:  # the token chunks of the chats it deletes are erased too
+                await c.connect_nats("parley-retention")
+            retention = retention_service(c, sweeping=True)
+            if args.tenant:
+                try:
+                    tenant = await c.identity.tenant(args.tenant)
+                except ParleyError as exc:
+                    raise SystemExit(f"parley: tenant {args.tenant}: {exc.message}") from None
+                report = await retention.sweep(str(tenant.id))
+                if report is None:
+                    print(f"tenant {args.tenant} has no retention policy: nothing to do")
+                reports = [report] if report else []
+            else:
+                reports = await retention.sweep_all()
+            for r in reports:
+                dropped = f"{r.audit_drop.count} audit row(s) up to seq {r.audit_drop.up_to_seq}" if r.audit_drop else "no audit row"
+                held = " (under a legal hold)" if r.held else ""
+                print(f"tenant {r.tenant_id}{held}: {len(r.chats_deleted)} chat(s) deleted, {dropped} dropped")
+            chats = sum(len(r.chats_deleted) for r in reports)
+            rows = sum(r.audit_drop.count for r in reports if r.audit_drop)
+            print(f"retention sweep: {chats} chat(s) deleted, {rows} audit row(s) dropped, {len(reports)} tenant(s) with a policy")
+        finally:
+            await c.close()
+
+    asyncio.run(main())
 
 
 def cmd_admin_create_tenant(args: argparse.Namespace) -> None:
@@ -743,6 +787,13 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.set_defaults(func=cmd_audit_checkpoint)
     public_key = audit.add_parser("public-key", help="print the public key that checks audit checkpoints")
     public_key.set_defaults(func=cmd_audit_public_key)
+
+    retention = sub.add_parser("retention", help="retention policies").add_subparsers(
+        dest="retention_command", required=True
+    )
+    sweep = retention.add_parser("sweep", help="apply every tenant's retention policy now (chats, audit rows)")
+    sweep.add_argument("--tenant", help="only this tenant (its slug)")
+    sweep.set_defaults(func=cmd_retention_sweep)
 
     migrate = sub.add_parser("migrate", help="one-off migrations").add_subparsers(dest="migrate_command", required=True)
     migrate.add_parser(
