@@ -199,6 +199,18 @@ class ParleyApplication(Application[uuid.UUID]):
     }
 
 
+    def take_snapshot(self, aggregate_id: uuid.UUID, version: int | None = None, projector_func: Any = None) -> None:
+        """No snapshot of an aggregate whose key is destroyed (a late answer to a deleted chat): it would
+        hold nothing but erased markers, and replaying its events gives the same."""
+        keys = getattr(self.mapper, "keys", None)
+        if keys is not None and keys.ensure(aggregate_id, tenant_id="", user_id=None, chat_id=None) is None:
+            return
+        if projector_func is None:
+            super().take_snapshot(aggregate_id, version)
+        else:
+            super().take_snapshot(aggregate_id, version, projector_func)
+
+
 def _split_topic(topic: str) -> tuple[str, str]:
     # "domain.identity:User.UserRegistered" -> ("User", "UserRegistered")
     qualname = topic.rpartition(":")[2]

@@ -23,7 +23,7 @@ from api.controllers.invitations import AcceptInvitationController, InvitationCo
 from api.controllers.knowledge import ChatFilesController, DocumentController, KnowledgeController
 from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
-from api.controllers.privacy import PrivacyController
+from api.controllers.privacy import PrivacyController, PrivacySettingsController
 from api.controllers.quotas import QuotaController
 from api.controllers.retention import RetentionController
 from api.controllers.usage import UsageController
@@ -141,6 +141,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             ChatFilesController,
             EventsController,
             PrivacyController,
+            PrivacySettingsController,
             RetentionController,
         ],
         dependencies={

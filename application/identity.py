@@ -483,12 +483,16 @@ class Identity:
         return UserInfo.of(user)
 
     async def erase_user(self, ctx: CommandContext, principal: Principal, user_id: uuid.UUID) -> UserInfo:
-        """Erase a user (GDPR art. 17), by a tenant admin: ``UserErased`` is stored, then every key sealing
+        """Erase a user (GDPR art. 17), by a tenant admin, or by the user where the tenant allows it
+        (``set_self_erasure``; an admin never erases themselves): ``UserErased`` is stored, then every key sealing
         the user's personal data is destroyed, their uploads and images deleted and their generations'
         token chunks erased; the projectors purge the read models. Final: an erased user stays erased."""
-        principal.require_admin()
-        if user_id == principal.user_id:
+        if user_id != principal.user_id:
+            principal.require_admin()
+        elif principal.is_admin:
             raise Forbidden("CANNOT_ERASE_SELF", "an admin cannot erase themselves; another admin can")
+        elif not (await self.store.call(self._tenant, principal.tenant_id)).allows_self_erasure:
+            raise Forbidden("SELF_ERASURE_DISABLED", "this tenant's users cannot erase themselves; ask an admin")
         await self.store.call(self._user_of_tenant, principal.tenant_id, user_id)  # 404 before gathering
         doomed = None
         if self.shredder is not None:
@@ -505,6 +509,21 @@ class Identity:
         if self.shredder is not None:
             await self.shredder.shred(doomed, user_id=user_id)
         return UserInfo.of(user)
+
+    async def set_self_erasure(self, ctx: CommandContext, principal: Principal, allowed: bool) -> bool:
+        """Tenant admin: whether the tenant's users may erase themselves."""
+        principal.require_admin()
+
+        def command() -> bool:
+            tenant = self._tenant(principal.tenant_id)
+            tenant.set_self_erasure(allowed)
+            self.store.save(tenant)
+            return tenant.allows_self_erasure
+
+        return await self.store.execute(ctx, command)
+
+    async def self_erasure(self, principal: Principal) -> bool:
+        return (await self.store.call(self._tenant, principal.tenant_id)).allows_self_erasure
 
     async def change_password(
         self, ctx: CommandContext, principal: Principal, *, current: str, new: str

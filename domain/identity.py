@@ -225,6 +225,19 @@ class Tenant(Aggregate):
         self.default_role = default_role
         self.domains = list(domains)
 
+    @property
+    def allows_self_erasure(self) -> bool:
+        return bool(getattr(self, "self_erasure", False))
+
+    def set_self_erasure(self, allowed: bool) -> None:
+        """Whether the tenant's users may erase themselves (GDPR art. 17 without asking an admin)."""
+        if allowed != self.allows_self_erasure:
+            self._set_self_erasure(allowed=allowed)
+
+    @event("SelfErasureSet")
+    def _set_self_erasure(self, allowed: bool) -> None:
+        self.self_erasure = allowed
+
     def claim_first_admin(self, user_id: UUID) -> None:
         if self.first_admin_id is not None:
             raise Conflict("FIRST_ADMIN_TAKEN", "this tenant already has its first admin")

@@ -212,6 +212,13 @@ class TenantSettingsChanged(_Event, frozen=True, kw_only=True, tag="TenantSettin
     domains: list[str]
 
 
+class SelfErasureSet(_Event, frozen=True, kw_only=True, tag="SelfErasureSet", tag_field="type"):
+    """Whether the tenant's users may erase themselves changed."""
+
+    aggregate = "Tenant"
+    allowed: bool
+
+
 class FirstAdminClaimed(_Event, frozen=True, kw_only=True, tag="FirstAdminClaimed", tag_field="type"):
     """The tenant's first admin was named (once per tenant)."""
 
@@ -909,6 +916,7 @@ class AuditRowsDropped(_Event, frozen=True, kw_only=True, tag="AuditRowsDropped"
 EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better than a chain of |
     TenantCreated,
     TenantSettingsChanged,
+    SelfErasureSet,
     FirstAdminClaimed,
     UserRegistered,
     PasswordChanged,

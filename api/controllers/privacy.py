@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from litestar import Controller, Request, get
-from litestar.params import FromPath
+import msgspec
+from litestar import Controller, Request, get, put
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from api.deps import App, Caller, command_context
@@ -15,7 +16,7 @@ from application.privacy import Privacy
 from projections.export import ReadModelExport
 from workers.bootstrap import Container
 
-__all__ = ["PrivacyController", "privacy_service"]
+__all__ = ["PrivacyController", "PrivacySettingsController", "privacy_service"]
 
 
 def privacy_service(c: Container) -> Privacy:
@@ -47,3 +48,26 @@ class PrivacyController(Controller):
                 "Cache-Control": "no-store",
             },
         )
+
+
+class PrivacySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    allow_self_erasure: bool
+    """Whether the tenant's users may erase themselves (``DELETE /api/v1/users/{their id}?erase=true``);
+    admins never erase themselves."""
+
+
+class PrivacySettingsController(Controller):
+    path = "/api/v1/privacy/settings"
+    tags = ["privacy"]
+
+    @get("/", operation_id="GetPrivacySettings")
+    async def read(self, c: App, caller: Caller) -> PrivacySettings:
+        return PrivacySettings(allow_self_erasure=await c.identity.self_erasure(caller))
+
+    @put("/", operation_id="SetPrivacySettings")
+    async def write(
+        self, request: Request[Any, Any, Any], data: JSONBody[PrivacySettings], c: App, caller: Caller
+    ) -> PrivacySettings:
+        """Tenant admin."""
+        allowed = await c.identity.set_self_erasure(command_context(request, caller), caller, data.allow_self_erasure)
+        return PrivacySettings(allow_self_erasure=allowed)

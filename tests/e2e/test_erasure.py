@@ -179,3 +179,23 @@ async def test_deleting_a_chat_shreds_that_chat_and_nothing_else_of_its_owner(
     assert r.status_code == 200 and "keep-me-please-1250" in r.text
     r = await client.get("/api/v1/auths/me", headers=bearer(user))
     assert r.status_code == 200 and r.json()["email"] == "user@example.com"
+
+
+async def test_a_user_erases_themselves_only_where_the_tenant_allows_it(
+    client: httpx.AsyncClient, container: Container, pipeline: Pipeline
+) -> None:
+    admin, user = await echo_tenant(client)
+    r = await client.delete(f"/api/v1/users/{user['id']}?erase=true", headers=bearer(user))
+    assert r.status_code == 403 and error_code(r) == "SELF_ERASURE_DISABLED", r.text
+    r = await client.put("/api/v1/privacy/settings", json={"allow_self_erasure": True}, headers=bearer(user))
+    assert r.status_code == 403, r.text
+    r = await client.put("/api/v1/privacy/settings", json={"allow_self_erasure": True}, headers=bearer(admin))
+    assert r.status_code == 200 and r.json() == {"allow_self_erasure": True}, r.text
+    r = await client.get("/api/v1/privacy/settings", headers=bearer(user))
+    assert r.json() == {"allow_self_erasure": True}
+    r = await client.delete(f"/api/v1/users/{admin['id']}?erase=true", headers=bearer(admin))
+    assert r.status_code == 403 and error_code(r) == "CANNOT_ERASE_SELF", r.text
+    r = await client.delete(f"/api/v1/users/{user['id']}?erase=true", headers=bearer(user))
+    assert r.status_code == 200 and r.json()["email"] != "user@example.com", r.text
+    r = await client.get("/api/v1/auths/me", headers=bearer(user))
+    assert r.status_code == 401, r.text  # their tokens died with them
