@@ -12,6 +12,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.identity import ERASED
 from projections.runtime import HandlesTypes
+from schema.contract import (
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    ApiKeyRoleMapChanged,
+    EventData,
+    RoleChanged,
+    TenantCreated,
+    TenantSettingsChanged,
+    UserDeactivated,
+    UserErased,
+    UserReactivated,
+    UserRegistered,
+    UserRenamed,
+    decode_data,
+)
 from schema.events import EventEnvelope
 from schema.tables import api_keys, tenants, users
 
@@ -55,59 +70,63 @@ class IdentityProjector(HandlesTypes):
         new_keys: dict[str, dict[str, Any]] = {}
         joined: Counter[str] = Counter()  # users registered in tenants from earlier batches
         for e in events:
-            d = e.data
             aggregate_id = str(e.aggregate_id)
-            match e.type:
-                case "TenantCreated":
+            match data := decode_data(e.type, e.data):
+                case TenantCreated():
                     new_tenants[aggregate_id] = {
                         "tenant_id": aggregate_id,
-                        "slug": d["slug"],
-                        "name": d["name"],
-                        "allow_signup": d["allow_signup"],
-                        "default_role": d["default_role"],
-                        "domains": d["domains"],
+                        "slug": data.slug,
+                        "name": data.name,
+                        "allow_signup": data.allow_signup,
+                        "default_role": data.default_role,
+                        "domains": data.domains,
                         "user_count": 0,
                         "created_at": e.occurred_at,
                     }
-                case "TenantSettingsChanged":
-                    settings = {key: d[key] for key in ("name", "allow_signup", "default_role", "domains")}
+                case TenantSettingsChanged():
+                    settings = {
+                        "name": data.name,
+                        "allow_signup": data.allow_signup,
+                        "default_role": data.default_role,
+                        "domains": data.domains,
+                    }
                     if aggregate_id in new_tenants:
                         new_tenants[aggregate_id].update(settings)
                     else:
                         await conn.execute(tenants.update().where(tenants.c.tenant_id == aggregate_id).values(**settings))
-                case "UserRegistered":
+                case UserRegistered(tenant_id=tenant_id):
                     new_users[aggregate_id] = {
                         "user_id": aggregate_id,
-                        "tenant_id": d["tenant_id"],
-                        "email": d["email"],
-                        "name": d["name"],
-                        "role": d["role"],
+                        "tenant_id": tenant_id,
+                        "email": data.email,
+                        "name": data.name,
+                        "role": data.role,
                         "active": True,
                         "token_version": 1,
                         "created_at": e.occurred_at,
                         "updated_at": e.occurred_at,
                     }
-                    if d["tenant_id"] in new_tenants:
-                        new_tenants[d["tenant_id"]]["user_count"] += 1
+                    if tenant_id in new_tenants:
+                        new_tenants[tenant_id]["user_count"] += 1
                     else:
-                        joined[d["tenant_id"]] += 1
-                case "ApiKeyCreated":
+                        joined[tenant_id] += 1
+                case ApiKeyCreated():
                     new_keys[aggregate_id] = {
                         "key_id": aggregate_id,
-                        "tenant_id": d["tenant_id"],
-                        "user_id": d["user_id"],
-                        "name": d["name"],
-                        "prefix": d["prefix"],
-                        "scopes": d["scopes"],
+                        "tenant_id": data.tenant_id,
+                        "user_id": str(data.user_id),
+                        "name": data.name,
+                        "prefix": data.prefix,
+                        "scopes": data.scopes,
                         "created_at": e.occurred_at,
-                        "expires_at": d.get("expires_at"),
+                        "expires_at": data.expires_at,
                         "revoked_at": None,
-                        "role_map": d.get("role_map") or None,
+                        "role_map": data.role_map or None,  # an empty map is no map
                     }
-                case "ApiKeyRoleMapChanged" | "ApiKeyRevoked":
+                case ApiKeyRoleMapChanged() | ApiKeyRevoked():
                     change = (
-                        {"role_map": d.get("role_map") or None}
-                        if e.type == "ApiKeyRoleMapChanged"
+                        {"role_map": data.role_map or None}
+                        if isinstance(data, ApiKeyRoleMapChanged)
                         else {"revoked_at": e.occurred_at}
                     )
                     if aggregate_id in new_keys:
@@ -115,7 +134,7 @@ class IdentityProjector(HandlesTypes):
                     else:
                         await conn.execute(api_keys.update().where(api_keys.c.key_id == aggregate_id).values(**change))
                 case _:
-                    changes = _user_changes(e)
+                    changes = _user_changes(e, data)
                     user = new_users.get(aggregate_id)
                     if user is None:
                         if e.type in _REVOKING:
@@ -137,19 +156,20 @@ class IdentityProjector(HandlesTypes):
             )
 
 
-def _user_changes(e: EventEnvelope) -> dict[str, Any]:
+def _user_changes(e: EventEnvelope, data: EventData) -> dict[str, Any]:
     """What a user event other than ``UserRegistered`` sets (``token_version`` aside)."""
     changes: dict[str, Any] = {"updated_at": e.occurred_at}
-    if e.type == "RoleChanged":
-        changes["role"] = e.data["role"]
-    elif e.type == "UserRenamed":
-        changes["name"] = e.data["name"]
-    elif e.type == "UserDeactivated":
-        changes["active"] = False
-    elif e.type == "UserReactivated":
-        changes["active"] = True
-    elif e.type == "UserErased":  # the row stays (ids elsewhere name it), nothing personal in it
-        changes.update(active=False, name=ERASED, email=f"erased:{e.aggregate_id}")
+    match data:
+        case RoleChanged():
+            changes["role"] = data.role
+        case UserRenamed():
+            changes["name"] = data.name
+        case UserDeactivated():
+            changes["active"] = False
+        case UserReactivated():
+            changes["active"] = True
+        case UserErased():  # the row stays (ids elsewhere name it), nothing personal in it
+            changes.update(active=False, name=ERASED, email=f"erased:{e.aggregate_id}")
     return changes
 
 
