@@ -36,7 +36,7 @@ test: setup openwebui
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
 # Every benchmark in its quick form, one after the other: that each still runs, with figures at a small scale
-# (about 3 minutes on 2 cores; tests/bench/test_bench_quick.py runs the same forms). The full runs, and
+# (about 4 minutes on 2 cores; tests/bench/test_bench_quick.py runs the same forms). The full runs, and
 # LiteLLM beside parley, are `python -m bench.NAME` (bench/README.md).
 bench: export HF_HUB_OFFLINE = 1
 bench: setup
@@ -48,6 +48,7 @@ bench: setup
 	$(PY) -m bench.openai_overhead --smoke --targets direct,parley
 	$(PY) -m bench.instant_upstream --smoke
 	$(PY) -m bench.commands_http --smoke
+	$(PY) -m bench.privacy --quick
 
 lint: setup
 	$(VENV)/bin/ruff check domain application schema projections adapters api workers

@@ -32,6 +32,7 @@ converts the GGUF."""
 
 FORMS: dict[str, list[str]] = {  # the longest first
     "knowledge": ["--quick"],
+    "privacy": ["--quick"],
     "openai_overhead": ["--smoke", "--targets", "direct,parley"],  # LiteLLM needs a venv from a download
     "pipeline": ["--smoke"],  # both layouts
     "spine": ["--quick"],
@@ -195,8 +196,21 @@ def check_commands_http(out: str) -> None:
     assert "FAILED" not in out
 
 
+def check_privacy(out: str) -> None:
+    for command in ("CreateChat", "SendMessage"):
+        for side in ("on", "off"):
+            positive(out, f"{command}/s, 16 caller(s), encryption {side}")
+    for side in ("on", "off"):
+        positive(out, f"rebuild chats events/s, encryption {side}")
+    positive(out, "export MB/s")
+    positive(out, "erase_user request (ms)")
+    positive(out, "erase -> read models purged (ms)")
+    assert figure(out, "errors") == "0", "failed commands or checks"
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "knowledge": check_knowledge,
+    "privacy": check_privacy,
     "openai_overhead": check_openai_overhead,
     "pipeline": check_pipeline,
     "spine": check_spine,
