@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from sqlalchemy import Column, Table, Text, and_, case, cast, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -22,6 +23,36 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from domain.identity import ERASED
 from domain.models import default_capabilities
 from projections.runtime import HandlesTypes, copy_rows
+from schema.contract import (
+    AnswerRecorded,
+    ChatArchived,
+    ChatCreated,
+    ChatDeleted,
+    ChatFileAttached,
+    ChatFileDetached,
+    ChatKnowledgeChanged,
+    ChatRenamed,
+    ChatUnarchived,
+    EventData,
+    GenerationCancelled,
+    GenerationCancelRequested,
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationRequested,
+    GenerationStarted,
+    MessagePosted,
+    ModelAccessGranted,
+    ModelAccessRevoked,
+    ModelCapabilitiesChanged,
+    ModelChanged,
+    ModelKnowledgeChanged,
+    ModelRegistered,
+    ProviderChanged,
+    ProviderRegistered,
+    ToolResultPosted,
+    UserErased,
+    decode_data,
+)
 from schema.events import EventEnvelope
 from schema.tables import chats, generations, messages, models, providers
 
@@ -80,44 +111,44 @@ class ModelsProjector(HandlesTypes):
     )
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        d = e.data
         aggregate_id = str(e.aggregate_id)
-        match e.type:
-            case "ProviderRegistered":
+        this_model = models.c.model_id == aggregate_id
+        match data := decode_data(e.type, e.data):
+            case ProviderRegistered():
                 await conn.execute(
                     providers.insert().values(
                         provider_id=aggregate_id,
-                        tenant_id=d["tenant_id"],
-                        name=_fit(providers.c.name, d["name"]),
-                        kind=_fit(providers.c.kind, d["kind"]),
-                        base_url=_fit(providers.c.base_url, d.get("base_url")),
-                        has_api_key=bool(d.get("has_api_key", False)),
+                        tenant_id=data.tenant_id,
+                        name=_fit(providers.c.name, data.name),
+                        kind=_fit(providers.c.kind, data.kind),
+                        base_url=_fit(providers.c.base_url, data.base_url),
+                        has_api_key=data.has_api_key,
                         created_at=e.occurred_at,
                         updated_at=e.occurred_at,
                     )
                 )
-            case "ProviderChanged":
+            case ProviderChanged():
                 await conn.execute(
                     providers.update()
                     .where(providers.c.provider_id == aggregate_id)
                     .values(
-                        base_url=_fit(providers.c.base_url, d.get("base_url")),
-                        has_api_key=bool(d.get("has_api_key", False)),
+                        base_url=_fit(providers.c.base_url, data.base_url),
+                        has_api_key=data.has_api_key,
                         updated_at=e.occurred_at,
                     )
                 )
-            case "ModelRegistered":
+            case ModelRegistered():
                 await conn.execute(
                     models.insert().values(
                         model_id=aggregate_id,
-                        tenant_id=d["tenant_id"],
-                        name=_fit(models.c.name, d["name"]),
-                        display_name=_fit(models.c.display_name, d["display_name"]),
-                        provider_id=d["provider_id"],
-                        provider_kind=_fit(models.c.provider_kind, d["provider_kind"]),
-                        upstream_model=_fit(models.c.upstream_model, d["upstream_model"]),
-                        defaults=d.get("defaults") or {},
-                        open_to_tenant=bool(d["open_to_tenant"]),
+                        tenant_id=data.tenant_id,
+                        name=_fit(models.c.name, data.name),
+                        display_name=_fit(models.c.display_name, data.display_name),
+                        provider_id=str(data.provider_id),
+                        provider_kind=_fit(models.c.provider_kind, data.provider_kind),
+                        upstream_model=_fit(models.c.upstream_model, data.upstream_model),
+                        defaults=data.defaults,
+                        open_to_tenant=data.open_to_tenant,
                         active=True,
                         granted_users=[],
                         granted_roles=[],
@@ -125,42 +156,39 @@ class ModelsProjector(HandlesTypes):
                         updated_at=e.occurred_at,
                     )
                 )
-            case "ModelChanged":
+            case ModelChanged():
                 await conn.execute(
                     models.update()
-                    .where(models.c.model_id == aggregate_id)
+                    .where(this_model)
                     .values(
-                        display_name=_fit(models.c.display_name, d["display_name"]),
-                        defaults=d.get("defaults") or {},
-                        open_to_tenant=bool(d["open_to_tenant"]),
-                        active=bool(d["active"]),
+                        display_name=_fit(models.c.display_name, data.display_name),
+                        defaults=data.defaults,
+                        open_to_tenant=data.open_to_tenant,
+                        active=data.active,
                         updated_at=e.occurred_at,
                     )
                 )
-            case "ModelKnowledgeChanged":
+            case ModelKnowledgeChanged():
+                await conn.execute(
+                    models.update().where(this_model).values(knowledge_ids=data.knowledge_ids, updated_at=e.occurred_at)
+                )
+            case ModelCapabilitiesChanged():
                 await conn.execute(
                     models.update()
-                    .where(models.c.model_id == aggregate_id)
-                    .values(knowledge_ids=list(d["knowledge_ids"]), updated_at=e.occurred_at)
+                    .where(this_model)
+                    .values(capabilities=msgspec.to_builtins(data.capabilities), updated_at=e.occurred_at)
                 )
-            case "ModelCapabilitiesChanged":
-                await conn.execute(
-                    models.update()
-                    .where(models.c.model_id == aggregate_id)
-                    .values(capabilities=d.get("capabilities"), updated_at=e.occurred_at)
-                )
-            case "ModelAccessGranted" | "ModelAccessRevoked":
-                granting = e.type == "ModelAccessGranted"
+            case ModelAccessGranted() | ModelAccessRevoked():
+                granting = isinstance(data, ModelAccessGranted)
                 changes: dict[str, Any] = {"updated_at": e.occurred_at}
-                for key, column in (("user_id", models.c.granted_users), ("role", models.c.granted_roles)):
-                    if d.get(key):
-                        item = str(d[key])
+                for item, column in ((data.user_id, models.c.granted_users), (data.role, models.c.granted_roles)):
+                    if item:
                         changes[column.name] = (
                             column.op("||", return_type=JSONB)(func.jsonb_build_array(cast(item, Text)))
                             if granting
                             else column.op("-", return_type=JSONB)(cast(item, Text))
                         )
-                await conn.execute(models.update().where(models.c.model_id == aggregate_id).values(**changes))
+                await conn.execute(models.update().where(this_model).values(**changes))
 
 
 class ChatsProjector:
@@ -196,12 +224,13 @@ class ChatsProjector:
         return event_type in self._chat_types or event_type in self._generation_types or event_type == "UserErased"
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        if e.type == "UserErased":
+        data = decode_data(e.type, e.data)
+        if isinstance(data, UserErased):
             await _erase_user(conn, str(e.aggregate_id))
         elif e.type in self._generation_types:
-            await self._apply_generation(conn, e)
+            await self._apply_generation(conn, e, data)
         else:
-            await self._apply_chat(conn, e)
+            await self._apply_chat(conn, e, data)
 
     async def apply_many(self, conn: AsyncConnection, events: Sequence[EventEnvelope]) -> None:
         """The events in order, in few statements. A chat or generation created in the batch is built in
@@ -213,26 +242,27 @@ class ChatsProjector:
         new_generations: dict[str, dict[str, Any]] = {}
         for e in events:
             key = str(e.aggregate_id)
-            if e.type == "UserErased":  # after what came before it, whether in memory or written
+            data = decode_data(e.type, e.data)
+            if isinstance(data, UserErased):  # after what came before it, whether in memory or written
                 await _copy_grouped(conn, chats, list(new_chats.values()))
                 await _copy_grouped(conn, messages, new_messages)
                 await _copy_grouped(conn, generations, list(new_generations.values()))
                 new_chats, new_messages, new_generations = {}, [], {}
                 await _erase_user(conn, key)
             elif e.type in self._generation_types:
-                if e.type == "GenerationRequested":
-                    new_generations[key] = _generation_row(e)
+                if isinstance(data, GenerationRequested):
+                    new_generations[key] = _generation_row(e, data)
                 elif key in new_generations:
-                    new_generations[key].update(_generation_changes(e))
+                    new_generations[key].update(_generation_changes(e, data))
                 else:
-                    await self._apply_generation(conn, e)
-            elif e.type == "ChatCreated":
-                new_chats[key] = _chat_row(e)
+                    await self._apply_generation(conn, e, data)
+            elif isinstance(data, ChatCreated):
+                new_chats[key] = _chat_row(e, data)
             elif key in new_chats:
-                _fold_chat_event(new_chats[key], new_messages, e)
+                _fold_chat_event(new_chats[key], new_messages, e, data)
             else:
-                await self._apply_chat(conn, e)
-            if e.type == "ChatDeleted":  # its generations of this batch, as _apply_chat does those written
+                await self._apply_chat(conn, e, data)
+            if isinstance(data, ChatDeleted):  # its generations of this batch, as _apply_chat does those written
                 for row in new_generations.values():
                     if row["chat_id"] == key:
                         row.update(_SHREDDED_GENERATION)
@@ -244,26 +274,25 @@ class ChatsProjector:
         await _copy_grouped(conn, messages, new_messages)
         await _copy_grouped(conn, generations, list(new_generations.values()))
 
-    async def _apply_chat(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        d = e.data
+    async def _apply_chat(self, conn: AsyncConnection, e: EventEnvelope, data: EventData) -> None:
         chat_id = str(e.aggregate_id)
         this_chat = chats.c.chat_id == chat_id
-        match e.type:
-            case "ChatCreated":
-                await conn.execute(chats.insert().values(**_chat_row(e)))
-            case "ChatRenamed":
+        match data:
+            case ChatCreated():
+                await conn.execute(chats.insert().values(**_chat_row(e, data)))
+            case ChatRenamed():
                 await conn.execute(
                     chats.update()
                     .where(this_chat)
-                    .values(title=_fit(chats.c.title, d["title"]), updated_at=e.occurred_at)
+                    .values(title=_fit(chats.c.title, data.title), updated_at=e.occurred_at)
                 )
-            case "ChatArchived" | "ChatUnarchived":
+            case ChatArchived() | ChatUnarchived():
                 await conn.execute(
                     chats.update()
                     .where(this_chat)
-                    .values(archived=e.type == "ChatArchived", updated_at=e.occurred_at)
+                    .values(archived=isinstance(data, ChatArchived), updated_at=e.occurred_at)
                 )
-            case "ChatDeleted":  # its content is shredded: nothing of it stays but that it existed
+            case ChatDeleted():  # its content is shredded: nothing of it stays but that it existed
                 await conn.execute(
                     chats.update().where(this_chat).values(deleted=True, title=ERASED, updated_at=e.occurred_at)
                 )
@@ -271,23 +300,23 @@ class ChatsProjector:
                 await conn.execute(
                     generations.update().where(generations.c.chat_id == chat_id).values(**_SHREDDED_GENERATION)
                 )
-            case "MessagePosted" | "ToolResultPosted":
-                row = _message_row(e)
+            case MessagePosted() | ToolResultPosted():
+                row = _message_row(e, data)
                 tenant_id = await self._touch(conn, chat_id, e, head=row["message_id"])
                 if tenant_id is not None:
                     await conn.execute(messages.insert().values(**row, tenant_id=tenant_id))
-            case "ChatKnowledgeChanged":
+            case ChatKnowledgeChanged():
                 await conn.execute(
-                    chats.update().where(this_chat).values(knowledge_ids=list(d["knowledge_ids"]), updated_at=e.occurred_at)
+                    chats.update().where(this_chat).values(knowledge_ids=data.knowledge_ids, updated_at=e.occurred_at)
                 )
-            case "ChatFileAttached" | "ChatFileDetached":
+            case ChatFileAttached(document_id=document_id) | ChatFileDetached(document_id=document_id):
                 current = await conn.execute(select(chats.c.file_ids).where(this_chat).with_for_update())
-                files = [f for f in (current.scalar() or []) if f != d["document_id"]]
-                if e.type == "ChatFileAttached":
-                    files.append(d["document_id"])
+                files = [f for f in (current.scalar() or []) if f != document_id]
+                if isinstance(data, ChatFileAttached):
+                    files.append(document_id)
                 await conn.execute(chats.update().where(this_chat).values(file_ids=files, updated_at=e.occurred_at))
-            case "AnswerRecorded":
-                row = _answer_row(e)
+            case AnswerRecorded():
+                row = _answer_row(e, data)
                 # Like the aggregate: the answer becomes the head only if its question still is.
                 head = case((chats.c.head_id == row["parent_id"], row["message_id"]), else_=chats.c.head_id)
                 tenant_id = await self._touch(conn, chat_id, e, head=head)
@@ -305,14 +334,14 @@ class ChatsProjector:
         )
         return row.scalar()
 
-    async def _apply_generation(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        if e.type == "GenerationRequested":
-            await conn.execute(generations.insert().values(**_generation_row(e)))
+    async def _apply_generation(self, conn: AsyncConnection, e: EventEnvelope, data: EventData) -> None:
+        if isinstance(data, GenerationRequested):
+            await conn.execute(generations.insert().values(**_generation_row(e, data)))
         else:
             await conn.execute(
                 generations.update()
                 .where(generations.c.generation_id == str(e.aggregate_id))
-                .values(**_generation_changes(e))
+                .values(**_generation_changes(e, data))
             )
 
 
@@ -329,15 +358,20 @@ async def _erase_user(conn: AsyncConnection, user_id: str) -> None:
 
 
 # --- rows the chats projector writes, from the events -------------------------------------------------
-def _chat_row(e: EventEnvelope) -> dict[str, Any]:
-    d = e.data
+def _json(items: Sequence[msgspec.Struct] | None) -> Any:
+    """Nested Structs of an event (tool calls, images, citations) as the JSON they travel as; none, or an
+    erased (emptied) list, as SQL NULL."""
+    return msgspec.to_builtins(items) if items else None
+
+
+def _chat_row(e: EventEnvelope, data: ChatCreated) -> dict[str, Any]:
     return {
         "chat_id": str(e.aggregate_id),
-        "tenant_id": d["tenant_id"],
-        "owner_id": d["owner_id"],
-        "title": _fit(chats.c.title, d["title"]),
-        "source": _fit(chats.c.source, d["source"]),
-        "client_chat_id": _fit(chats.c.client_chat_id, d.get("client_chat_id")),
+        "tenant_id": data.tenant_id,
+        "owner_id": str(data.owner_id),
+        "title": _fit(chats.c.title, data.title),
+        "source": _fit(chats.c.source, data.source),
+        "client_chat_id": _fit(chats.c.client_chat_id, data.client_chat_id),
         "archived": False,
         "deleted": False,
         "message_count": 0,
@@ -346,65 +380,70 @@ def _chat_row(e: EventEnvelope) -> dict[str, Any]:
     }
 
 
-def _message_row(e: EventEnvelope) -> dict[str, Any]:
+def _message_row(e: EventEnvelope, data: MessagePosted | ToolResultPosted) -> dict[str, Any]:
     """A ``MessagePosted`` or ``ToolResultPosted`` message, but for its ``tenant_id`` (its chat's)."""
-    d = e.data
     m = messages.c
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    latency_ms: float | None = None
+    if isinstance(data, ToolResultPosted):
+        role, tool_calls, images = "tool", None, None
+        tool_call_id, tool_name, latency_ms = data.tool_call_id, data.name, data.latency_ms
+    else:
+        role, tool_calls, images = data.role, _json(data.tool_calls), _json(data.images)
     return {
-        "message_id": _fit(m.message_id, d["message_id"]),
+        "message_id": _fit(m.message_id, data.message_id),
         "chat_id": str(e.aggregate_id),
         "seq": e.id,
-        "role": "tool" if e.type == "ToolResultPosted" else _fit(m.role, d["role"]),
-        "content": _fit(m.content, d.get("content", "")),
-        "parent_id": _fit(m.parent_id, d.get("parent_id")),
-        "tool_calls": d.get("tool_calls") or None,
-        "images": d.get("images") or None,
-        "tool_call_id": _fit(m.tool_call_id, d.get("tool_call_id")),
-        "tool_name": _fit(m.tool_name, d.get("name")),
-        "tool_latency_ms": d.get("latency_ms"),
+        "role": role,
+        "content": _fit(m.content, data.content),
+        "parent_id": _fit(m.parent_id, data.parent_id),
+        "tool_calls": tool_calls,
+        "images": images,
+        "tool_call_id": _fit(m.tool_call_id, tool_call_id),
+        "tool_name": _fit(m.tool_name, tool_name),
+        "tool_latency_ms": latency_ms,
         "created_at": e.occurred_at,
     }
 
 
-def _answer_row(e: EventEnvelope) -> dict[str, Any]:
+def _answer_row(e: EventEnvelope, data: AnswerRecorded) -> dict[str, Any]:
     """An ``AnswerRecorded`` message, but for its ``tenant_id`` (its chat's)."""
-    d = e.data
     m = messages.c
     return {
-        "message_id": _fit(m.message_id, d["message_id"]),
+        "message_id": _fit(m.message_id, data.message_id),
         "chat_id": str(e.aggregate_id),
         "seq": e.id,
         "role": "assistant",
-        "content": _fit(m.content, d.get("content", "")),
-        "parent_id": _fit(m.parent_id, d.get("parent_id")),
-        "model": _fit(m.model, d.get("model")),
-        "generation_id": d.get("generation_id"),
-        "thinking": _fit(m.thinking, d.get("thinking", "")),
-        "status": _fit(m.status, d.get("status")),
-        "prompt_tokens": int(d.get("prompt_tokens") or 0),
-        "completion_tokens": int(d.get("completion_tokens") or 0),
-        "timings": d.get("timings") or {},
-        "citations": d.get("citations") or None,
-        "tool_calls": d.get("tool_calls") or None,
+        "content": _fit(m.content, data.content),
+        "parent_id": _fit(m.parent_id, data.parent_id),
+        "model": _fit(m.model, data.model),
+        "generation_id": str(data.generation_id),
+        "thinking": _fit(m.thinking, data.thinking),
+        "status": data.status,
+        "prompt_tokens": data.prompt_tokens,
+        "completion_tokens": data.completion_tokens,
+        "timings": msgspec.to_builtins(data.timings),
+        "citations": _json(data.citations),
+        "tool_calls": _json(data.tool_calls),
         "created_at": e.occurred_at,
     }
 
 
-def _generation_row(e: EventEnvelope) -> dict[str, Any]:
-    d = e.data
+def _generation_row(e: EventEnvelope, data: GenerationRequested) -> dict[str, Any]:
     g = generations.c
     return {
         "generation_id": str(e.aggregate_id),
-        "tenant_id": d["tenant_id"],
-        "chat_id": d.get("chat_id"),
-        "user_id": d["user_id"],
-        "model": _fit(g.model, d["model"]),
-        "purpose": _fit(g.purpose, d.get("purpose") or "chat"),
-        "tools_ignored": d.get("tools_ignored") or None,
-        "user_message_id": _fit(g.user_message_id, d["user_message_id"]),
-        "answer_message_id": _fit(g.answer_message_id, d["answer_message_id"]),
-        "params": d.get("params") or {},
-        "reserved_tokens": int(d.get("reserved_tokens") or 0),
+        "tenant_id": data.tenant_id,
+        "chat_id": str(data.chat_id) if data.chat_id is not None else None,
+        "user_id": str(data.user_id),
+        "model": _fit(g.model, data.model),
+        "purpose": _fit(g.purpose, data.purpose),
+        "tools_ignored": data.tools_ignored or None,
+        "user_message_id": _fit(g.user_message_id, data.user_message_id),
+        "answer_message_id": _fit(g.answer_message_id, data.answer_message_id),
+        "params": data.params,
+        "reserved_tokens": data.reserved_tokens,
         "status": "requested",
         "attempt": 0,
         "cancel_requested": False,
@@ -412,71 +451,74 @@ def _generation_row(e: EventEnvelope) -> dict[str, Any]:
     }
 
 
-def _generation_changes(e: EventEnvelope) -> dict[str, Any]:
+def _generation_changes(e: EventEnvelope, data: EventData) -> dict[str, Any]:
     """What a generation event after ``GenerationRequested`` sets."""
-    d = e.data
     g = generations.c
-    if e.type == "GenerationStarted":  # the latest attempt's start: a redelivered job starts over
-        return {"status": "running", "attempt": int(d.get("attempt") or 0), "started_at": e.occurred_at}
-    if e.type == "GenerationCancelRequested":
-        return {"cancel_requested": True}
-    changes: dict[str, Any] = {
-        "status": FINISHED[e.type],
-        "text": _fit(g.text, d.get("text", "")),
-        "prompt_tokens": int(d.get("prompt_tokens") or 0),
-        "completion_tokens": int(d.get("completion_tokens") or 0),
-        "finished_at": e.occurred_at,
-    }
-    if d.get("attempt"):
-        changes["attempt"] = int(d["attempt"])
-    if e.type == "GenerationCompleted":
-        changes.update(
-            finish_reason=_fit(g.finish_reason, d.get("finish_reason")),
-            tool_calls=d.get("tool_calls") or None,
-            ttft_ms=d.get("ttft_ms"),
-            tokens_per_s=d.get("tokens_per_s"),
-            duration_ms=d.get("duration_ms"),
-        )
-    elif e.type == "GenerationFailed":
-        changes.update(
-            error_code=_fit(g.error_code, d.get("code")),
-            error_message=_fit(g.error_message, d.get("message")),
-        )
-    return changes
+    match data:
+        case GenerationStarted():  # the latest attempt's start: a redelivered job starts over
+            return {"status": "running", "attempt": data.attempt, "started_at": e.occurred_at}
+        case GenerationCancelRequested():
+            return {"cancel_requested": True}
+        case GenerationCompleted() | GenerationFailed() | GenerationCancelled():
+            changes: dict[str, Any] = {
+                "status": FINISHED[e.type],
+                "text": _fit(g.text, data.text),
+                "prompt_tokens": data.prompt_tokens,
+                "completion_tokens": data.completion_tokens,
+                "finished_at": e.occurred_at,
+            }
+            if data.attempt:  # 0: an attempt the worker did not count
+                changes["attempt"] = data.attempt
+            if isinstance(data, GenerationCompleted):
+                changes.update(
+                    finish_reason=_fit(g.finish_reason, data.finish_reason),
+                    tool_calls=_json(data.tool_calls),
+                    ttft_ms=data.ttft_ms,
+                    tokens_per_s=data.tokens_per_s,
+                    duration_ms=data.duration_ms,
+                )
+            elif isinstance(data, GenerationFailed):
+                changes.update(
+                    error_code=_fit(g.error_code, data.code),
+                    error_message=_fit(g.error_message, data.message),
+                )
+            return changes
+    raise TypeError(f"{e.type} does not change a generation")
 
 
-def _fold_chat_event(chat: dict[str, Any], new_messages: list[dict[str, Any]], e: EventEnvelope) -> None:
+def _fold_chat_event(
+    chat: dict[str, Any], new_messages: list[dict[str, Any]], e: EventEnvelope, data: EventData
+) -> None:
     """``ChatsProjector._apply_chat`` on a chat row (and its messages) not yet written."""
-    d = e.data
-    match e.type:
-        case "ChatRenamed":
-            chat.update(title=_fit(chats.c.title, d["title"]), updated_at=e.occurred_at)
-        case "ChatArchived" | "ChatUnarchived":
-            chat.update(archived=e.type == "ChatArchived", updated_at=e.occurred_at)
-        case "ChatDeleted":
+    match data:
+        case ChatRenamed():
+            chat.update(title=_fit(chats.c.title, data.title), updated_at=e.occurred_at)
+        case ChatArchived() | ChatUnarchived():
+            chat.update(archived=isinstance(data, ChatArchived), updated_at=e.occurred_at)
+        case ChatDeleted():
             chat.update(deleted=True, title=ERASED, updated_at=e.occurred_at)
             new_messages[:] = [m for m in new_messages if m["chat_id"] != chat["chat_id"]]
-        case "MessagePosted" | "ToolResultPosted" | "AnswerRecorded":
+        case MessagePosted() | ToolResultPosted() | AnswerRecorded():
             if chat["deleted"]:
                 return
-            if e.type == "AnswerRecorded":
-                row = _answer_row(e)
+            if isinstance(data, AnswerRecorded):
+                row = _answer_row(e, data)
                 # As SQL compares (a NULL matches nothing): the answer becomes the head only if its
                 # question still is.
                 parent = row["parent_id"]
                 head = row["message_id"] if parent is not None and chat.get("head_id") == parent else chat.get("head_id")
             else:
-                row = _message_row(e)
+                row = _message_row(e, data)
                 head = row["message_id"]
             chat.update(message_count=chat["message_count"] + 1, head_id=head, updated_at=e.occurred_at)
             row["tenant_id"] = chat["tenant_id"]
             new_messages.append(row)
-        case "ChatKnowledgeChanged":
-            chat.update(knowledge_ids=list(d["knowledge_ids"]), updated_at=e.occurred_at)
-        case "ChatFileAttached" | "ChatFileDetached":
-            files = [f for f in chat.get("file_ids", []) if f != d["document_id"]]
-            if e.type == "ChatFileAttached":
-                files.append(d["document_id"])
+        case ChatKnowledgeChanged():
+            chat.update(knowledge_ids=data.knowledge_ids, updated_at=e.occurred_at)
+        case ChatFileAttached(document_id=document_id) | ChatFileDetached(document_id=document_id):
+            files = [f for f in chat.get("file_ids", []) if f != document_id]
+            if isinstance(data, ChatFileAttached):
+                files.append(document_id)
             chat.update(file_ids=files, updated_at=e.occurred_at)
 
 
