@@ -25,6 +25,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from domain.errors import Invalid
 from domain.quotas import day_of
 from projections.runtime import HandlesTypes
+from schema.contract import (
+    EventData,
+    GenerationCancelled,
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationRequested,
+    QuotaPolicyCreated,
+    QuotaTimezoneSet,
+    RoleChanged,
+    ToolResultPosted,
+    UserRegistered,
+    decode_data,
+)
 from schema.events import EventEnvelope
 from schema.tables import (
     models,
@@ -53,6 +66,8 @@ GROUPINGS = ("user", "model", "role", "day")
 MAX_RANGE_DAYS = 366
 METRICS = ("prompt_tokens", "completion_tokens", "total_tokens", "requests", "completed", "failed", "cancelled")
 _OUTCOMES = {"GenerationCompleted": "completed", "GenerationFailed": "failed", "GenerationCancelled": "cancelled"}
+_Finished = GenerationCompleted | GenerationFailed | GenerationCancelled
+"""The events that bill a generation."""
 
 
 def _uuid(value: Any) -> str | None:
@@ -60,18 +75,6 @@ def _uuid(value: Any) -> str | None:
         return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
     except ValueError:
         return None
-
-
-def _role(e: EventEnvelope) -> str:
-    return str(e.data.get("role") or "user")[:20]
-
-
-def _tokens(value: Any) -> int:
-    """A token count from an event: a non-negative int, whatever an odd event holds."""
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
 
 
 async def _day(conn: AsyncConnection, tenant: str, e: EventEnvelope) -> date:
@@ -85,13 +88,14 @@ async def _day(conn: AsyncConnection, tenant: str, e: EventEnvelope) -> date:
         return day_of(e.occurred_at, "UTC")
 
 
-def _tools_called(e: EventEnvelope) -> list[str]:
+def _tools_called(data: _Finished) -> list[str]:
     """The names of the tools a finished generation called: ``tool_names`` where recorded (so that an
     erasure, which empties the sealed ``tool_calls``, leaves the count), else from the calls."""
-    names = e.data.get("tool_names")
-    if names is not None:
-        return [str(n) for n in names]
-    return [str(call.get("name") or "unknown") for call in e.data.get("tool_calls") or () if isinstance(call, dict)]
+    if not isinstance(data, GenerationCompleted):
+        return []
+    if data.tool_names is not None:
+        return data.tool_names
+    return [call.name or "unknown" for call in data.tool_calls or ()]
 
 
 async def _close_generation(conn: AsyncConnection, e: EventEnvelope) -> Any:
@@ -144,65 +148,66 @@ class UsageProjector(HandlesTypes):
         gathered, then runs on its own (and what the batch had read may have changed)."""
         batch = _Batch(conn)
         for e in events:
-            match e.type:
-                case "UserRegistered":
-                    batch.join(e)
-                case "RoleChanged" if str(e.aggregate_id) in batch.joined:
-                    batch.joined[str(e.aggregate_id)]["role"] = _role(e)
-                case "GenerationRequested":
-                    await batch.request(e)
-                case "GenerationCompleted" | "GenerationFailed" | "GenerationCancelled":
-                    await batch.finish(e)
+            match data := decode_data(e.type, e.data):
+                case UserRegistered():
+                    batch.join(e, data)
+                case RoleChanged() if str(e.aggregate_id) in batch.joined:
+                    batch.joined[str(e.aggregate_id)]["role"] = data.role
+                case GenerationRequested():
+                    await batch.request(e, data)
+                case GenerationCompleted() | GenerationFailed() | GenerationCancelled():
+                    await batch.finish(e, data)
                 case _:
                     await batch.write()
-                    await self.apply(conn, e)
+                    await self._apply(conn, e, data)
         await batch.write()
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
         """One event (``apply_many`` does the same to a batch in fewer statements)."""
-        d = e.data
+        await self._apply(conn, e, decode_data(e.type, e.data))
+
+    async def _apply(self, conn: AsyncConnection, e: EventEnvelope, data: EventData) -> None:
         aggregate_id = str(e.aggregate_id)
-        match e.type:
-            case "UserRegistered":
-                tenant = _uuid(d.get("tenant_id"))
+        match data:
+            case UserRegistered():
+                tenant = _uuid(data.tenant_id)
                 if tenant is not None:
                     await conn.execute(
                         insert(usage_roles)
-                        .values(user_id=aggregate_id, tenant_id=tenant, role=_role(e))
+                        .values(user_id=aggregate_id, tenant_id=tenant, role=data.role)
                         .on_conflict_do_nothing()
                     )
-            case "RoleChanged":
+            case RoleChanged():
                 await conn.execute(
-                    usage_roles.update().where(usage_roles.c.user_id == aggregate_id).values(role=_role(e))
+                    usage_roles.update().where(usage_roles.c.user_id == aggregate_id).values(role=data.role)
                 )
-            case "QuotaPolicyCreated":
-                tenant = _uuid(d.get("tenant_id"))
+            case QuotaPolicyCreated():
+                tenant = _uuid(data.tenant_id)
                 if tenant is not None:
-                    timezone = str(d.get("timezone") or "UTC")[:64]
+                    timezone = data.timezone[:64]
                     await conn.execute(
                         insert(usage_timezones)
                         .values(tenant_id=tenant, policy_id=aggregate_id, timezone=timezone)
                         .on_conflict_do_update(index_elements=["tenant_id"], set_={"timezone": timezone})
                     )
-            case "QuotaTimezoneSet":
+            case QuotaTimezoneSet():
                 await conn.execute(
                     usage_timezones.update()
                     .where(usage_timezones.c.policy_id == aggregate_id)
-                    .values(timezone=str(d.get("timezone") or "UTC")[:64])
+                    .values(timezone=data.timezone[:64])
                 )
-            case "GenerationRequested":
-                await self._requested(conn, e)
-            case "ToolResultPosted":
-                await self._tool_result(conn, e)
-            case _:
-                await self._finished(conn, e)
+            case GenerationRequested():
+                await self._requested(conn, e, data)
+            case ToolResultPosted():
+                await self._tool_result(conn, e, data)
+            case GenerationCompleted() | GenerationFailed() | GenerationCancelled():
+                await self._finished(conn, e, data)
 
-    async def _requested(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        d = e.data
-        tenant, user = _uuid(d.get("tenant_id")), _uuid(d.get("user_id"))
-        if tenant is None or user is None:
+    async def _requested(self, conn: AsyncConnection, e: EventEnvelope, data: GenerationRequested) -> None:
+        tenant, user = _uuid(data.tenant_id), str(data.user_id)
+        if tenant is None:
             return
-        model = str(d.get("model") or "")[:100]
+        model = data.model[:100]
         day = await _day(conn, tenant, e)
         role = (
             await conn.execute(select(usage_roles.c.role).where(usage_roles.c.user_id == user))
@@ -215,7 +220,7 @@ class UsageProjector(HandlesTypes):
                 user_id=user,
                 model=model,
                 day=day,
-                reserved_tokens=_tokens(d.get("reserved_tokens")),
+                reserved_tokens=data.reserved_tokens,
                 requested_at=e.occurred_at,
             )
             .on_conflict_do_nothing()
@@ -238,31 +243,30 @@ class UsageProjector(HandlesTypes):
             )
         )
 
-    async def _tool_result(self, conn: AsyncConnection, e: EventEnvelope) -> None:
+    async def _tool_result(self, conn: AsyncConnection, e: EventEnvelope, data: ToolResultPosted) -> None:
         """A tool's result handed back: counted for the user who handed it back, on the tool's name."""
-        tenant, user = _uuid(e.tenant_id), _uuid(e.data.get("user_id"))
-        if tenant is None or user is None:
+        tenant = _uuid(e.tenant_id)
+        if tenant is None:
             return
-        latency = e.data.get("latency_ms")
         await _count_tool(
             conn,
             tenant,
             await _day(conn, tenant, e),
-            user,
-            str(e.data.get("name") or "unknown"),
+            str(data.user_id),
+            data.name or "unknown",
             results=1,
-            result_bytes=_tokens(e.data.get("size")),
-            result_latency_ms=float(latency) if isinstance(latency, int | float) else 0.0,
+            result_bytes=data.size,
+            result_latency_ms=data.latency_ms if data.latency_ms is not None else 0.0,
         )
 
-    async def _finished(self, conn: AsyncConnection, e: EventEnvelope) -> None:
+    async def _finished(self, conn: AsyncConnection, e: EventEnvelope, data: _Finished) -> None:
         # The generation leaves the open set as it is billed: a generation finishes once.
         row = await _close_generation(conn, e)
         if row is None:
             return
-        for name in _tools_called(e):
+        for name in _tools_called(data):
             await _count_tool(conn, row.tenant_id, row.day, row.user_id, name, calls=1)
-        prompt, completion = _tokens(e.data.get("prompt_tokens")), _tokens(e.data.get("completion_tokens"))
+        prompt, completion = data.prompt_tokens, data.completion_tokens
         outcome = usage_daily.c[_OUTCOMES[e.type]]
         u = usage_daily.c
         await conn.execute(
@@ -319,11 +323,11 @@ class _Batch:
         self.timezones: dict[str, str] = {}
         self.roles: dict[str, str] = {}
 
-    def join(self, e: EventEnvelope) -> None:
-        tenant = _uuid(e.data.get("tenant_id"))
+    def join(self, e: EventEnvelope, data: UserRegistered) -> None:
+        tenant = _uuid(data.tenant_id)
         user = str(e.aggregate_id)
         if tenant is not None and user not in self.joined:  # the first insert wins, as on conflict
-            self.joined[user] = {"user_id": user, "tenant_id": tenant, "role": _role(e)}
+            self.joined[user] = {"user_id": user, "tenant_id": tenant, "role": data.role}
 
     async def _day(self, tenant: str, e: EventEnvelope) -> date:
         if tenant not in self.timezones:
@@ -344,12 +348,11 @@ class _Batch:
             ).scalar() or "unknown"
         return self.roles[user]
 
-    async def request(self, e: EventEnvelope) -> None:
-        d = e.data
-        tenant, user = _uuid(d.get("tenant_id")), _uuid(d.get("user_id"))
-        if tenant is None or user is None:
+    async def request(self, e: EventEnvelope, data: GenerationRequested) -> None:
+        tenant, user = _uuid(data.tenant_id), str(data.user_id)
+        if tenant is None:
             return
-        model = str(d.get("model") or "")[:100]
+        model = data.model[:100]
         day = await self._day(tenant, e)
         role = await self._role(user)
         self.open.setdefault(
@@ -360,7 +363,7 @@ class _Batch:
                 "user_id": user,
                 "model": model,
                 "day": day,
-                "reserved_tokens": _tokens(d.get("reserved_tokens")),
+                "reserved_tokens": data.reserved_tokens,
                 "requested_at": e.occurred_at,
             },
         )
@@ -369,7 +372,7 @@ class _Batch:
             counts["requests"] += 1
             counts["role"] = role
 
-    async def finish(self, e: EventEnvelope) -> None:
+    async def finish(self, e: EventEnvelope, data: _Finished) -> None:
         opened = self.open.pop(str(e.aggregate_id), None)
         if opened is None:
             row = await _close_generation(self.conn, e)
@@ -378,10 +381,10 @@ class _Batch:
             tenant, user, model, day = row.tenant_id, row.user_id, row.model, row.day
         else:
             tenant, user, model, day = opened["tenant_id"], opened["user_id"], opened["model"], opened["day"]
-        for name in _tools_called(e):
+        for name in _tools_called(data):
             key = (tenant, day, user, name[:100])
             self.tool_calls[key] = self.tool_calls.get(key, 0) + 1
-        prompt, completion = _tokens(e.data.get("prompt_tokens")), _tokens(e.data.get("completion_tokens"))
+        prompt, completion = data.prompt_tokens, data.completion_tokens
         for totals, period in ((self.daily, day), (self.monthly, day.replace(day=1))):
             counts = totals.setdefault((tenant, period, user, model), dict.fromkeys(_METRICS, 0))
             counts["prompt_tokens"] += prompt

@@ -122,6 +122,24 @@ def envelope(n: int, type_: str, aggregate_id: uuid.UUID, at: datetime, tenant: 
     )
 
 
+UNCOUNTED = {
+    "UserRegistered": {"email": "someone@feed.test", "name": "Someone", "created_by": "self"},
+    "RoleChanged": {"previous_role": "user"},
+    "GenerationRequested": {
+        "chat_id": None, "model_id": str(uuid.UUID(int=1)), "user_message_id": "q", "answer_message_id": "a",
+        "params": {},
+    },
+    "GenerationCompleted": {
+        "text": "", "thinking": "", "finish_reason": "stop", "ttft_ms": 1.0, "tokens_per_s": 1.0, "duration_ms": 1.0,
+        "attempt": 1,
+    },
+    "GenerationFailed": {"code": "ENGINE_ERROR", "message": "", "text": "", "attempt": 1},
+    "GenerationCancelled": {"text": "", "attempt": 1},
+}  # fmt: skip
+"""The fields of a crafted event that usage does not count, so that every event fits the contract
+(projectors decode each event with ``decode_data``)."""
+
+
 class Feed:
     """Crafted events applied by the usage projector as the runtime would, for moments we cannot wait for."""
 
@@ -130,6 +148,7 @@ class Feed:
 
     async def send(self, type_: str, aggregate_id: uuid.UUID, at: datetime, **data: Any) -> None:
         self.n += 1
+        data = UNCOUNTED.get(type_, {}) | data
         async with self.c.engine.begin() as conn:
             await UsageProjector().apply(conn, envelope(self.n, type_, aggregate_id, at, self.tenant, **data))
 
