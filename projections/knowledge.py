@@ -13,12 +13,31 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.knowledge import Reader, access_level
 from projections.conversations import MAX_PAGE, _fit, _uuid
 from projections.runtime import HandlesTypes
+from schema.contract import (
+    ChatDeleted,
+    DocumentDeleted,
+    DocumentExtracted,
+    DocumentFailed,
+    DocumentReuploaded,
+    DocumentUploaded,
+    EmbeddingChangeCancelled,
+    EmbeddingChangeRequested,
+    EmbeddingSwitched,
+    KnowledgeAccessGranted,
+    KnowledgeAccessRevoked,
+    KnowledgeBaseCreated,
+    KnowledgeBaseDeleted,
+    KnowledgeBaseUpdated,
+    UserErased,
+    decode_data,
+)
 from schema.events import EventEnvelope
 from schema.tables import chunks, documents, knowledge_bases
 
@@ -58,74 +77,75 @@ class KnowledgeProjector(HandlesTypes):
     )
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        d = e.data
         kb = knowledge_bases.c
         aggregate_id = str(e.aggregate_id)
         where_kb = kb.knowledge_id == aggregate_id
         where_doc = documents.c.document_id == aggregate_id
-        match e.type:
-            case "KnowledgeBaseCreated":
+        match data := decode_data(e.type, e.data):
+            case KnowledgeBaseCreated():
                 await conn.execute(
                     knowledge_bases.insert().values(
                         knowledge_id=aggregate_id,
-                        tenant_id=d["tenant_id"],
-                        owner_id=str(d["owner_id"]),
-                        name=_fit(kb.name, d["name"]),
-                        description=_fit(kb.description, d.get("description", "")),
-                        embedding=d["embedding"],
+                        tenant_id=data.tenant_id,
+                        owner_id=str(data.owner_id),
+                        name=_fit(kb.name, data.name),
+                        description=_fit(kb.description, data.description),
+                        embedding=msgspec.to_builtins(data.embedding),
                         pending_embedding=None,
-                        chunk_size=int(d["chunk_size"]),
-                        chunk_overlap=int(d["chunk_overlap"]),
+                        chunk_size=data.chunk_size,
+                        chunk_overlap=data.chunk_overlap,
                         access={},
                         readers=[],
                         created_at=e.occurred_at,
                         updated_at=e.occurred_at,
                     )
                 )
-            case "KnowledgeBaseUpdated":
-                changes = {k: v for k, v in d.get("changes", {}).items() if k in ("name", "description", "chunk_size", "chunk_overlap")}
+            case KnowledgeBaseUpdated():
+                changes = msgspec.to_builtins(data.changes)  # only the settings it changed (the rest are unset)
                 if "name" in changes:
                     changes["name"] = _fit(kb.name, changes["name"])
                 await conn.execute(knowledge_bases.update().where(where_kb).values(**changes, updated_at=e.occurred_at))
-            case "KnowledgeAccessGranted" | "KnowledgeAccessRevoked":
+            case KnowledgeAccessGranted() | KnowledgeAccessRevoked():
                 row = await conn.execute(select(kb.access).where(where_kb).with_for_update())
                 access = dict(row.scalar() or {})
-                if e.type == "KnowledgeAccessGranted":
-                    access[d["grantee"]] = d["level"]
+                if isinstance(data, KnowledgeAccessGranted):
+                    access[data.grantee] = data.level
                 else:
-                    access.pop(d["grantee"], None)
+                    access.pop(data.grantee, None)
                 await conn.execute(
                     knowledge_bases.update()
                     .where(where_kb)
                     .values(access=access, readers=sorted(access), updated_at=e.occurred_at)
                 )
-            case "EmbeddingChangeRequested":
-                await conn.execute(
-                    knowledge_bases.update().where(where_kb).values(pending_embedding=d["embedding"], updated_at=e.occurred_at)
-                )
-            case "EmbeddingChangeCancelled":
-                await conn.execute(
-                    knowledge_bases.update().where(where_kb).values(pending_embedding=None, updated_at=e.occurred_at)
-                )
-            case "EmbeddingSwitched":
+            case EmbeddingChangeRequested():
                 await conn.execute(
                     knowledge_bases.update()
                     .where(where_kb)
-                    .values(embedding=d["embedding"], pending_embedding=None, updated_at=e.occurred_at)
+                    .values(pending_embedding=msgspec.to_builtins(data.embedding), updated_at=e.occurred_at)
                 )
-            case "KnowledgeBaseDeleted":
+            case EmbeddingChangeCancelled():
+                await conn.execute(
+                    knowledge_bases.update().where(where_kb).values(pending_embedding=None, updated_at=e.occurred_at)
+                )
+            case EmbeddingSwitched():
+                await conn.execute(
+                    knowledge_bases.update()
+                    .where(where_kb)
+                    .values(embedding=msgspec.to_builtins(data.embedding), pending_embedding=None, updated_at=e.occurred_at)
+                )
+            case KnowledgeBaseDeleted():
                 await conn.execute(documents.delete().where(documents.c.knowledge_id == aggregate_id))
                 await conn.execute(knowledge_bases.delete().where(where_kb))
-            case "UserErased":  # the documents they uploaded go (their keys are destroyed)
+            case UserErased():  # the documents they uploaded go (their keys are destroyed)
                 await conn.execute(documents.delete().where(documents.c.owner_id == aggregate_id))
-            case "ChatDeleted":  # and so do the files uploaded into a deleted chat
+            case ChatDeleted():  # and so do the files uploaded into a deleted chat
                 await conn.execute(documents.delete().where(documents.c.chat_id == aggregate_id))
-            case "DocumentUploaded" | "DocumentReuploaded":
+            case DocumentUploaded() | DocumentReuploaded():
                 values = dict(
-                    filename=_fit(documents.c.filename, d["filename"]),
-                    media_type=_fit(documents.c.media_type, d["media_type"]),
-                    size=int(d["size"]),
-                    source_url=d.get("source_url"),
+                    filename=_fit(documents.c.filename, data.filename),
+                    media_type=_fit(documents.c.media_type, data.media_type),
+                    size=data.size,
+                    source_url=data.source_url,
                     title=None,
                     status="queued",
                     chars=0,
@@ -134,51 +154,51 @@ class KnowledgeProjector(HandlesTypes):
                     error_message=None,
                     updated_at=e.occurred_at,
                 )
-                if e.type == "DocumentReuploaded":
+                if isinstance(data, DocumentReuploaded):
                     await conn.execute(documents.update().where(where_doc).values(**values))
                     return
-                knowledge_id = d.get("knowledge_id")
+                knowledge_id = str(data.knowledge_id) if data.knowledge_id is not None else None
                 if knowledge_id is not None:
-                    exists = await conn.execute(select(kb.knowledge_id).where(kb.knowledge_id == str(knowledge_id)))
+                    exists = await conn.execute(select(kb.knowledge_id).where(kb.knowledge_id == knowledge_id))
                     if exists.first() is None:
                         return  # its knowledge base was deleted meanwhile
                 await conn.execute(
                     documents.insert().values(
                         document_id=aggregate_id,
-                        tenant_id=d["tenant_id"],
-                        knowledge_id=str(knowledge_id) if knowledge_id else None,
-                        chat_id=str(d["chat_id"]) if d.get("chat_id") else None,
-                        owner_id=str(d["owner_id"]),
-                        sha256=d["sha256"],
+                        tenant_id=data.tenant_id,
+                        knowledge_id=knowledge_id,
+                        chat_id=str(data.chat_id) if data.chat_id is not None else None,
+                        owner_id=str(data.owner_id),
+                        sha256=data.sha256,
                         created_at=e.occurred_at,
                         **values,
                     )
                 )
-            case "DocumentExtracted":
+            case DocumentExtracted():
                 await conn.execute(
                     documents.update()
                     .where(where_doc)
                     .values(
-                        title=d.get("title"),
-                        media_type=_fit(documents.c.media_type, d["media_type"]),
+                        title=data.title,
+                        media_type=_fit(documents.c.media_type, data.media_type),
                         status="chunked",
-                        chars=int(d["chars"]),
-                        chunk_count=int(d["chunk_count"]),
+                        chars=data.chars,
+                        chunk_count=data.chunk_count,
                         updated_at=e.occurred_at,
                     )
                 )
-            case "DocumentFailed":
+            case DocumentFailed():
                 await conn.execute(
                     documents.update()
                     .where(where_doc)
                     .values(
                         status="failed",
-                        error_code=_fit(documents.c.error_code, d["code"]),
-                        error_message=d["message"],
+                        error_code=_fit(documents.c.error_code, data.code),
+                        error_message=data.message,
                         updated_at=e.occurred_at,
                     )
                 )
-            case "DocumentDeleted":
+            case DocumentDeleted():
                 await conn.execute(documents.delete().where(where_doc))
 
 
