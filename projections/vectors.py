@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import msgspec
 import structlog
 from sqlalchemy import Table, bindparam, column, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
@@ -41,6 +42,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.knowledge import LOCAL_EMBEDDING, Hit, SearchScope, embedding_space
 from projections.runtime import HandlesTypes
+from schema.contract import (
+    ChatDeleted,
+    DocumentChunked,
+    DocumentDeleted,
+    DocumentReuploaded,
+    EmbeddingSwitched,
+    KnowledgeBaseCreated,
+    KnowledgeBaseDeleted,
+    UserErased,
+    decode_data,
+)
 from schema.events import EventEnvelope
 from schema.locks import advisory_key
 from schema.tables import chunks, documents, embedding_cache, embedding_spaces, vector_spaces
@@ -280,31 +292,29 @@ class VectorsProjector(HandlesTypes):
         self.embedders = embedders
 
     async def apply(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        d = e.data
         aggregate_id = str(e.aggregate_id)
-        match e.type:
-            case "KnowledgeBaseCreated":
-                embedding = d["embedding"]
+        match data := decode_data(e.type, e.data):
+            case KnowledgeBaseCreated():
+                embedding = msgspec.to_builtins(data.embedding)
                 await conn.execute(
                     insert(vector_spaces)
-                    .values(knowledge_id=aggregate_id, tenant_id=d["tenant_id"], embedding=embedding, space=embedding_space(embedding))
+                    .values(knowledge_id=aggregate_id, tenant_id=data.tenant_id, embedding=embedding, space=embedding_space(embedding))
                     .on_conflict_do_nothing()
                 )
-            case "KnowledgeBaseDeleted":
+            case KnowledgeBaseDeleted():
                 await conn.execute(chunks.delete().where(chunks.c.knowledge_id == aggregate_id))
                 await conn.execute(vector_spaces.delete().where(vector_spaces.c.knowledge_id == aggregate_id))
-            case "DocumentReuploaded" | "DocumentDeleted":
+            case DocumentReuploaded() | DocumentDeleted():
                 await conn.execute(chunks.delete().where(chunks.c.document_id == aggregate_id))
-            case "UserErased" | "ChatDeleted":
+            case UserErased() | ChatDeleted():
                 await _forget_chunks(conn, e.type, aggregate_id)
-            case "DocumentChunked":
-                await self._index(conn, e)
-            case "EmbeddingSwitched":
-                await self._switch(conn, aggregate_id, e.tenant_id, d["embedding"])
+            case DocumentChunked():
+                await self._index(conn, e, data)
+            case EmbeddingSwitched():
+                await self._switch(conn, aggregate_id, e.tenant_id, msgspec.to_builtins(data.embedding))
 
-    async def _index(self, conn: AsyncConnection, e: EventEnvelope) -> None:
-        d = e.data
-        knowledge_id = str(d["knowledge_id"]) if d.get("knowledge_id") else None
+    async def _index(self, conn: AsyncConnection, e: EventEnvelope, data: DocumentChunked) -> None:
+        knowledge_id = str(data.knowledge_id) if data.knowledge_id is not None else None
         embedding = LOCAL_EMBEDDING
         if knowledge_id is not None:
             row = (
@@ -313,27 +323,28 @@ class VectorsProjector(HandlesTypes):
             if row is None:
                 return  # the knowledge base was deleted meanwhile
             embedding = row[0]
-        items = d["chunks"]
-        if not items:
+        items = data.chunks
+        if not items:  # none, or erased
             return
-        hashes = [content_sha(c["heading"], c["text"]) for c in items]
-        texts = {sha: embed_text(c["heading"], c["text"]) for sha, c in zip(hashes, items, strict=True)}
+        hashes = [content_sha(c.heading, c.text) for c in items]
+        texts = {sha: embed_text(c.heading, c.text) for sha, c in zip(hashes, items, strict=True)}
         vectors = await cached_vectors(conn, self.embedders, e.tenant_id, embedding, texts)
         space = embedding_space(embedding)
+        chat_id = str(data.chat_id) if data.chat_id is not None else None
         rows = []
         for sha, c in zip(hashes, items, strict=True):
             rows.append(
                 {
                     "document_id": str(e.aggregate_id),
-                    "chunk_index": int(c["index"]),
+                    "chunk_index": c.index,
                     "tenant_id": e.tenant_id,
                     "knowledge_id": knowledge_id,
-                    "chat_id": str(d["chat_id"]) if d.get("chat_id") else None,
-                    "heading": c["heading"],
-                    "text": c["text"],
-                    "page": c.get("page"),
-                    "start": int(c["start"]),
-                    "end": int(c["end"]),
+                    "chat_id": chat_id,
+                    "heading": c.heading,
+                    "text": c.text,
+                    "page": c.page,
+                    "start": c.start,
+                    "end": c.end,
                     "content_sha": sha,
                     "space": space,
                     "embedding": vectors[sha],
