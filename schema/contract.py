@@ -4,7 +4,8 @@ Every event type the domain emits has one frozen msgspec Struct here, tagged wit
 (the envelope's ``type``; ``tag_field="type"``), and all of them form the union ``EventData``.
 ``decode_data(envelope.type, envelope.data)`` turns an envelope's untyped ``data`` into its Struct;
 ``contract_schema()`` is the JSON Schema (2020-12) of the envelope together with every payload, served at
-``GET /api/v1/events/schema`` and printed by ``parley schema export``.
+``GET /api/v1/events/schema`` and printed by ``parley schema export``. parley's own projectors consume
+these Structs: each event they handle is decoded once with ``decode_data`` and read by attribute.
 
 The payloads mirror what the envelope carries, not the domain event itself: fields whose names end in
 ``_hash`` never leave the event store, and a field ``x_encrypted`` travels only as ``has_x: bool``.
