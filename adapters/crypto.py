@@ -27,12 +27,13 @@ within that bound; the erasing process forgets at once); destroyed keys are cach
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import psycopg
 import structlog
@@ -45,12 +46,14 @@ from eventsourcing.utils import get_topic
 from psycopg_pool import ConnectionPool
 
 from domain.identity import ERASED
-from schema.contract import AGGREGATE_SUBJECTS, personal_fields, subject_fields
+from schema.contract import AGGREGATE_SUBJECTS, event_types, personal_fields, subject_fields
 
 __all__ = [
     "ERASED",
     "KEY_TTL_S",
+    "KeyRow",
     "KeyStore",
+    "SEALING_AGGREGATES",
     "SEALED_PREFIX",
     "ShreddingMapper",
     "erased_marker",
@@ -95,8 +98,31 @@ def is_blank(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {} or value == ()
 
 
+class KeyRow(NamedTuple):
+    """A data key made for an aggregate being created, written in the transaction of its first events."""
+
+    key_id: uuid.UUID
+    tenant_id: str
+    user_id: uuid.UUID | None
+    chat_id: uuid.UUID | None
+    wrapped: bytes
+    cipher: AESGCM
+
+
+def _sealing_aggregates() -> frozenset[str]:
+    """The aggregate types that have personal fields in some event: each gets a key when created."""
+    return frozenset(
+        str(getattr(cls, "aggregate", "")) for event_type, cls in event_types().items() if personal_fields(event_type)
+    )
+
+
+SEALING_AGGREGATES = _sealing_aggregates()
+
+
 class KeyStore:
-    """Data keys per aggregate: created on first need, unwrapped once and cached, destroyed by subject."""
+    """Data keys per aggregate: created with the aggregate (in the transaction of its first events, by the
+    event store's recorder), unwrapped once and cached, destroyed by subject. An aggregate from before
+    sealing gets its key on first need, in a transaction of its own (``ensure``)."""
 
     def __init__(self, database_url: str, secret_key: str) -> None:
         if len(secret_key) < 32:
@@ -109,6 +135,7 @@ class KeyStore:
             database_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=True
         )
         self._lock = threading.Lock()
+        self._local = threading.local()  # this thread's command: keys made for it, not yet committed
         self.on_forget: Callable[[list[uuid.UUID]], None] | None = None
         """Told the keys this store destroyed (the event store evicts what they sealed from its cache)."""
         # key id -> (cipher or None when destroyed, cached at, user id, chat id)
@@ -144,6 +171,81 @@ class KeyStore:
         if cipher is not None and time.monotonic() - at > KEY_TTL_S:
             return None
         return cipher, user_id, chat_id
+
+    # --- keys made with their aggregate ----------------------------------------------------------------------
+    def _pending(self) -> dict[uuid.UUID, KeyRow]:
+        pending: dict[uuid.UUID, KeyRow] | None = getattr(self._local, "pending", None)
+        if pending is None:
+            pending = self._local.pending = {}
+        return pending
+
+    def makes_keys_in_append(self) -> bool:
+        """False inside ``direct()`` (the migration rewrites history: its aggregates may have keys already)."""
+        return not getattr(self._local, "direct", False)
+
+    @contextlib.contextmanager
+    def direct(self) -> Iterator[None]:
+        self._local.direct = True
+        try:
+            yield
+        finally:
+            self._local.direct = False
+
+    def new_key(
+        self, key_id: uuid.UUID, *, tenant_id: str, user_id: uuid.UUID | None, chat_id: uuid.UUID | None
+    ) -> AESGCM:
+        """A key for an aggregate this command creates: held for the command until the recorder writes it
+        with the aggregate's first events (``take_pending``), cached once they are committed."""
+        pending = self._pending()
+        row = pending.get(key_id)
+        if row is None:
+            raw = AESGCM.generate_key(bit_length=256)
+            row = KeyRow(key_id, tenant_id, user_id, chat_id, self._wrap(key_id, raw), AESGCM(raw))
+            pending[key_id] = row
+        return row.cipher
+
+    def pending_cipher(self, key_id: uuid.UUID) -> AESGCM | None:
+        row = self._pending().get(key_id)
+        return None if row is None else row.cipher
+
+    def take_pending(self) -> list[KeyRow]:
+        """The keys this thread's command made, handed to the recorder (and forgotten here)."""
+        pending = self._pending()
+        rows = list(pending.values())
+        pending.clear()
+        return rows
+
+    def discard_pending(self) -> None:
+        self._pending().clear()
+
+    def committed(self, rows: Sequence[KeyRow]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for row in rows:
+                self._cache[row.key_id] = (row.cipher, now, row.user_id, row.chat_id)
+
+    def insert_now(self, rows: Sequence[KeyRow]) -> None:
+        """Write made keys in a transaction of their own (for the library's own append path)."""
+        if not rows:
+            return
+        with self._pool.connection() as conn:
+            conn.cursor().executemany(
+                "INSERT INTO parley_subject_keys (key_id, tenant_id, user_id, chat_id, wrapped)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING",
+                [(r.key_id, r.tenant_id, r.user_id, r.chat_id, r.wrapped) for r in rows],
+            )
+
+    def prefetch(self, key_ids: Iterable[uuid.UUID]) -> None:
+        """Bring the keys not cached into the cache in one query (a page of events being opened)."""
+        missing = [k for k in set(key_ids) if self._cached(k) is None]
+        if not missing:
+            return
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT key_id, wrapped, user_id, chat_id FROM parley_subject_keys WHERE key_id = ANY(%s)", (missing,)
+            ).fetchall()
+        for key_id, wrapped, user_id, chat_id in rows:
+            self._remember(key_id, wrapped, user_id, chat_id)
 
     # --- the keys -----------------------------------------------------------------------------------------
     def ensure(
@@ -271,14 +373,17 @@ class ShreddingMapper(Mapper[uuid.UUID]):
         if topic == _SNAPSHOT_TOPIC:
             return self._snapshot_in(keys, domain_event)
         aggregate_type, event_type = _type_name(topic)
+        state = vars(domain_event)
+        aggregate_id: uuid.UUID = state["originator_id"]
+        creating = state["originator_version"] == 1 and aggregate_type in SEALING_AGGREGATES
+        if creating and keys.makes_keys_in_append():  # its key, with its subjects, goes in with it
+            self._key_for(keys, aggregate_type, event_type, aggregate_id, state, create=True)
         fields = personal_fields(event_type)
         if not fields:
             return super().to_stored_event(domain_event)
-        state = vars(domain_event)
         present = [f for f in fields if not is_blank(state.get(f)) and not is_sealed(state.get(f))]
         if not present:
             return super().to_stored_event(domain_event)
-        aggregate_id: uuid.UUID = state["originator_id"]
         cipher = self._key_for(keys, aggregate_type, event_type, aggregate_id, state)
         sealed = dict(state)
         for name in present:
@@ -287,19 +392,30 @@ class ShreddingMapper(Mapper[uuid.UUID]):
         return self._stored(type(domain_event), sealed)
 
     def _key_for(
-        self, keys: KeyStore, aggregate_type: str, event_type: str, aggregate_id: uuid.UUID, state: Mapping[str, Any]
+        self,
+        keys: KeyStore,
+        aggregate_type: str,
+        event_type: str,
+        aggregate_id: uuid.UUID,
+        state: Mapping[str, Any],
+        *,
+        create: bool = False,
     ) -> AESGCM | None:
+        """The aggregate's key: made with it (``create``: its first event), made earlier in this command,
+        or the one it has (made now, in a transaction of its own, for an aggregate from before sealing)."""
+        made = keys.pending_cipher(aggregate_id)
+        if made is not None:
+            return made
         subjects = {kind: state.get(name) for kind, name in subject_fields(event_type).items()}
         own = AGGREGATE_SUBJECTS.get(aggregate_type)
         if own is not None:
             subjects[own] = aggregate_id
         meta = state.get("meta") or {}
-        return keys.ensure(
-            aggregate_id,
-            tenant_id=str(meta.get("tenant_id") or state.get("tenant_id") or ""),
-            user_id=_as_uuid(subjects.get("user")),
-            chat_id=_as_uuid(subjects.get("chat")),
-        )
+        tenant_id = str(meta.get("tenant_id") or state.get("tenant_id") or "")
+        user_id, chat_id = _as_uuid(subjects.get("user")), _as_uuid(subjects.get("chat"))
+        if create:
+            return keys.new_key(aggregate_id, tenant_id=tenant_id, user_id=user_id, chat_id=chat_id)
+        return keys.ensure(aggregate_id, tenant_id=tenant_id, user_id=user_id, chat_id=chat_id)
 
     def _snapshot_in(self, keys: KeyStore, snapshot: Any) -> StoredEvent:
         state = vars(snapshot)

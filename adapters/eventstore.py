@@ -32,7 +32,7 @@ from eventsourcing.utils import retry
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier
 
-from adapters.crypto import KeyStore, ShreddingMapper, erased_marker, is_sealed
+from adapters.crypto import KeyRow, KeyStore, ShreddingMapper, erased_marker, is_sealed
 from application.context import CommandContext, current_command
 from domain.chats import Chat
 from domain.errors import Conflict, NotFound
@@ -50,10 +50,11 @@ R = TypeVar("R")
 class _Append:
     """One command's events, waiting to be written with whatever else arrives meanwhile."""
 
-    __slots__ = ("stored_events", "notification_ids", "error", "done")
+    __slots__ = ("stored_events", "keys", "notification_ids", "error", "done")
 
-    def __init__(self, stored_events: Sequence[StoredEvent]) -> None:
+    def __init__(self, stored_events: Sequence[StoredEvent], keys: Sequence[KeyRow]) -> None:
         self.stored_events = stored_events
+        self.keys = keys
         self.notification_ids: list[int] = []
         self.error: Exception | None = None
         self.done = False
@@ -91,11 +92,24 @@ class GroupCommitRecorder(PostgresApplicationRecorder):
             "), refused AS ("
             " SELECT DISTINCT u.command FROM u JOIN {table} t"
             " ON t.originator_id = u.originator_id AND t.originator_version = u.originator_version"
-            ")"
+            "), ins AS ("
             " INSERT INTO {table} (originator_id, originator_version, topic, state)"
             " SELECT originator_id, originator_version, topic, state FROM u"
             " WHERE u.command NOT IN (SELECT command FROM refused) ORDER BY u.n"
             " RETURNING notification_id, originator_id, originator_version"
+            # The data keys of the aggregates the group creates, with their first events: only where that
+            # event went in (a refused command's key never lands; a key row an earlier failed attempt left
+            # for a brand-new aggregate is replaced).
+            "), made AS ("
+            " INSERT INTO parley_subject_keys AS k (key_id, tenant_id, user_id, chat_id, wrapped)"
+            " SELECT m.key_id, m.tenant_id, m.user_id, m.chat_id, m.wrapped"
+            " FROM unnest(%s::uuid[], %s::text[], %s::uuid[], %s::uuid[], %s::bytea[])"
+            " AS m(key_id, tenant_id, user_id, chat_id, wrapped)"
+            " WHERE EXISTS (SELECT 1 FROM ins WHERE ins.originator_id = m.key_id AND ins.originator_version = 1)"
+            " ON CONFLICT (key_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, user_id = EXCLUDED.user_id,"
+            " chat_id = EXCLUDED.chat_id, wrapped = EXCLUDED.wrapped, created_at = now(), destroyed_at = NULL"
+            ")"
+            " SELECT notification_id, originator_id, originator_version FROM ins"
         ).format(
             table=table,
             schema=Identifier(self.datastore.schema),
@@ -104,10 +118,20 @@ class GroupCommitRecorder(PostgresApplicationRecorder):
         self.groups_written = 0
         self.commands_written = 0
 
+    keys: KeyStore | None = None
+    """Set by the event store: the data keys a command made for the aggregates it creates are written in
+    the same transaction as their first events."""
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        made = self.keys.take_pending() if self.keys is not None else []
         if not stored_events or any(v is not None for v in kwargs.values()):  # tracking: the library's path
-            return super().insert_events(stored_events, **kwargs)
-        mine = _Append(stored_events)
+            if self.keys is not None:
+                self.keys.insert_now(made)
+            ids = super().insert_events(stored_events, **kwargs)
+            if self.keys is not None:
+                self.keys.committed(made)
+            return ids
+        mine = _Append(stored_events, made)
         group: list[_Append] = []
         with self._turn:
             self._queue.append(mine)
@@ -156,11 +180,16 @@ class GroupCommitRecorder(PostgresApplicationRecorder):
             for e in append.stored_events
         ]
         commands = [n for n, append in enumerate(accepted) for _ in append.stored_events]
+        made = [key for append in accepted for key in append.keys]
+        key_columns = (
+            [k.key_id for k in made], [k.tenant_id for k in made], [k.user_id for k in made],
+            [k.chat_id for k in made], [k.wrapped for k in made],
+        )  # fmt: skip
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             with conn.pipeline():  # one round trip, as the library's own append
                 self._lock_table(curs)
                 self._notify_channel(curs)
-                curs.execute(self._insert_group_statement, (rows, commands))
+                curs.execute(self._insert_group_statement, (rows, commands, *key_columns))
             ids = {
                 (str(r["originator_id"]), int(r["originator_version"])): int(r["notification_id"])
                 for r in curs.fetchall()
@@ -171,6 +200,8 @@ class GroupCommitRecorder(PostgresApplicationRecorder):
             if keys[0] in ids:
                 append.notification_ids = [ids[k] for k in keys]
                 written += 1
+                if self.keys is not None:
+                    self.keys.committed(append.keys)
             else:
                 append.error = IntegrityError(f"already recorded: {keys[0][0]} version {keys[0][1]} or a later one")
         if written:
@@ -289,6 +320,8 @@ class EventStore:
         assert isinstance(self.mapper, ShreddingMapper)
         self.mapper.keys = self.keys
         self.keys.on_forget = self.forget
+        assert isinstance(self.recorder, GroupCommitRecorder)
+        self.recorder.keys = self.keys
         self.events_table = "parley_events"
         self._executor = ThreadPoolExecutor(max_workers=pool_size + max_overflow, thread_name_prefix="es")
 
@@ -318,6 +351,7 @@ class EventStore:
         if ctx is None:
             raise RuntimeError("EventStore.save called outside a command context")
         meta = ctx.as_meta()
+        self.keys.discard_pending()  # what an earlier, failed attempt of this thread's command made
         for aggregate in aggregates:
             if aggregate is None:
                 continue
@@ -358,6 +392,12 @@ class EventStore:
     def open_envelopes(self, events: Sequence[EventEnvelope]) -> list[EventEnvelope]:
         """``events`` with their personal fields opened (erased ones as their marker), for what needs the
         text (the read models of chats, documents and users)."""
+        self.keys.prefetch(  # the page's keys in one query, not one per aggregate
+            uuid.UUID(hex=value.split(":", 4)[3])
+            for event in events
+            for name in personal_fields(event.type)
+            if is_sealed(value := event.data.get(name))
+        )
         opened = []
         for event in events:
             fields = personal_fields(event.type)

@@ -52,7 +52,9 @@ def encrypt_personal_data(
     assert isinstance(mapper, ShreddingMapper) and mapper.keys is not None
     target = store.max_id()
     read = rewritten = 0
-    with connect(store.database_url) as conn:
+    # Keys in their own transactions (KeyStore.ensure), never made afresh for an aggregate's first event:
+    # an aggregate of this history may have a key already, which its later events are sealed with.
+    with store.keys.direct(), connect(store.database_url) as conn:
         conn.execute(_POSITIONS_DDL)
         conn.execute(
             "INSERT INTO parley_migrations (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING", (MIGRATION_NAME,)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.blobs import BlobStore
 from adapters.crypto import KeyStore
+from adapters.nats import TOKENS_MAX_AGE_S
 from schema.subjects import Subjects
 from schema.tables import chats, documents, generations, messages
 
@@ -69,7 +71,11 @@ class Shredding:
                 )
             )
             doomed.blobs.update(r[0] for r in images if r[0])
-            gens = await conn.execute(select(generations.c.generation_id).where(generations.c.tenant_id == tenant_id, gen_where))
+            # Token chunks live TOKENS_MAX_AGE_S: only generations younger than that can have any left.
+            recent = generations.c.requested_at > datetime.now(UTC) - timedelta(seconds=TOKENS_MAX_AGE_S + 60)
+            gens = await conn.execute(
+                select(generations.c.generation_id).where(generations.c.tenant_id == tenant_id, gen_where, recent)
+            )
             doomed.generation_ids = [str(r[0]) for r in gens]
         return doomed
 

@@ -139,6 +139,20 @@ async def test_an_erased_user_leaves_no_byte_of_their_personal_data_and_everythi
     assert posted and all(e.content == ERASED for e in posted)
     replayed = await c.store.call(c.store.get, Chat, uuid.UUID(chat))
     assert replayed.title == ERASED
+    # So does every generation of theirs (its key named them when it was made, with the request).
+    generation = await c.store.call(c.store.events_of, uuid.UUID(answer["id"]))
+    completed = [e for e in generation if type(e).__name__ == "GenerationCompleted"]
+    assert completed and completed[0].text == ERASED
+    async with c.engine.connect() as conn:
+        live = await conn.execute(
+            text("SELECT count(*) FROM parley_subject_keys WHERE user_id = CAST(:u AS uuid) AND wrapped IS NOT NULL"),
+            {"u": erin["id"]},
+        )
+        assert live.scalar_one() == 0  # every key naming them is destroyed
+        named = await conn.execute(
+            text("SELECT count(*) FROM parley_subject_keys WHERE user_id = CAST(:u AS uuid)"), {"u": erin["id"]}
+        )
+        assert named.scalar_one() >= 4  # their user, e-mail index, chat, generation and document keys
 
     # The other user's chat is intact.
     r = await client.get(f"/api/v1/chats/{kept_chat}", headers=bearer(other))
