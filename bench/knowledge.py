@@ -209,7 +209,8 @@ async def measure_ingestion(container: Container, tenant_id: str, scale: Scale, 
         statuses = [await knowledge.ingest(ctx, document_id) for document_id in ids]
         ingested = elapsed()
     assert statuses == ["chunked"] * len(ids), statuses
-    events = await container.store.call(container.store.read, 1, 1_000_000)
+    sealed = await container.store.call(container.store.read, 1, 1_000_000)
+    events = await container.store.call(container.store.open_envelopes, sealed)  # chunks are personal: sealed
     texts = chunk_texts(events, str(kb.id))
     progress(
         f"ingestion: {len(ids)} documents extracted and chunked in {ingested:.1f} s "
