@@ -536,8 +536,9 @@ def append_chats(store: EventStore, tenant_id: str, events: int, chats_per_save:
                     attempt=1,
                 )
                 chat.record_answer(
-                    answer, question, generation.id, "bench-model", "An answer.", "", "completed", 12, 20, {"ttft_ms": 5.0}
-                )
+                    answer, question, generation.id, "bench-model", "An answer.", "", "completed", 12, 20,
+                    {"ttft_ms": 5.0, "tokens_per_s": 100.0, "duration_ms": 200.0},  # as the service records them
+                )  # fmt: skip
                 aggregates.append(generation)
                 parent = answer
             aggregates.append(chat)
