@@ -302,8 +302,9 @@ def new_turn(
         ttft_ms=5.0, tokens_per_s=100.0, duration_ms=1100.0, attempt=1,
     )  # fmt: skip
     chat.record_answer(
-        answered, asked, generation.id, "bench-model", answer, "", "completed", 120, 110, {"ttft_ms": 5.0}
-    )
+        answered, asked, generation.id, "bench-model", answer, "", "completed", 120, 110,
+        {"ttft_ms": 5.0, "tokens_per_s": 100.0, "duration_ms": 1100.0},  # as the service records them
+    )  # fmt: skip
     return generation
 
 
