@@ -6,15 +6,19 @@ Rebuilt three ways: in pages of the runtime's size (each page one batch), in pag
 row is created in one batch and changed in later ones), and one event at a time through ``apply`` (the
 reference every ``apply_many`` must agree with). A rebuild cut short keeps only whole pages, each with its
 position, and a catch-up finishes it. And ``parley rebuild`` does it from the command line, showing
-progress."""
+progress. The same history checks the event contract: every stored event, opened, decodes into its typed
+Struct and validates against the exported JSON Schema."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
+from jsonschema import Draft202012Validator
 from sqlalchemy import Table, select
 
 from adapters.settings import Settings
@@ -25,6 +29,8 @@ from domain.errors import Forbidden, ParleyError, Unauthenticated
 from domain.identity import Tenant, tenant_id_for
 from projections import runtime
 from projections.runtime import Projector, ProjectorRunner, read_position, rebuild
+from schema.contract import contract_schema, decode_data, event_types
+from schema.events import EventEnvelope
 from tests import corpus
 from tests.conftest import Pipeline
 from tests.integration.procs import run_cli
@@ -46,6 +52,23 @@ async def snapshot(c: Container, tables: tuple[Table, ...] | list[Table]) -> Sna
             # Vectors come back as numpy arrays: compare them as lists.
             result[table.name] = [{k: v.tolist() if hasattr(v, "tolist") else v for k, v in r.items()} for r in rows]
     return result
+
+
+async def fits_the_contract(c: Container, sealed: list[EventEnvelope]) -> None:
+    """Every event the real engines stored fits the event contract: each envelope read back from the event
+    store, opened (the contract describes personal fields opened; they leave the store sealed), decodes
+    with ``decode_data`` and validates, envelope and data, against ``contract_schema()``."""
+    events = await c.store.call(c.store.open_envelopes, sealed)
+    validator = Draft202012Validator(contract_schema())
+    seen: Counter[str] = Counter()
+    for event in events:
+        decoded = decode_data(event.type, event.data)
+        assert type(decoded).__name__ == event.type
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(msgspec.to_builtins(event))]
+        assert errors == [], f"{event.type} #{event.id}: {errors}"
+        seen[event.type] += 1
+    assert len(events) > 100 and len(seen) >= 40, seen
+    assert set(seen) <= set(event_types())
 
 
 async def expect_refusal(call: Any) -> None:
@@ -241,6 +264,7 @@ async def test_every_read_model_rebuilt_from_the_event_store_equals_the_incremen
     max_id = await container.store.call(container.store.max_id)
     events = await container.store.call(container.store.read, 1, 100_000)
     assert len({e.type for e in events}) >= 15  # the history really is varied
+    await fits_the_contract(container, events)
     assert len(events) <= runtime.PAGE  # "pages": the whole history is one batch
 
     for projector in all_projectors(container):
