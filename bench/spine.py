@@ -19,6 +19,14 @@ default, and measures in one run, so the figures it compares share a machine and
    ``save`` returned; its arrival is when the runner's position passed the notification id of its
    ``UserRegistered``, which the runtime records right after the transaction that wrote the ``rm_users``
    row and the position committed.
+   At a steady rate of events (full form: 1,000 events/s; ``--lag-rate N``, 0 to leave it out; the quick
+   form leaves it out unless given), the same command, 2 events each, from this process (the writer, as
+   the API is) while ``parley relay`` and ``parley project`` run as child processes, as ``parley serve``
+   runs them: the projector group of seven, the vectors projector on its own consumer, the audit
+   checkpointer and the retention sweeper. The commands are sent on schedule whether those before them
+   have finished or not. The children note when the relay publishes a batch and when the group applies
+   one, on ``CLOCK_MONOTONIC``, which gives the lag and its stages; ``/proc`` gives each part's CPU. A
+   writer that commits under 95% of the rate is tried again at 90% of what it reached, twice at most.
 3. Rebuild rate, for every projector ``workers.bootstrap.all_projectors`` knows. At least 100,000 events
    are appended in batches, half of them sign-ups (per user ``UserRegistered``, ``UserRenamed``,
    ``EmailClaimed``), half conversations (per chat ``ChatCreated``, then per turn ``MessagePosted``,
@@ -47,7 +55,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,7 +72,7 @@ from application.context import CommandContext
 from domain.chats import Chat, Generation
 from domain.identity import EmailIndex, User, email_index_id
 from projections.identity import IdentityProjector
-from projections.runtime import Projector, ProjectorRunner, rebuild
+from projections.runtime import Projector, ProjectorRunner, read_position, rebuild
 from workers.bootstrap import Container, all_projectors, bootstrap
 from workers.relay import Relay
 
@@ -89,6 +97,10 @@ class Scale:
     users_per_save: int
     """Three events per user. Kept at 100: appends of ~1,500 events in one ``save`` were seen to hang
     for good in psycopg's pipeline mode (server in ClientRead, client waiting on ``pipeline.sync``)."""
+    steady_events_s: float = 0.0
+    """Lag at a steady rate of events with the parts as processes (``--lag-rate``); 0 leaves it out."""
+    steady_s: float = 15.0
+    """How long the steady rate is measured, after ``STEADY_WARMUP_S`` of warm-up."""
 
 
 FULL = Scale(
@@ -101,6 +113,7 @@ FULL = Scale(
     rebuild_events=100_000,
     rebuild_cap_s=240,
     users_per_save=100,
+    steady_events_s=1000,
 )
 QUICK = Scale(
     measure_s=1.0,
@@ -112,6 +125,7 @@ QUICK = Scale(
     rebuild_events=10_000,
     rebuild_cap_s=10,
     users_per_save=100,
+    steady_s=3.0,
 )
 
 
@@ -429,6 +443,297 @@ async def measure_lag(urls: EngineUrls, home: Path, scale: Scale, report: Report
         await container.close()
 
 
+# --- lag at a steady rate, with the parts as processes -----------------------------------------------------
+def _child(part: str) -> None:
+    """Entry of a child process of the steady lag measurement: ``parley relay`` or ``parley project``,
+    exactly as ``parley serve`` starts them (``workers.cli``), with timestamps noted where the relay
+    publishes a batch and where the projector group applies one. They are written, as JSON, to the file
+    ``BENCH_TIMES`` names when the part stops (SIGTERM). ``time.monotonic`` is ``CLOCK_MONOTONIC``, one clock
+    for every process of the machine, so they compare with the writer's."""
+    import json
+
+    from projections.group import ProjectorGroup
+    from workers import cli as parley_cli
+
+    marks: list[tuple[Any, ...]] = []
+    if part == "relay":
+        publish = Relay.publish
+
+        async def timed_publish(self: Relay, batch: list[Any]) -> int:
+            started = time.monotonic()
+            acked = await publish(self, batch)
+            marks.append((batch[0].id, batch[-1].id, started, time.monotonic()))
+            return acked
+
+        Relay.publish = timed_publish  # type: ignore[method-assign]
+    elif part == "project":
+        apply, catch_up = ProjectorGroup.apply, ProjectorGroup.catch_up
+
+        def timed(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+            async def wrapper(self: ProjectorGroup, *args: Any) -> None:
+                started = time.monotonic()
+                await method(self, *args)
+                events = args[0] if args else []
+                first, last = (events[0].id, events[-1].id) if events else (0, 0)
+                marks.append((first, last, self.positions.get("identity", 0), started, time.monotonic()))
+
+            return wrapper
+
+        ProjectorGroup.apply = timed(apply)  # type: ignore[method-assign]
+        ProjectorGroup.catch_up = timed(catch_up)  # type: ignore[method-assign]
+    else:
+        raise SystemExit(f"unknown part {part!r}")
+    out = Path(os.environ["BENCH_TIMES"])
+    try:
+        parley_cli.main([part])
+    finally:
+        out.with_suffix(".tmp").write_text(json.dumps(marks))
+        out.with_suffix(".tmp").rename(out)
+
+
+class Part:
+    """A child process running ``_child(part)``, its output in a log file under ``home``."""
+
+    def __init__(self, part: str, settings: Settings, home: Path) -> None:
+        import subprocess
+
+        self.part = part
+        self.log = home / f"steady-{part}.log"
+        self.times = home / f"steady-{part}.json"
+        env = {**os.environ, **settings.child_env(), "BENCH_TIMES": str(self.times)}
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", f"from bench.spine import _child; _child({part!r})"],
+                cwd=Path(__file__).resolve().parents[1],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"parley {self.part} exited with {self.proc.returncode}:\n{tail}")
+
+    def stop(self) -> list[list[Any]]:
+        """SIGTERM (the part stops as it does under ``parley serve``), then its timestamps."""
+        import json
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return json.loads(self.times.read_text()) if self.times.exists() else []
+
+
+@dataclass
+class Window:
+    """One steady rate: the commands measured (warm-up left out), and the CPU the parts used meanwhile."""
+
+    rate: float
+    """Events/s offered."""
+    per_command: int
+    commits: list[tuple[int, float]]
+    """(notification id of the command's first event, when ``save`` returned), measured commands only."""
+    measured_from: float
+    seconds: float
+    """From ``measured_from`` to the last measured commit."""
+    cpu: dict[str, float]
+    """CPU seconds per part from ``measured_from`` until the projector had caught up."""
+    cpu_seconds: float
+    busy: float
+    """Share of all CPUs busy (every process of the machine) over the same span."""
+
+    @property
+    def achieved(self) -> float:
+        """Events/s committed."""
+        return len(self.commits) * self.per_command / self.seconds if self.seconds else 0.0
+
+
+STEADY_WARMUP_S = 2.0
+STEADY_PARTS = ("writer", "relay", "project", "postgres", "nats", "redis")
+
+
+async def steady_window(
+    container: Container, tenant_id: str, rate: float, per_command: int, seconds: float, cpu: Any
+) -> Window:
+    """Commands at ``rate / per_command`` a second for ``STEADY_WARMUP_S + seconds``, each sent on time
+    whether the ones before it have finished or not (an open arrival process, as requests reach the API);
+    then wait for the identity projector to pass the last of them."""
+    from bench.pipeline import machine_busy
+
+    store = container.store
+    commits: list[tuple[int, float, int]] = []
+    emails = unique_emails(uuid.uuid4().hex[:8], 0)
+
+    def command(n: int, email: str) -> None:
+        ids = register_on_parley(store, tenant_id, email)
+        commits.append((ids[0], time.monotonic(), n))
+
+    per_s = rate / per_command
+    warm = int(per_s * STEADY_WARMUP_S)
+    count = warm + int(per_s * seconds)
+    in_flight: list[asyncio.Future[None]] = []
+    start = time.monotonic()
+    before: dict[int, tuple[str, float]] = {}
+    busy_before = (0, 0)
+    sent = 0
+    while sent < count:
+        now = time.monotonic()
+        due = min(count, int((now - start) * per_s) + 1)
+        while sent < due:
+            if sent == warm:
+                before, busy_before = cpu.sample(), machine_busy()
+            ctx = CommandContext(tenant_id=tenant_id, actor="system")
+            in_flight.append(asyncio.ensure_future(store.execute(ctx, partial(command, sent, next(emails)))))
+            sent += 1
+        await asyncio.sleep(max(0.0, start + sent / per_s - time.monotonic()))
+    await asyncio.gather(*in_flight)
+    measured_from = start + warm / per_s
+    measured = sorted((i, t) for i, t, n in commits if n >= warm)
+    last = max(i for i, _ in measured)
+
+    async def applied() -> bool:
+        return await read_position(container.engine, "identity") >= last
+
+    await wait_for(applied, 120, "parley project did not catch up")
+    after, busy_after = cpu.sample(), machine_busy()
+    ended = time.monotonic()
+    busy = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
+    return Window(
+        rate=rate,
+        per_command=per_command,
+        commits=measured,
+        measured_from=measured_from,
+        seconds=max(t for _, t in measured) - measured_from,
+        cpu=cpu.used(before, after),
+        cpu_seconds=ended - measured_from,
+        busy=busy,
+    )
+
+
+def _stages(
+    window: Window, relay: list[list[Any]], advances: list[list[Any]]
+) -> tuple[list[float], dict[str, list[float]], list[int]]:
+    """Each measured command's lag (ms), its stages (ms) and the group batches that applied them (events).
+
+    Stages, which add up to the lag: ``commit -> relay read`` (the relay wakes on NOTIFY and reads the
+    batch: until it starts publishing), ``publish -> group has it`` (JetStream stores the messages, delivers
+    them to the group's pull consumer, the fetch returns and decodes them), ``group apply+commit`` (one
+    transaction for the group's seven projectors, through its commit). ``relay publish`` (to the last
+    JetStream ack of the relay's batch) overlaps the second stage and is shown apart, and so is the part of
+    the second stage when the group was still applying its batch before (``group busy before``)."""
+    relay_last = [r[1] for r in relay]
+    positions = [a[2] for a in advances]
+    lags: list[float] = []
+    stages: dict[str, list[float]] = {
+        "commit -> relay read": [],
+        "publish -> group has it": [],
+        "group apply+commit": [],
+        "relay publish (to acks)": [],
+        "group busy before": [],
+    }
+    batches: list[int] = []
+    for notification_id, committed in window.commits:
+        r = relay[bisect.bisect_left(relay_last, notification_id)]
+        k = bisect.bisect_left(positions, notification_id)
+        a = advances[k]
+        before = advances[k - 1][4] if k else 0.0
+        stages["group busy before"].append(max(0.0, (before - r[2]) * 1000))
+        lags.append((a[4] - committed) * 1000)
+        stages["commit -> relay read"].append((r[2] - committed) * 1000)
+        stages["publish -> group has it"].append((a[3] - r[2]) * 1000)
+        stages["group apply+commit"].append((a[4] - a[3]) * 1000)
+        stages["relay publish (to acks)"].append((r[3] - r[2]) * 1000)
+        batches.append(a[1] - a[0] + 1 if a[1] else 0)
+    return lags, stages, batches
+
+
+async def measure_steady_lag(urls: EngineUrls, home: Path, scale: Scale, report: Report) -> None:
+    """Commit -> ``rm_users`` lag at a steady rate of events, with ``parley relay`` and ``parley project``
+    (the projector group of seven, the vectors projector on its own consumer, the audit checkpointer and the
+    retention sweeper) as child processes, as ``parley serve`` runs them; this process is the writer, as
+    the API is. When the writer falls short of the rate (under 95% of it committed on time), the rate is
+    lowered to 90% of what was reached, at most twice."""
+    from bench.pipeline import Cpu
+
+    settings = settings_for(urls, home, "bench_steady")
+    container, tenant_id = await start_container(settings)
+    parts = [Part("relay", settings, home), Part("project", settings, home)]
+    cpu = Cpu(home, {"writer": os.getpid(), "relay": parts[0].proc.pid, "project": parts[1].proc.pid})
+    windows: list[Window] = []
+    times: list[list[list[Any]]] = []
+    try:
+        store = container.store
+
+        async def caught_up() -> bool:
+            for part in parts:
+                part.check()
+            return await read_position(container.engine, "identity") >= await store.call(store.max_id) > 0
+
+        ctx = CommandContext(tenant_id=tenant_id, actor="system")
+        probe = f"{uuid.uuid4().hex}@bench.example"
+        ids = await store.execute(ctx, partial(register_on_parley, store, tenant_id, probe))
+        per_command = len(ids)
+        await wait_for(caught_up, 60, "parley relay and parley project did not catch up")
+        rate = scale.steady_events_s
+        for _ in range(3):
+            progress(
+                f"steady lag: {rate:,.0f} events/s ({rate / per_command:,.0f} registrations/s, {per_command} events "
+                f"each) for {STEADY_WARMUP_S + scale.steady_s:.0f} s, parley relay + parley project as processes"
+            )
+            window = await steady_window(container, tenant_id, rate, per_command, scale.steady_s, cpu)
+            windows.append(window)
+            progress(f"steady lag: {window.achieved:,.0f} events/s committed")
+            if window.achieved >= 0.95 * rate:
+                break
+            rate = math.floor(0.9 * window.achieved / 10) * 10
+    finally:
+        times = [part.stop() for part in parts]
+        await container.close()
+    relay, advances = times
+    for window in windows:
+        lags, stages, batches = _stages(window, relay, advances)
+        steady = "steady" if window.achieved >= 0.95 * window.rate else "NOT steady: the writer fell behind"
+        head = f"lag at {window.rate:,.0f} events/s"
+        summary = (
+            f"p50 {statistics.median(lags):.1f}, p95 {percentile(lags, 0.95):.1f}, p99 {percentile(lags, 0.99):.1f}, "
+            f"max {max(lags):.1f} ms"
+        )
+        progress(f"{head}: {summary}")
+        report.add(
+            f"{head} p50 (ms)",
+            f"{statistics.median(lags):.1f}",
+            f"{len(lags):,} registrations ({window.per_command} events each) over {window.seconds:.1f} s: "
+            f"{window.achieved:,.0f} events/s committed ({steady})",
+        )
+        report.add(f"{head} p95 (ms)", f"{percentile(lags, 0.95):.1f}")
+        report.add(f"{head} p99 (ms)", f"{percentile(lags, 0.99):.1f}", "issue 11 target: 25")
+        report.add(f"{head} max (ms)", f"{max(lags):.1f}")
+        report.add(
+            f"{head} stages p50/p99 (ms)",
+            "",
+            ", ".join(f"{k} {statistics.median(v):.1f}/{percentile(v, 0.99):.1f}" for k, v in stages.items()),
+        )
+        report.add(
+            f"{head} group batch (events)",
+            f"{statistics.mean(batches):.1f}",
+            f"median {statistics.median(batches):.0f}, p99 {percentile(batches, 0.99):.0f} "
+            "(the group's batch that applied each registration)",
+        )
+        share = ", ".join(f"{p} {100 * window.cpu.get(p, 0.0) / window.cpu_seconds:.0f}" for p in STEADY_PARTS)
+        report.add(
+            f"{head} CPU (% of a core)",
+            f"{100 * sum(window.cpu.values()) / window.cpu_seconds:.0f}",
+            f"{share}; all CPUs {100 * window.busy:.0f}% busy (any process)",
+        )
+
+
 # --- rebuild ---------------------------------------------------------------------------------------------
 def append_users(store: EventStore, tenant_id: str, events: int, users_per_save: int) -> int:
     """Append at least ``events`` events, ``users_per_save`` users (three events each) per append."""
@@ -582,6 +887,8 @@ async def run(urls: EngineUrls, home: Path, scale: Scale) -> Report:
     report = Report()
     await measure_commands(urls, home, scale, report)
     await measure_lag(urls, home, scale, report)
+    if scale.steady_events_s:
+        await measure_steady_lag(urls, home, scale, report)
     await measure_rebuild(urls, home, scale, report)
     return report
 
@@ -593,15 +900,21 @@ def cli(
     quick: Any,
     full: Any,
     argv: list[str] | None = None,
+    options: tuple[Callable[[argparse.ArgumentParser], None], Callable[[Any, argparse.Namespace], Any]] | None = None,
 ) -> None:
     """The command line every benchmark shares: ``--quick`` / ``--fast``, its own embedded engines in a
-    temporary folder (stopped on Ctrl-C or SIGTERM), progress lines, then the table and the load."""
+    temporary folder (stopped on Ctrl-C or SIGTERM), progress lines, then the table and the load. A benchmark
+    with options of its own passes ``options``: (adds them to the parser, returns the scale they make)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="scaled down: finishes in under a minute")
     parser.add_argument("--fast", action="store_true", help="embedded Postgres with fsync off")
+    if options is not None:
+        options[0](parser)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the engines on SIGTERM as on Ctrl-C
     scale = quick if args.quick else full
+    if options is not None:
+        scale = options[1](scale, args)
     configure_logging("warning", json=False)
     command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
     machine = f"{os.cpu_count()} CPUs, Postgres fsync {'off' if args.fast else 'on'}"
@@ -619,8 +932,22 @@ def cli(
     print(report.render(), flush=True)
 
 
+def _lag_rate_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lag-rate",
+        type=float,
+        metavar="EVENTS_PER_S",
+        help="also measure commit -> rm_users lag at this steady rate of events, with parley relay and parley "
+        "project as processes (full form: 1000; quick form: not measured); 0 leaves it out",
+    )
+
+
+def _with_lag_rate(scale: Scale, args: argparse.Namespace) -> Scale:
+    return scale if args.lag_rate is None else replace(scale, steady_events_s=max(0.0, args.lag_rate))
+
+
 def main(argv: list[str] | None = None) -> None:
-    cli("python -m bench.spine", __doc__ or "", run, QUICK, FULL, argv)
+    cli("python -m bench.spine", __doc__ or "", run, QUICK, FULL, argv, options=(_lag_rate_option, _with_lag_rate))
 
 
 if __name__ == "__main__":
