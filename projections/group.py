@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from projections.runtime import EventSource, Projector, ProjectorRunner, apply_locked, follow
+from projections.runtime import EventSource, Projector, ProjectorRunner, apply_locked, follow, opened
 from schema.events import EventEnvelope
 from schema.tables import projector_positions
 
@@ -87,13 +87,14 @@ class ProjectorGroup:
         """Apply ``events`` (in id order) to every projector of the group, in one transaction."""
         if not events:
             return
+        plain = {e.id: e for e in await opened(self.store, list(events))}  # opened once for every member
         async with self.engine.begin() as conn:
             positions = await self._lock_positions(conn)
             for projector in self.projectors:
                 try:
                     async with conn.begin_nested():
                         positions[projector.name] = await apply_locked(
-                            conn, projector, self.store, positions[projector.name], events
+                            conn, projector, self.store, positions[projector.name], events, opened_by_id=plain
                         )
                 except Exception as exc:  # its savepoint rolled back; the others go on
                     log.warning(

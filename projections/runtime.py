@@ -148,6 +148,25 @@ def _transactions(
     yield start, last, events[first:]
 
 
+def _by_handled(projector: Projector, events: Sequence[EventEnvelope]) -> Iterator[Sequence[EventEnvelope]]:
+    """A fetched batch cut into transactions of at most the projector's ``batch_size`` handled events, the
+    events it skips riding along (so that skipping costs no transaction of its own); the whole batch for a
+    projector without one."""
+    limit = getattr(projector, "batch_size", None)
+    if limit is None:
+        yield events
+        return
+    start, handled = 0, 0
+    for i, event in enumerate(events):
+        if projector.handles(event.type):
+            handled += 1
+            if handled == limit:
+                yield events[start : i + 1]
+                start, handled = i + 1, 0
+    if start < len(events):
+        yield events[start:]
+
+
 async def apply_batch(
     engine: AsyncEngine,
     projector: Projector,
@@ -180,9 +199,11 @@ async def apply_locked(
     *,
     read_from: int | None = None,
     through: int | None = None,
+    opened_by_id: Mapping[int, EventEnvelope] | None = None,
 ) -> int:
     """``apply_batch`` inside a transaction that holds the projector's position row (locked, at
-    ``position``): applies what follows the position and records the new one. Returns it."""
+    ``position``): applies what follows the position and records the new one. Returns it.
+    ``opened_by_id``: ``events`` already opened, by id (a group opens a batch once for all its members)."""
     fresh = [e for e in events if e.id > position]
     if read_from is not None and read_from <= position + 1:
         end = max(position, through if through is not None else fresh[-1].id if fresh else position)
@@ -199,6 +220,8 @@ async def apply_locked(
         return position
     handled = [e for e in fresh if projector.handles(e.type)]
     if handled and not getattr(projector, "sealed", False):
+        if opened_by_id:  # opened once for the whole group
+            handled = [opened_by_id.get(e.id, e) for e in handled]
         handled = await opened(store, handled)
     apply_many = getattr(projector, "apply_many", None)
     if handled and apply_many is not None:  # a projector that can apply a batch in fewer statements
@@ -303,7 +326,8 @@ class ProjectorRunner:
         """Follow ``PARLEY_EVENTS`` until ``stop`` is set."""
 
         async def apply(events: Sequence[EventEnvelope]) -> None:
-            self.position = await apply_batch(self.engine, self.projector, self.store, events)
+            for chunk in _by_handled(self.projector, events):
+                self.position = await apply_batch(self.engine, self.projector, self.store, chunk)
 
         async def behind() -> bool:
             return bool(await self.store.call(self.store.max_id) > self.position)

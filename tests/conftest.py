@@ -98,10 +98,7 @@ class Pipeline:
         self.tasks.append(asyncio.create_task(relay.run(self.stop)))
         shared, alone = split_for_groups(all_projectors(self.c))
         runners: list[ProjectorGroup | ProjectorRunner] = [
-            ProjectorRunner(
-                p, engine=self.c.engine, store=self.c.store, idle_check_s=0.2, batch_size=getattr(p, "batch_size", 256)
-            )
-            for p in alone
+            ProjectorRunner(p, engine=self.c.engine, store=self.c.store, idle_check_s=0.2) for p in alone
         ]
         runners.append(ProjectorGroup(shared, engine=self.c.engine, store=self.c.store, idle_check_s=0.2))
         for runner in runners:

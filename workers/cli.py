@@ -160,8 +160,7 @@ def cmd_project(args: argparse.Namespace) -> None:
         try:
             shared, alone = split_for_groups(_projectors(c, chosen))
             runners: list[ProjectorGroup | ProjectorRunner] = [
-                ProjectorRunner(p, engine=c.engine, store=c.store, batch_size=getattr(p, "batch_size", 256))
-                for p in alone
+                ProjectorRunner(p, engine=c.engine, store=c.store) for p in alone
             ]
             if shared:  # one consumer and one transaction per batch for all of them
                 runners.append(ProjectorGroup(shared, engine=c.engine, store=c.store))
