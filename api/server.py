@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import h11
@@ -187,3 +188,15 @@ class EdgeProtocol(H11Protocol):
 
     def _peer(self) -> str | None:
         return f"{self.client[0]}:{self.client[1]}" if self.client else None
+
+
+def tune_collector() -> None:
+    """For a long-running API process, once it is built: what exists now (the app, the container, compiled
+    routes, caches) is moved out of the collector's reach, and the youngest generation is collected less
+    often. With 1,000 SSE streams open on one process, full collections took 140-375 ms and freed nothing,
+    stalling every stream at once (chunk -> client p99 53.8 ms at 2 chunks/s per stream; 8.0 ms tuned:
+    ``python -m bench.pipeline --layout open``). Not for processes that build apps over and over (tests):
+    what is frozen is never collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)

@@ -79,7 +79,7 @@ def cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import create_app
-    from api.server import server_config
+    from api.server import server_config, tune_collector
     from workers.bootstrap import bootstrap
 
     settings = _settings(args)
@@ -100,6 +100,7 @@ def cmd_api(args: argparse.Namespace) -> None:
             body_timeout_s=settings.body_timeout_s,
             keep_alive_timeout_s=settings.keep_alive_timeout_s,
         )
+        tune_collector()
         await uvicorn.Server(config).serve()
 
     asyncio.run(main())
