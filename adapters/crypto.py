@@ -46,6 +46,7 @@ from eventsourcing.utils import get_topic
 from psycopg_pool import ConnectionPool
 
 from domain.identity import ERASED
+from domain.privacy import KeyScope
 from schema.contract import AGGREGATE_SUBJECTS, event_types, personal_fields, subject_fields
 
 __all__ = [
@@ -285,26 +286,16 @@ class KeyStore:
             return None
         return self._remember(key_id, row[0], row[1], row[2])
 
-    def destroy(
-        self,
-        conn: psycopg.Connection[Any] | None = None,
-        *,
-        user_id: uuid.UUID | None = None,
-        chat_id: uuid.UUID | None = None,
-        key_ids: Sequence[uuid.UUID] = (),
-    ) -> list[uuid.UUID]:
-        """Destroy every key naming ``user_id`` or ``chat_id``, and ``key_ids``; returns the ids destroyed
-        now. Idempotent. In ``conn``'s transaction when given (a projector's), else on its own."""
-        sql = (
-            "UPDATE parley_subject_keys SET wrapped = NULL, destroyed_at = now()"
-            " WHERE wrapped IS NOT NULL AND (user_id = %s OR chat_id = %s OR key_id = ANY(%s)) RETURNING key_id"
-        )
-        args = (user_id, chat_id, list(key_ids))
-        if conn is not None:
-            rows = conn.execute(sql, args).fetchall()
-        else:
-            with self._pool.connection() as own:
-                rows = own.execute(sql, args).fetchall()
+    _IN_SCOPE = "(user_id = %s OR chat_id = %s OR key_id = %s)"
+
+    def destroy(self, scope: KeyScope) -> list[uuid.UUID]:
+        """Destroy every key in ``scope``; returns the ids destroyed now. Idempotent."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "UPDATE parley_subject_keys SET wrapped = NULL, destroyed_at = now()"
+                f" WHERE wrapped IS NOT NULL AND {self._IN_SCOPE} RETURNING key_id",
+                (scope.user_id, scope.chat_id, scope.key_id),
+            ).fetchall()
         destroyed = [r[0] for r in rows]
         self.forget(destroyed)
         if self.on_forget is not None:
@@ -316,10 +307,12 @@ class KeyStore:
             for key_id in key_ids:
                 self._cache[key_id] = (None, time.monotonic(), None, None)
 
-    def keys_of(self, *, user_id: uuid.UUID | None = None, chat_id: uuid.UUID | None = None) -> list[uuid.UUID]:
+    def keys_of(self, scope: KeyScope) -> list[uuid.UUID]:
+        """Every key in ``scope``, destroyed or not."""
         with self._pool.connection() as conn:
             rows = conn.execute(
-                "SELECT key_id FROM parley_subject_keys WHERE user_id = %s OR chat_id = %s", (user_id, chat_id)
+                f"SELECT key_id FROM parley_subject_keys WHERE {self._IN_SCOPE}",
+                (scope.user_id, scope.chat_id, scope.key_id),
             ).fetchall()
         return [r[0] for r in rows]
 

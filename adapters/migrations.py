@@ -13,13 +13,13 @@ up from the event store) and the audit log (rebuild it: its rows then hold the s
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 
 import structlog
 
 from adapters.crypto import ShreddingMapper, is_blank, is_sealed
 from adapters.eventstore import EventStore, connect
+from domain.privacy import shredded_by
 from schema.contract import personal_fields
 
 __all__ = ["encrypt_personal_data", "MIGRATION_NAME"]
@@ -28,19 +28,6 @@ log = structlog.get_logger("parley.migrations")
 
 MIGRATION_NAME = "encrypt-personal-data"
 _POSITIONS_DDL = "CREATE TABLE IF NOT EXISTS parley_migrations (name text PRIMARY KEY, position bigint NOT NULL)"
-
-
-_SHREDDING = frozenset({"UserErased", "ChatDeleted", "DocumentDeleted"})
-
-
-def _shred(store: EventStore, event_type: str, subject: uuid.UUID) -> None:
-    """What the shredder projector does for such an event (the keys it names did not exist then)."""
-    if event_type == "UserErased":
-        store.keys.destroy(user_id=subject)
-    elif event_type == "ChatDeleted":
-        store.keys.destroy(chat_id=subject, key_ids=[subject])
-    else:
-        store.keys.destroy(key_ids=[subject])
 
 
 def encrypt_personal_data(
@@ -73,8 +60,9 @@ def encrypt_personal_data(
                 for n in notifications:
                     read += 1
                     event_type = n.topic.rpartition(".")[2]
-                    if event_type in _SHREDDING:  # an erasure before the migration: what it sealed goes now
-                        _shred(store, event_type, n.originator_id)  # type: ignore[arg-type]
+                    scope = shredded_by(event_type, n.originator_id)  # type: ignore[arg-type]
+                    if scope is not None:  # an erasure before the migration: the keys it names did not exist
+                        store.keys.destroy(scope)  # then; what they sealed since goes now, as the shredder would
                         continue
                     fields = personal_fields(event_type)
                     if not fields:

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.blobs import BlobStore
 from adapters.crypto import KeyStore
 from adapters.nats import TOKENS_MAX_AGE_S
+from domain.privacy import shredded_by
 from schema.subjects import Subjects
 from schema.tables import chats, documents, generations, messages
 
@@ -82,10 +83,10 @@ class Shredding:
     async def shred(
         self, doomed: Doomed, *, user_id: uuid.UUID | None = None, chat_id: uuid.UUID | None = None
     ) -> None:
-        destroyed = await asyncio.to_thread(
-            self.keys.destroy, user_id=user_id, chat_id=chat_id, key_ids=[chat_id] if chat_id else []
-        )
-        sealed = await asyncio.to_thread(self.keys.keys_of, user_id=user_id, chat_id=chat_id)
+        scope = shredded_by("UserErased", user_id) if user_id else shredded_by("ChatDeleted", chat_id)  # type: ignore[arg-type]
+        assert scope is not None
+        destroyed = await asyncio.to_thread(self.keys.destroy, scope)
+        sealed = await asyncio.to_thread(self.keys.keys_of, scope)
         async with self.engine.begin() as conn:
             if sealed:
                 await conn.execute(

@@ -7,13 +7,49 @@ sealed detail of the audit log): it needs a stated reason, recorded before the c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
 from domain.errors import BadRequest
 
-__all__ = ["CONTENT_ACCESS_KINDS", "EXPORT_FORMAT_VERSION", "ContentAccess", "DataExport", "check_reason"]
+__all__ = [
+    "CONTENT_ACCESS_KINDS",
+    "EXPORT_FORMAT_VERSION",
+    "SHREDDING_EVENTS",
+    "ContentAccess",
+    "DataExport",
+    "KeyScope",
+    "check_reason",
+    "shredded_by",
+]
+
+@dataclass(frozen=True)
+class KeyScope:
+    """The data keys one erasure or deletion destroys: every key naming ``user_id``, every key naming
+    ``chat_id``, and the key of aggregate ``key_id``."""
+
+    user_id: UUID | None = None
+    chat_id: UUID | None = None
+    key_id: UUID | None = None
+
+
+SHREDDING_EVENTS = frozenset({"UserErased", "ChatDeleted", "DocumentDeleted"})
+
+
+def shredded_by(event_type: str, aggregate_id: UUID) -> KeyScope | None:
+    """What an event shreds: an erased user everything naming them (their own aggregate, the chats they own,
+    their generations and documents); a deleted chat everything naming it (its generations, the files
+    uploaded into it); a deleted document its own key. None for any other event."""
+    if event_type == "UserErased":
+        return KeyScope(user_id=aggregate_id)
+    if event_type == "ChatDeleted":
+        return KeyScope(chat_id=aggregate_id, key_id=aggregate_id)
+    if event_type == "DocumentDeleted":
+        return KeyScope(key_id=aggregate_id)
+    return None
+
 
 EXPORT_FORMAT_VERSION = 1
 """The version of the export archive's layout and JSON shapes (``manifest.json`` says which)."""

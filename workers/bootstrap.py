@@ -29,6 +29,7 @@ from application.conversations import Chats, Generations, Models
 from application.identity import Identity
 from application.knowledge import Embedders, Knowledge, KnowledgeLimits
 from application.quotas import Quotas
+from domain.privacy import shredded_by
 from projections.audit import AuditProjector, open_details
 from projections.identity import IdentityProjector
 from projections.knowledge import storage_used
@@ -123,12 +124,9 @@ class Container:
 
         async def forget(msg: Any) -> None:
             event = decode_envelope(msg.data)
-            subject = str(event.aggregate_id)
-            scope = {"UserErased": {"user_id": subject}, "ChatDeleted": {"chat_id": subject}}.get(event.type, {})
-            ids = [event.aggregate_id]
-            if scope:
-                ids += await self.store.call(partial(self.store.keys.keys_of, **scope))
-            self.store.forget(ids)
+            scope = shredded_by(event.type, event.aggregate_id)
+            if scope is not None:
+                self.store.forget(await self.store.call(self.store.keys.keys_of, scope))
 
         await self.connect_nats(name)
         for aggregate_type, event_type in (("User", "UserErased"), ("Chat", "ChatDeleted"), ("Document", "DocumentDeleted")):

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from adapters.crypto import is_blank, is_sealed
 from adapters.migrations import encrypt_personal_data
 from domain.identity import ERASED
+from domain.privacy import KeyScope
 from projections.audit import verify_chain
 from projections.runtime import rebuild
 from schema.contract import personal_fields
@@ -79,6 +80,6 @@ async def test_the_migration_seals_a_history_written_in_the_clear_and_read_model
     # What was migrated is shreddable: destroying a member's keys erases their old events' fields.
     async with c.engine.connect() as conn:
         member = (await conn.execute(select(users.c.user_id).where(users.c.email == "m1@acme.test"))).scalar_one()
-    await c.store.call(lambda: c.store.keys.destroy(user_id=uuid.UUID(member)))
+    await c.store.call(c.store.keys.destroy, KeyScope(user_id=uuid.UUID(member)))
     registered = (await c.store.call(c.store.events_of, uuid.UUID(member)))[0]
     assert registered.email == ERASED and registered.name == ERASED
