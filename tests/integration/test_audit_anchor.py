@@ -5,19 +5,15 @@ and they catch what the chain alone cannot: a rewrite of every row and head."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
-import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
@@ -33,7 +29,6 @@ from adapters.checkpoints import (
     read_checkpoints,
 )
 from adapters.database import create_engine, create_tables
-from adapters.embedded import EmbeddedEngines
 from adapters.eventstore import CommandContext, EventStore
 from domain.identity import EmailIndex, Tenant, User, tenant_id_for
 from projections.audit import GENESIS_HASH, AuditProjector, chain_heads, row_hash, verify_chain
@@ -46,31 +41,7 @@ ACME = str(tenant_id_for("acme"))
 GLOBEX = str(tenant_id_for("globex"))
 
 
-# --- a Postgres of our own (as tests/integration/test_audit_chain.py) -------------------------------------
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    if url := os.environ.get("PARLEY_TEST_DATABASE_URL"):
-        yield url
-        return
-    home = Path(tempfile.mkdtemp(prefix="parley-anchor-test-"))
-    engines = EmbeddedEngines(home, fast=True)
-    try:
-        yield engines.start_postgres()
-    finally:
-        engines.stop()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def database_url(server_url: str) -> Iterator[str]:
-    name = f"anchor_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
+# --- a database of its own (``database_url``: tests/integration/conftest.py) -------------------------------
 @pytest.fixture(scope="module")
 def store(database_url: str) -> Iterator[EventStore]:
     event_store = EventStore(database_url, secret_key=SECRET, pool_size=2, max_overflow=2)

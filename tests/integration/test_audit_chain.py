@@ -3,25 +3,18 @@ verified, tampered with and rebuilt."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
-import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.database import create_engine, create_tables
-from adapters.embedded import EmbeddedEngines
 from adapters.eventstore import CommandContext, EventStore
 from domain.identity import (
     ApiKey,
@@ -50,35 +43,6 @@ ACME_IP, GLOBEX_IP = "203.0.113.7", "198.51.100.9"
 
 
 # --- engines and a database of our own -----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    """A running Postgres: ``PARLEY_TEST_DATABASE_URL`` if set, else an embedded one for this module.
-
-    Not under pytest's tmp_path: run as root, Postgres runs as another user, and every pytest that
-    starts takes that user's access to /tmp/pytest-of-root away again (chmod 700)."""
-    if url := os.environ.get("PARLEY_TEST_DATABASE_URL"):
-        yield url
-        return
-    home = Path(tempfile.mkdtemp(prefix="parley-audit-test-"))
-    engines = EmbeddedEngines(home, fast=True)
-    try:
-        yield engines.start_postgres()
-    finally:
-        engines.stop()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def database_url(server_url: str) -> Iterator[str]:
-    name = f"audit_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(server_url)
-    yield urlunsplit(parts._replace(path=f"/{name}"))
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
 def store(database_url: str) -> Iterator[EventStore]:
     event_store = EventStore(database_url, secret_key="audit-test-" + "x" * 32, pool_size=2, max_overflow=2)
