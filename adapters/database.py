@@ -40,6 +40,16 @@ def _add_missing_columns(sync_conn: Any) -> None:
                 sync_conn.execute(text(f'ALTER TABLE "{table.name}" ALTER COLUMN "{column.name}" DROP NOT NULL'))
 
 
+def _add_missing_indexes(sync_conn: Any) -> None:
+    """Indexes added to a table after it was created (``create_all`` makes a table's indexes only with it)."""
+    inspector = inspect(sync_conn)
+    for table in metadata.sorted_tables:
+        present = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in present:
+                index.create(sync_conn, checkfirst=True)
+
+
 async def create_tables(engine: AsyncEngine) -> None:
     """Create the pgvector extension and every read-model table or column that is missing. Serialised by
     an advisory lock so processes starting together do not race on CREATE TABLE."""
@@ -48,3 +58,4 @@ async def create_tables(engine: AsyncEngine) -> None:
         await conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
         await conn.run_sync(metadata.create_all)
         await conn.run_sync(_add_missing_columns)
+        await conn.run_sync(_add_missing_indexes)

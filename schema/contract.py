@@ -59,6 +59,8 @@ __all__ = [
     "event_types",
     "personal_fields",
     "subject_fields",
+    "WITHHELD",
+    "withhold_personal",
 ]
 
 T = TypeVar("T")
@@ -1122,3 +1124,35 @@ def contract_schema() -> dict[str, Any]:
         ],
         "$defs": defs,
     }
+
+
+WITHHELD = "[withheld]"
+"""What a personal text field holds where its reader is not given personal data (a webhook endpoint not
+allowed it, the event feed); a withheld list is ``[]``, an object ``{}``, anything else ``null``."""
+_WITHHELD_BY_KIND: Mapping[str, Any] = MappingProxyType({"s": WITHHELD, "l": (), "d": MappingProxyType({}), "o": None})
+
+
+def _withheld(value: Any) -> Any:
+    if type(value) is str:
+        if value.startswith("enc:v1:"):  # sealed: its kind says what it was (adapters.crypto)
+            marker = _WITHHELD_BY_KIND.get(value[7:8], None)
+            return [] if marker == () else {} if isinstance(marker, Mapping) else marker
+        return WITHHELD
+    if isinstance(value, list | tuple):
+        return []
+    if isinstance(value, Mapping):
+        return {}
+    return None
+
+
+def withhold_personal(envelope: EventEnvelope) -> EventEnvelope:
+    """``envelope`` with every personal field of its type (sealed or open) replaced by its withheld form,
+    for readers outside parley that are not given personal data. Fields that are absent stay absent."""
+    fields = personal_fields(envelope.type)
+    if not fields or not any(name in envelope.data for name in fields):
+        return envelope
+    data = dict(envelope.data)
+    for name in fields:
+        if name in data:
+            data[name] = _withheld(data[name])
+    return msgspec.structs.replace(envelope, data=data)

@@ -120,6 +120,8 @@ audit_log = Table(
     Index("ix_rm_audit_tenant_time", "tenant_id", "occurred_at"),
     Index("ix_rm_audit_tenant_actor", "tenant_id", "actor"),
     Index("ix_rm_audit_tenant_action", "tenant_id", "action"),
+    # The tenant's log in order, from any position: the event feed and webhook replays page it.
+    Index("ix_rm_audit_tenant_notification", "tenant_id", "notification_id"),
 )
 
 audit_heads = Table(
