@@ -916,6 +916,80 @@ class AuditRowsDropped(_Event, frozen=True, kw_only=True, tag="AuditRowsDropped"
     checkpoint_sha256: Annotated[str, Meta(description="The chain hash that checkpoint signed.")]
 
 
+# Integrations --------------------------------------------------------------------------------------------
+EventTypeFilter = Annotated[
+    list[str], Meta(description="Event types or patterns (``*`` for any run of characters) the endpoint receives.")
+]
+
+
+class WebhookCreated(_Event, frozen=True, kw_only=True, tag="WebhookCreated", tag_field="type"):
+    """A webhook endpoint was registered (its signing secret never leaves the event store)."""
+
+    aggregate = "Webhook"
+    tenant_id: TenantId
+    url: str
+    description: str
+    event_types: EventTypeFilter
+    user_ids: Annotated[list[str], Meta(description="Only events by or about these users; empty: any user.")]
+    models: Annotated[list[str], Meta(description="Only events naming these models; empty: any model.")]
+    include_personal: Annotated[bool, Meta(description="Whether deliveries carry personal fields opened.")]
+    has_secret: bool
+
+
+class WebhookChanged(_Event, frozen=True, kw_only=True, tag="WebhookChanged", tag_field="type"):
+    """Some of an endpoint's settings changed: ``changes`` holds the new values of those that did (any of
+    url, description, event_types, user_ids, models, include_personal)."""
+
+    aggregate = "Webhook"
+    changes: dict[str, Any]
+
+
+class WebhookSecretRotated(_Event, frozen=True, kw_only=True, tag="WebhookSecretRotated", tag_field="type"):
+    """The endpoint's signing secret was replaced; the previous one signs too until ``previous_valid_until``."""
+
+    aggregate = "Webhook"
+    has_secret: bool
+    previous_valid_until: datetime
+
+
+class WebhookEnabled(_Event, frozen=True, kw_only=True, tag="WebhookEnabled", tag_field="type"):
+    """Deliveries to the endpoint resumed."""
+
+    aggregate = "Webhook"
+
+
+class WebhookDisabled(_Event, frozen=True, kw_only=True, tag="WebhookDisabled", tag_field="type"):
+    """Deliveries to the endpoint stopped: by an admin (``manual``), or by the dispatcher because every
+    delivery failed since ``failing_since`` (``failing``)."""
+
+    aggregate = "Webhook"
+    reason: Literal["manual", "failing"]
+    failing_since: datetime | None
+
+
+class WebhookDeleted(_Event, frozen=True, kw_only=True, tag="WebhookDeleted", tag_field="type"):
+    """The endpoint was deleted; nothing more is sent to it."""
+
+    aggregate = "Webhook"
+
+
+class WebhookRetryRequested(_Event, frozen=True, kw_only=True, tag="WebhookRetryRequested", tag_field="type"):
+    """An admin asked for one message to be sent again now."""
+
+    aggregate = "Webhook"
+    message_id: str
+
+
+class WebhookReplayRequested(_Event, frozen=True, kw_only=True, tag="WebhookReplayRequested", tag_field="type"):
+    """An admin asked for every matching event after a position, or since a time, up to this request, to be
+    sent again (a new integration backfills history)."""
+
+    aggregate = "Webhook"
+    replay_id: str
+    since: datetime | None
+    after: Annotated[int | None, Meta(description="A notification id: events after it.")]
+
+
 EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better than a chain of |
     TenantCreated,
     TenantSettingsChanged,
@@ -995,6 +1069,14 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     LegalHoldPlaced,
     LegalHoldLifted,
     AuditRowsDropped,
+    WebhookCreated,
+    WebhookChanged,
+    WebhookSecretRotated,
+    WebhookEnabled,
+    WebhookDisabled,
+    WebhookDeleted,
+    WebhookRetryRequested,
+    WebhookReplayRequested,
 ]
 """The data of any event, told apart by its ``type`` tag."""
 
