@@ -90,6 +90,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How often the retention sweep (application/retention.py) applies every tenant's policy, where the
     # audit projector runs.
     retention_sweep_interval_s: int = 3600
+    # Webhooks (workers/webhooks.py). Endpoints on private or loopback addresses are refused unless allowed
+    # (link-local and cloud-metadata addresses always are); the delays between a message's attempts (the
+    # default spans 27.6 hours: Standard Webhooks' schedule), after which it is failed; how long an endpoint
+    # may fail without a success before it is disabled; how long a dispatcher holds a message it is sending
+    # (another takes it over after that, e.g. after kill -9); one attempt's time limit; how many requests one
+    # dispatcher has in flight in all and per endpoint.
+    webhooks_allow_private: bool = False
+    webhook_retry_schedule_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    webhook_disable_after_s: float = 5 * 86_400.0
+    webhook_lease_s: float = 120.0
+    webhook_timeout_s: float = 15.0
+    webhook_concurrency: int = 256
+    webhook_endpoint_concurrency: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -150,6 +163,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                     problems.append(f"PARLEY_{name}: {item!r} is not an IP address or network (10.0.0.5, 10.0.0.0/8)")
             return tuple(found)
 
+        def delays(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                found = tuple(float(part) for part in raw.split(",") if part.strip())
+            except ValueError:
+                found = ()
+            if not 1 <= len(found) <= 50 or not all(0 < d <= 7 * 86_400 for d in found):
+                problems.append(f"PARLEY_{name} must be 1-50 comma-separated delays in seconds, each up to a week")
+                return default
+            return found
+
         def checkpoint_sink(name: str) -> str | None:
             raw = get(name)
             if raw is not None and not raw.startswith("/") and urlsplit(raw).scheme not in ("file", "s3"):
@@ -205,6 +231,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             audit_checkpoints=checkpoint_sink("AUDIT_CHECKPOINTS"),
             audit_checkpoint_interval_s=integer("AUDIT_CHECKPOINT_INTERVAL", 300, 1, 86_400),
             retention_sweep_interval_s=integer("RETENTION_SWEEP_INTERVAL", 3600, 1, 7 * 86_400),
+            webhooks_allow_private=boolean("WEBHOOKS_ALLOW_PRIVATE", False),
+            webhook_retry_schedule_s=delays("WEBHOOK_RETRY_SCHEDULE", cls.webhook_retry_schedule_s),
+            webhook_disable_after_s=number("WEBHOOK_DISABLE_AFTER_S", 5 * 86_400.0, 1.0, 365 * 86_400.0),
+            webhook_lease_s=number("WEBHOOK_LEASE_S", 120.0, 1.0, 3600.0),
+            webhook_timeout_s=number("WEBHOOK_TIMEOUT_S", 15.0, 0.1, 300.0),
+            webhook_concurrency=integer("WEBHOOK_CONCURRENCY", 256, 1, 10_000),
+            webhook_endpoint_concurrency=integer("WEBHOOK_ENDPOINT_CONCURRENCY", 8, 1, 1000),
         )
         if problems:
             raise SettingsError(problems)
@@ -249,6 +282,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_KEEP_ALIVE_TIMEOUT_S": str(self.keep_alive_timeout_s),
             "PARLEY_AUDIT_CHECKPOINT_INTERVAL": str(self.audit_checkpoint_interval_s),
             "PARLEY_RETENTION_SWEEP_INTERVAL": str(self.retention_sweep_interval_s),
+            "PARLEY_WEBHOOKS_ALLOW_PRIVATE": "true" if self.webhooks_allow_private else "false",
+            "PARLEY_WEBHOOK_RETRY_SCHEDULE": ",".join(repr(d) for d in self.webhook_retry_schedule_s),
+            "PARLEY_WEBHOOK_DISABLE_AFTER_S": repr(self.webhook_disable_after_s),
+            "PARLEY_WEBHOOK_LEASE_S": repr(self.webhook_lease_s),
+            "PARLEY_WEBHOOK_TIMEOUT_S": repr(self.webhook_timeout_s),
+            "PARLEY_WEBHOOK_CONCURRENCY": str(self.webhook_concurrency),
+            "PARLEY_WEBHOOK_ENDPOINT_CONCURRENCY": str(self.webhook_endpoint_concurrency),
         }
         for name, value in (
             ("DATABASE_URL", self.database_url),

@@ -28,6 +28,7 @@ from api.controllers.quotas import QuotaController
 from api.controllers.retention import RetentionController
 from api.controllers.usage import UsageController
 from api.controllers.users import TenantController, UserController
+from api.controllers.webhooks import WebhookController
 from api.deps import container, optional_principal, principal, request_tenant
 from api.errors import exception_handlers
 from api.openapi import OpenAPIContract, openapi_config
@@ -143,6 +144,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             PrivacyController,
             PrivacySettingsController,
             RetentionController,
+            WebhookController,
         ],
         dependencies={
             "c": Provide(container, sync_to_thread=False),

@@ -21,14 +21,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from application.context import CommandContext
 from application.engines import ChatTurn, EngineRequest, Image, ToolCall
 from application.identity import Principal, check_user_of_tenant
-from application.ports import Blobs, EventStorePort, Shredder
+from application.ports import Blobs, EventStorePort, SecretBox, Shredder
 from domain.chats import (
     Chat,
     Generation,
@@ -84,14 +84,6 @@ MIN_ANSWER_TOKENS = 16
 IMAGE_PROMPT_TOKENS = 1_000
 """What an image weighs in a prompt's estimate (vision models take ~85-1,500 tokens an image)."""
 MAX_TOOLS = 128
-
-
-class SecretBox(Protocol):
-    """Encrypts provider API keys at rest (they are never returned)."""
-
-    def encrypt(self, plaintext: str) -> str: ...
-
-    def decrypt(self, ciphertext: str) -> str: ...
 
 
 @dataclass(frozen=True)

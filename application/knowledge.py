@@ -31,7 +31,7 @@ from application.context import CommandContext
 from application.embeddings import Embedder, EmbeddingError, Embeddings
 from application.engines import ChatTurn, EngineRequest
 from application.identity import Principal, check_user_of_tenant
-from application.ports import Blobs, EventStorePort
+from application.ports import Blobs, EventStorePort, SecretBox
 from domain.chats import Chat
 from domain.errors import Forbidden, Invalid, NotFound, ParleyError, TooLarge, Unavailable, UnsupportedType
 from domain.knowledge import (
@@ -104,10 +104,6 @@ class SearchIndex(Protocol):
     async def search(
         self, tenant_id: str, scopes: Sequence[SearchScope], query: str, *, limit: int = 10, document_ids: Sequence[str] = ()
     ) -> list[Hit]: ...
-
-
-class SecretBox(Protocol):
-    def decrypt(self, ciphertext: str) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EventStorePort",
+    "SecretBox",
     "PasswordHasher",
     "AccessTokenIssuer",
     "TokenVersionCache",
@@ -44,6 +45,14 @@ class EventStorePort(Protocol):
     async def execute(self, ctx: CommandContext, fn: Callable[[], R]) -> R: ...
 
     async def call(self, fn: Callable[..., R], *args: Any) -> R: ...
+
+
+class SecretBox(Protocol):
+    """Seals secrets at rest (provider API keys, webhook signing secrets); they are never returned."""
+
+    def encrypt(self, plaintext: str) -> str: ...
+
+    def decrypt(self, ciphertext: str) -> str: ...
 
 
 class PasswordHasher(Protocol):

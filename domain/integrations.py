@@ -25,6 +25,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.errors import Conflict, Invalid
 
 __all__ = [
+    "DEFAULT_ROTATION_OVERLAP",
     "DisabledReason",
     "MAX_DESCRIPTION_CHARS",
     "MAX_FILTER_ITEMS",

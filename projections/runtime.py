@@ -257,8 +257,12 @@ class ProjectorRunner:
         store: EventSource,
         batch_size: int = 256,
         idle_check_s: float = 1.0,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         self.projector = projector
+        self.after_commit = after_commit
+        """Called after each transaction this runner committed (the webhook dispatcher takes the messages it
+        wrote locked to itself)."""
         self.engine = engine
         self.store = store
         self.batch_size = batch_size
@@ -286,6 +290,8 @@ class ProjectorRunner:
                     self.position = await apply_batch(
                         self.engine, self.projector, self.store, batch, read_from=read_from, through=through
                     )
+                    if self.after_commit is not None:
+                        self.after_commit()
                 seen += count
                 start = last + 1
                 if progress is not None:
@@ -328,6 +334,8 @@ class ProjectorRunner:
         async def apply(events: Sequence[EventEnvelope]) -> None:
             for chunk in _by_handled(self.projector, events):
                 self.position = await apply_batch(self.engine, self.projector, self.store, chunk)
+                if self.after_commit is not None:
+                    self.after_commit()
 
         async def behind() -> bool:
             return bool(await self.store.call(self.store.max_id) > self.position)

@@ -20,11 +20,18 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 
 __all__ = [
     "metadata",
+    "webhook_endpoints",
+    "webhook_scopes",
+    "webhook_messages",
+    "webhook_attempts",
+    "webhook_health",
+    "webhook_replays",
     "projector_positions",
     "relay_positions",
     "tenants",
@@ -465,4 +472,103 @@ embedding_cache = Table(
     Column("space", String(200), primary_key=True),
     Column("content_sha", String(64), primary_key=True),
     Column("embedding", Vector(), nullable=False),
+)
+
+# Webhooks (projections/webhooks.py, workers/webhooks.py). The endpoints and scopes are the webhooks
+# projector's read models (a rebuild re-derives them); messages, attempts, health and replays are the
+# delivery log, which a rebuild keeps (it only adds the messages that are missing).
+webhook_endpoints = Table(
+    "rm_webhook_endpoints",
+    metadata,
+    Column("endpoint_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("event_types", JSONB, nullable=False),
+    Column("user_ids", JSONB, nullable=False),
+    Column("models", JSONB, nullable=False),
+    Column("include_personal", Boolean, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("disabled_reason", String(20)),
+    Column("secret_version", Integer, nullable=False),  # the aggregate version of its last secret change
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rm_webhook_endpoints_tenant", "tenant_id"),
+)
+
+# Who and which model an aggregate is about, for the endpoints' user and model filters: a chat's owner, a
+# generation's user and model (its later events name neither).
+webhook_scopes = Table(
+    "rm_webhook_scopes",
+    metadata,
+    Column("aggregate_id", UUID(as_uuid=False), primary_key=True),
+    Column("user_id", String(64)),
+    Column("model", String(200)),
+)
+
+# One message per (endpoint, event): what is to be sent, and how it went. ``webhook-id`` is the event id.
+webhook_messages = Table(
+    "webhook_messages",
+    metadata,
+    Column("message_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("endpoint_id", UUID(as_uuid=False), nullable=False),
+    Column("event_id", UUID(as_uuid=False), nullable=False),
+    Column("notification_id", BigInteger, nullable=False),
+    Column("event_type", String(100), nullable=False),
+    Column("status", String(16), nullable=False),  # pending, delivered, failed, cancelled
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("locked_by", String(64)),  # the dispatcher sending it, until ``locked_until``
+    Column("locked_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_messages_endpoint_event"),
+    Index("ix_webhook_messages_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    Index("ix_webhook_messages_endpoint", "endpoint_id", "notification_id"),
+    Index("ix_webhook_messages_event", "tenant_id", "event_id"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("attempt_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("message_id", UUID(as_uuid=False), nullable=False),
+    Column("tenant_id", String(64), nullable=False),
+    Column("endpoint_id", UUID(as_uuid=False), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("status_code", Integer),
+    Column("latency_ms", Double, nullable=False),
+    Column("response_excerpt", Text),
+    Column("error", Text),
+    Column("dispatcher", String(64), nullable=False),
+    Index("ix_webhook_attempts_message", "message_id", "attempt_id"),
+)
+
+webhook_health = Table(
+    "webhook_health",
+    metadata,
+    Column("endpoint_id", UUID(as_uuid=False), primary_key=True),
+    Column("failing_since", DateTime(timezone=True)),  # the first failure since the last success
+    Column("last_success_at", DateTime(timezone=True)),
+    Column("last_failure_at", DateTime(timezone=True)),
+    Column("disabled_at", DateTime(timezone=True)),  # when a dispatcher disabled it for failing
+)
+
+webhook_replays = Table(
+    "webhook_replays",
+    metadata,
+    Column("replay_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("endpoint_id", UUID(as_uuid=False), nullable=False),
+    Column("since", DateTime(timezone=True)),
+    Column("cursor", BigInteger, nullable=False),  # the last notification id looked at
+    Column("upto", BigInteger, nullable=False),  # the request's own position: nothing after it
+    Column("queued", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("done_at", DateTime(timezone=True)),
 )

@@ -20,6 +20,7 @@ from adapters.database import create_engine, create_tables
 from adapters.embeddings import build_embedder
 from adapters.eventstore import EventStore
 from adapters.metrics import Metrics
+from adapters.outbound import AddressPolicy, check_url
 from adapters.quota_ledger import QuotaLedger
 from adapters.security import AccessTokens, FernetBox, Passwords
 from adapters.settings import Settings
@@ -27,14 +28,17 @@ from adapters.shredding import Shredding
 from application.audit import Audit
 from application.conversations import Chats, Generations, Models
 from application.identity import Identity
+from application.integrations import Webhooks
 from application.knowledge import Embedders, Knowledge, KnowledgeLimits
 from application.quotas import Quotas
 from domain.privacy import shredded_by
 from projections.audit import AuditProjector, open_details
+from projections.deliveries import message_exists
 from projections.identity import IdentityProjector
 from projections.knowledge import storage_used
 from projections.runtime import Projector
 from projections.vectors import VectorIndex
+from schema.contract import event_types
 from schema.events import decode as decode_envelope
 from schema.subjects import Subjects
 
@@ -81,6 +85,7 @@ class Container:
     embedders: Embedders
     subjects: Subjects
     shredding: Shredding
+    webhooks: Webhooks
     nc: Any = None
     js: Any = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -205,8 +210,16 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
     shredding = Shredding(engine=engine, keys=store.keys, blobs=blobs, subjects=subjects)
     identity.shredder = shredding
     chats.shredder = shredding
+    webhooks = Webhooks(
+        store=store,
+        secrets=secrets,
+        event_types=frozenset(event_types()),
+        check_url=partial(check_url, policy=AddressPolicy(allow_private=settings.webhooks_allow_private)),
+        message_exists=partial(message_exists, engine),
+    )
     return Container(
         settings=settings,
+        webhooks=webhooks,
         shredding=shredding,
         knowledge=knowledge,
         embedders=embedders,

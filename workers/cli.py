@@ -175,6 +175,25 @@ def cmd_project(args: argparse.Namespace) -> None:
     _run_until_signal(main)
 
 
+def cmd_webhooks(args: argparse.Namespace) -> None:
+    from workers.bootstrap import bootstrap
+    from workers.webhooks import DispatchConfig, Dispatcher
+
+    settings = _settings(args)
+    settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
+
+    async def main(stop: asyncio.Event) -> None:
+        c = await bootstrap(settings, pool_size=4)
+        js = await c.connect_nats("parley-webhooks")
+        try:
+            config = DispatchConfig.from_settings(settings)
+            await Dispatcher(engine=c.engine, store=c.store, webhooks=c.webhooks, config=config).run(js, c.subjects, stop)
+        finally:
+            await c.close()
+
+    _run_until_signal(main)
+
+
 def cmd_worker(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
     from workers.generate import GenerationWorker
@@ -196,19 +215,23 @@ def cmd_worker(args: argparse.Namespace) -> None:
     _run_until_signal(main)
 
 
-def _check_projector_names(names: list[str]) -> list[str]:
+def _check_projector_names(names: list[str], *, also: tuple[str, ...] = ()) -> list[str]:
     from workers.bootstrap import PROJECTOR_NAMES
 
-    unknown = [n for n in names if n not in PROJECTOR_NAMES]
+    known = (*PROJECTOR_NAMES, *also)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"unknown projector(s): {', '.join(unknown)}; known: {', '.join(PROJECTOR_NAMES)}")
+        raise SystemExit(f"unknown projector(s): {', '.join(unknown)}; known: {', '.join(known)}")
     return names or list(PROJECTOR_NAMES)
 
 
 def _projectors(c: Any, names: list[str]) -> list[Any]:
+    from projections.webhooks import WebhooksProjector
     from workers.bootstrap import all_projectors
 
-    return [p for p in all_projectors(c) if p.name in names]
+    # The webhooks projector runs in `parley webhooks` (it hands what it writes to the dispatcher beside it);
+    # a rebuild of it re-derives the endpoints and adds only the messages that are missing.
+    return [p for p in [*all_projectors(c), WebhooksProjector()] if p.name in names]
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
@@ -219,7 +242,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 
     settings = _settings(args)
     settings = _with_engines(settings, "database_url", "redis_url")
-    chosen = _check_projector_names([args.name])
+    chosen = _check_projector_names([args.name], also=("webhooks",))
 
     async def main() -> None:
         c = await bootstrap(settings, pool_size=2)
@@ -643,7 +666,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     urls = engines.start(database_url=settings.database_url, nats_url=settings.nats_url, redis_url=settings.redis_url)
     settings = settings.with_urls(database_url=urls.database_url, nats_url=urls.nats_url, redis_url=urls.redis_url)
     env = {**os.environ, **settings.child_env()}
-    parts = {"api": ["api"], "relay": ["relay"], "project": ["project"], "worker": ["worker"], "ingest": ["ingest"]}
+    parts = {
+        "api": ["api"],
+        "relay": ["relay"],
+        "project": ["project"],
+        "worker": ["worker"],
+        "ingest": ["ingest"],
+        "webhooks": ["webhooks"],
+    }
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -754,6 +784,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="run an ingestion worker (extract and chunk uploads) and the re-embedder")
     ingest.add_argument("--concurrency", type=int, help="documents at once (default PARLEY_INGEST_CONCURRENCY)")
     ingest.set_defaults(func=cmd_ingest)
+
+    sub.add_parser(
+        "webhooks", help="run the webhook dispatcher (as many as you like: they share the work)"
+    ).set_defaults(func=cmd_webhooks)
 
     project = sub.add_parser("project", help="run projectors (all by default)")
     project.add_argument("names", nargs="*")
