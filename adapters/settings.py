@@ -31,6 +31,10 @@ class SettingsError(ValueError):
         super().__init__("invalid settings:\n  " + "\n  ".join(problems))
 
 
+WEBHOOK_RETRY_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+"""Standard Webhooks' schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (27.6 hours in all)."""
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     home: Path
     database_url: str | None = None
@@ -97,7 +101,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (another takes it over after that, e.g. after kill -9); one attempt's time limit; how many requests one
     # dispatcher has in flight in all and per endpoint.
     webhooks_allow_private: bool = False
-    webhook_retry_schedule_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    webhook_retry_schedule_s: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE_S
     webhook_disable_after_s: float = 5 * 86_400.0
     webhook_lease_s: float = 120.0
     webhook_timeout_s: float = 15.0
@@ -232,7 +236,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             audit_checkpoint_interval_s=integer("AUDIT_CHECKPOINT_INTERVAL", 300, 1, 86_400),
             retention_sweep_interval_s=integer("RETENTION_SWEEP_INTERVAL", 3600, 1, 7 * 86_400),
             webhooks_allow_private=boolean("WEBHOOKS_ALLOW_PRIVATE", False),
-            webhook_retry_schedule_s=delays("WEBHOOK_RETRY_SCHEDULE", cls.webhook_retry_schedule_s),
+            webhook_retry_schedule_s=delays("WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE_S),
             webhook_disable_after_s=number("WEBHOOK_DISABLE_AFTER_S", 5 * 86_400.0, 1.0, 365 * 86_400.0),
             webhook_lease_s=number("WEBHOOK_LEASE_S", 120.0, 1.0, 3600.0),
             webhook_timeout_s=number("WEBHOOK_TIMEOUT_S", 15.0, 0.1, 300.0),

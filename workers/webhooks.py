@@ -54,6 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.eventstore import EventStore
 from adapters.outbound import AddressPolicy, guarded_client, read_capped, refusal
+from adapters.settings import WEBHOOK_RETRY_SCHEDULE_S
 from application.integrations import SigningSecret, Webhooks
 from projections.runtime import ProjectorRunner, read_position
 from projections.webhooks import Claimed, Endpoint, Scopes, WebhooksProjector, matches, message_id_for
@@ -105,7 +106,7 @@ def retry_after_s(value: str | None, now: datetime) -> float | None:
 
 @dataclass(frozen=True)
 class DispatchConfig:
-    retry_schedule_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    retry_schedule_s: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE_S
     disable_after_s: float = 5 * 86_400.0
     lease_s: float = 120.0
     timeout_s: float = 15.0
