@@ -22,10 +22,13 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from sqlalchemy import func, select
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from adapters.settings import Settings
-from projections.runtime import read_position
+from projections.runtime import read_position, rebuild
+from projections.webhooks import WebhooksProjector
+from schema.tables import webhook_endpoints, webhook_messages
 from tests.e2e.test_users_admin import PASSWORD, admin, create_user, login
 from tests.tenants import tenant_with_admin
 from tests.webhook_receiver import Answer, Receiver
@@ -281,6 +284,17 @@ async def test_retry_and_replay_through_the_api(
     audit = (await client.get("/api/v1/audit", params={"target_type": "Webhook"}, headers=bearer(tokens))).json()
     actions = {entry["action"] for entry in audit["items"]}
     assert {"WebhookCreated", "WebhookReplayRequested", "WebhookRetryRequested"} <= actions
+
+    # A rebuild re-derives the endpoints as they were and adds no message: nothing delivered goes again.
+    async def state() -> tuple[list[Any], int]:
+        async with container.engine.connect() as conn:
+            endpoints = (await conn.execute(select(webhook_endpoints).order_by(webhook_endpoints.c.endpoint_id))).all()
+            return list(endpoints), int(await conn.scalar(select(func.count()).select_from(webhook_messages)) or 0)
+
+    await pipeline_settled(container)
+    before_rebuild = await state()
+    await rebuild(WebhooksProjector(), engine=container.engine, store=container.store)
+    assert await state() == before_rebuild
 
 
 async def test_an_endpoint_failing_for_the_stated_period_is_disabled_and_audited(
