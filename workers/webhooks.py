@@ -35,6 +35,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import heapq
 import hmac
 import random
 import time
@@ -218,7 +219,7 @@ class Dispatcher:
         self.config = config
         self.dispatcher_id = dispatcher_id or f"dispatcher-{uuid.uuid4().hex[:12]}"
         self.projector = WebhooksProjector(
-            claim=self.has_room, dispatcher_id=self.dispatcher_id, lease_s=config.lease_s
+            claim=self._fresh_room, dispatcher_id=self.dispatcher_id, lease_s=config.lease_s
         )
         self.lanes: dict[str, _Lane] = {}
         self.in_flight = 0
@@ -227,7 +228,10 @@ class Dispatcher:
         self.outcomes: list[_Outcome] = []
         self.outcome_ready = asyncio.Event()
         self.wake_claims = asyncio.Event()
-        self.next_due: float | None = None
+        self.due: list[float] = []
+        """When retries this dispatcher scheduled fall due (a heap of monotonic times)."""
+        self.backlogged: set[str] = set()
+        """Endpoints with messages waiting in the table beyond what their lanes took."""
         self.events = _Events(store)
         self.endpoint_cache: dict[str, tuple[float, Endpoint | None]] = {}
         self.secret_cache: dict[tuple[str, int], list[SigningSecret]] = {}
@@ -269,9 +273,30 @@ class Dispatcher:
         self.held -= 1
         if not lane.queue and not lane.running:
             del self.lanes[claim.endpoint_id]
+        if claim.endpoint_id in self.backlogged and self.has_room(claim.endpoint_id):
+            self.wake_claims.set()  # more of this endpoint's messages wait in the table
         for endpoint_id in [claim.endpoint_id, *(e for e, lane in self.lanes.items() if lane.queue)]:
             if endpoint_id in self.lanes:
                 self._pump(endpoint_id)
+
+    def _fresh_room(self, endpoint_id: str) -> bool:
+        """The projector's question: may a new message to this endpoint be handed over at once? When not,
+        it waits in the table, and the endpoint is noted as having a backlog to claim as its lane frees."""
+        if self.has_room(endpoint_id):
+            return True
+        self.backlogged.add(endpoint_id)
+        return False
+
+    def _release_queued(self) -> None:
+        """On the way out: what waits in the lanes goes back to the table for another dispatcher now,
+        rather than when its lease ends."""
+        now = datetime.now(UTC)
+        for lane in self.lanes.values():
+            while lane.queue:
+                claim = lane.queue.popleft()
+                self.held -= 1
+                self.outcomes.append(_Outcome(claim=claim, at=now, latency_ms=0.0, release=True))
+        self.outcome_ready.set()
 
     # --- one send ----------------------------------------------------------------------------------------
     async def _endpoint(self, endpoint_id: str) -> Endpoint | None:
@@ -385,8 +410,7 @@ class Dispatcher:
                 status = "pending" if delay is not None else "failed"
                 next_at = None if delay is None else now + timedelta(seconds=delay)
                 if next_at is not None:
-                    due = time.monotonic() + (delay or 0.0)
-                    self.next_due = due if self.next_due is None else min(self.next_due, due)
+                    heapq.heappush(self.due, time.monotonic() + (delay or 0.0))
             health[c.endpoint_id] = health.get(c.endpoint_id, False) or o.delivered
             updates.append(
                 {
@@ -447,7 +471,7 @@ class Dispatcher:
         failing = [e for e, ok in health.items() if not ok]
         if failing:
             await self._disable_failing(failing, now)
-        if self.next_due is not None:
+        if self.due and self.due[0] <= time.monotonic():
             self.wake_claims.set()
 
     async def _disable_failing(self, endpoint_ids: list[str], now: datetime) -> None:
@@ -524,6 +548,12 @@ class Dispatcher:
                     },
                 )
             ).all()
+        per_endpoint: dict[str, int] = {}
+        for r in rows:
+            per_endpoint[str(r.endpoint_id)] = per_endpoint.get(str(r.endpoint_id), 0) + 1
+        self.backlogged = {e for e in self.backlogged if e in self.lanes} | {
+            e for e, n in per_endpoint.items() if n >= 2 * self.config.endpoint_concurrency
+        }
         claims = [
             Claimed(
                 message_id=str(r.message_id),
@@ -637,21 +667,23 @@ class Dispatcher:
         self.offer(self.projector.take_fresh())
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
+        """Claims what is due, and moves replays on a page a round, until ``stop``. It wakes when a retry
+        falls due, when a lane with a backlog frees, when a replay queued messages, or every ``poll_s``."""
         while not stop.is_set():
+            more = False
             try:
                 await self.claim_due()
-                while await self.replay_step():
-                    pass
+                more = await self.replay_step()
             except Exception as exc:  # noqa: BLE001 - the next round tries again
                 log.warning("webhook_claim_failed", error_type=type(exc).__name__, error=str(exc)[:300])
-            wait = self.config.poll_s
-            if self.next_due is not None:
-                wait = max(0.0, min(wait, self.next_due - time.monotonic()))
-                if wait <= self.config.poll_s:
-                    self.next_due = None
+            now = time.monotonic()
+            while self.due and self.due[0] <= now:
+                heapq.heappop(self.due)
+            wait = 0.0 if more else min(self.config.poll_s, self.due[0] - now if self.due else self.config.poll_s)
             self.wake_claims.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(stop, self.wake_claims), timeout=wait)
+            await asyncio.sleep(0.02)  # a round at most every 20 ms, however often woken
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set() or self.outcomes:
@@ -681,10 +713,12 @@ class Dispatcher:
         flushing = asyncio.ensure_future(self._flush_loop(stop))
         try:
             await asyncio.gather(runner.run(js, subjects, stop), self._claim_loop(stop))
+            self._release_queued()
             if self.tasks:
                 await asyncio.wait(list(self.tasks), timeout=self.config.timeout_s + 1)
             self.outcome_ready.set()
             await flushing
+            await self._flush()  # what finished after the flush loop's last round
         finally:
             flushing.cancel()
             for task in list(self.tasks):
