@@ -36,7 +36,7 @@ test: setup openwebui
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
 # Every benchmark in its quick form, one after the other: that each still runs, with figures at a small scale
-# (about 4 minutes on 2 cores; tests/bench/test_bench_quick.py runs the same forms). The full runs, and
+# (about 4.5 minutes on 2 cores; tests/bench/test_bench_quick.py runs the same forms). The full runs, and
 # LiteLLM beside parley, are `python -m bench.NAME` (bench/README.md).
 bench: export HF_HUB_OFFLINE = 1
 bench: setup
@@ -49,6 +49,7 @@ bench: setup
 	$(PY) -m bench.instant_upstream --smoke
 	$(PY) -m bench.commands_http --smoke
 	$(PY) -m bench.privacy --quick
+	$(PY) -m bench.webhooks --quick
 
 lint: setup
 	$(VENV)/bin/ruff check domain application schema projections adapters api workers

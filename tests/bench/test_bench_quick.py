@@ -35,6 +35,7 @@ FORMS: dict[str, list[str]] = {  # the longest first; fsync off where a form can
     "privacy": ["--quick", "--fast"],
     "openai_overhead": ["--smoke", "--targets", "direct,parley"],  # LiteLLM needs a venv from a download
     "pipeline": ["--smoke"],  # both layouts
+    "webhooks": ["--quick", "--fast"],
     "spine": ["--quick", "--fast"],
     "engine_cpu": ["--smoke", "--home", str(MODEL_HOME)],
     "quota": ["--quick", "--fast"],
@@ -208,11 +209,27 @@ def check_privacy(out: str) -> None:
     assert figure(out, "errors") == "0", "failed commands or checks"
 
 
+def check_webhooks(out: str) -> None:
+    positive(out, "backlog deliveries/s")
+    positive(out, "backlog webhooks CPU s per 1,000 deliveries")
+    for phase in (r"per-user, [\d,]+ events/s", r"fan-out x\d+, [\d,]+ events/s"):
+        for row in ("latency p50 (ms)", "latency p99 (ms)", "deliveries/s"):
+            found = rows_of(out, rf"({phase} {re.escape(row)})\s{{2,}}([\d.,]+)")
+            assert found and all(number(m[2]) > 0 for m in found), f"no {phase} {row} above zero"
+    for label in ("alone", "beside dead + slow"):
+        positive(out, f"healthy endpoint p50 (ms), {label}")
+        positive(out, f"healthy endpoint p99 (ms), {label}")
+    assert figure(out, "deliveries lost") == "0"
+    assert figure(out, "deliveries refused by the receiver") == "0"
+    assert figure(out, "errors") == "0", "lost deliveries, failed signatures or failed commands"
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "knowledge": check_knowledge,
     "privacy": check_privacy,
     "openai_overhead": check_openai_overhead,
     "pipeline": check_pipeline,
+    "webhooks": check_webhooks,
     "spine": check_spine,
     "engine_cpu": check_engine_cpu,
     "quota": check_quota,
