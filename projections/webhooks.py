@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, select
@@ -114,6 +114,7 @@ class Scopes:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
         self.known: dict[str, Scope | None] = {}
+        self.written: dict[str, Scope] = {}
 
     async def get(self, aggregate_id: Any) -> Scope | None:
         key = str(aggregate_id)
@@ -122,14 +123,19 @@ class Scopes:
             self.known[key] = None if row is None else Scope(row.user_id, row.model)
         return self.known[key]
 
-    async def put(self, aggregate_id: Any, scope: Scope) -> None:
+    def put(self, aggregate_id: Any, scope: Scope) -> None:
+        """Known at once to this transaction's lookups; written with the rest by ``flush``."""
         key = str(aggregate_id)
         self.known[key] = scope
-        await self.conn.execute(
-            insert(webhook_scopes)
-            .values(aggregate_id=key, user_id=scope.user_id, model=scope.model)
-            .on_conflict_do_nothing()
-        )
+        self.written[key] = scope
+
+    async def flush(self) -> None:
+        if self.written:
+            await self.conn.execute(
+                insert(webhook_scopes).on_conflict_do_nothing(),
+                [{"aggregate_id": k, "user_id": v.user_id, "model": v.model} for k, v in self.written.items()],
+            )
+            self.written = {}
 
 
 async def users_of(event: EventEnvelope, scopes: Scopes) -> set[str]:
@@ -189,20 +195,23 @@ class WebhooksProjector:
         self.dispatcher_id = dispatcher_id
         self.lease_s = lease_s
         self._fresh: list[Claimed] = []
+        self._fresh_events: dict[int, EventEnvelope] = {}
 
     def handles(self, event_type: str) -> bool:
         return True
 
-    def take_fresh(self) -> list[Claimed]:
-        """The messages the last committed transaction wrote locked to this dispatcher."""
-        fresh, self._fresh = self._fresh, []
-        return fresh
+    def take_fresh(self) -> tuple[list[Claimed], dict[int, EventEnvelope]]:
+        """The messages the last committed transaction wrote locked to this dispatcher, and their events (as
+        they came, sealed), so that sending them reads nothing again."""
+        fresh, events = self._fresh, self._fresh_events
+        self._fresh, self._fresh_events = [], {}
+        return fresh, events
 
     async def apply(self, conn: AsyncConnection, event: EventEnvelope) -> None:
         await self.apply_many(conn, [event])
 
     async def apply_many(self, conn: AsyncConnection, events: Sequence[EventEnvelope]) -> None:
-        self._fresh = []  # what a failed transaction wrote was rolled back with it
+        self._fresh, self._fresh_events = [], {}  # what a failed transaction wrote was rolled back with it
         tenants = {tenant_of(e) for e in events}
         endpoints = await self._endpoints(conn, tenants)
         scopes = Scopes(conn)
@@ -213,16 +222,17 @@ class WebhooksProjector:
                 await self._apply_webhook(conn, event)
                 endpoints.update(await self._endpoints(conn, {tenant}))
             elif event.type == "ChatCreated":
-                await scopes.put(event.aggregate_id, Scope(str(event.data.get("owner_id") or ""), None))
+                scopes.put(event.aggregate_id, Scope(str(event.data.get("owner_id") or ""), None))
             elif event.type == "GenerationRequested":
-                await scopes.put(
+                scopes.put(
                     event.aggregate_id, Scope(str(event.data.get("user_id") or ""), str(event.data.get("model") or ""))
                 )
             for endpoint in endpoints.get(tenant, ()):
                 if await matches(endpoint, event, scopes):
                     rows.append(self._message(endpoint, event))
+        await scopes.flush()
         if rows:
-            await self._insert(conn, rows)
+            await self._insert(conn, rows, {e.id: e for e in events})
 
     async def _endpoints(self, conn: AsyncConnection, tenants: set[str]) -> dict[str, list[Endpoint]]:
         found: dict[str, list[Endpoint]] = {tenant: [] for tenant in tenants}
@@ -248,44 +258,50 @@ class WebhooksProjector:
             "lease": mine,
         }
 
-    async def _insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        now = func.now()
-        values = [
+    _INSERT = (
+        insert(webhook_messages)
+        .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+        .returning(
+            webhook_messages.c.message_id,
+            webhook_messages.c.tenant_id,
+            webhook_messages.c.endpoint_id,
+            webhook_messages.c.event_id,
+            webhook_messages.c.notification_id,
+            webhook_messages.c.locked_by,
+        )
+    )
+    """One statement, compiled once, for any number of rows (SQLAlchemy batches them into multi-row VALUES)."""
+
+    async def _insert(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], events: Mapping[int, EventEnvelope]
+    ) -> None:
+        now = datetime.now(UTC)
+        lease_end = now + timedelta(seconds=self.lease_s)
+        params = [
             {
                 **{k: v for k, v in row.items() if k != "lease"},
                 "status": "pending",
                 "attempts": 0,
                 "next_attempt_at": now,
                 "created_at": now,
-                "locked_until": now + func.make_interval(0, 0, 0, 0, 0, 0, self.lease_s) if row["lease"] else None,
+                "locked_until": lease_end if row["lease"] else None,
             }
             for row in rows
         ]
-        statement = (
-            insert(webhook_messages)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
-            .returning(
-                webhook_messages.c.message_id,
-                webhook_messages.c.tenant_id,
-                webhook_messages.c.endpoint_id,
-                webhook_messages.c.event_id,
-                webhook_messages.c.notification_id,
-                webhook_messages.c.locked_by,
-            )
-        )
-        for row in (await conn.execute(statement)).mappings():
+        for row in (await conn.execute(self._INSERT, params)).mappings():
             if row["locked_by"] is not None and row["locked_by"] == self.dispatcher_id:
+                notification_id = int(row["notification_id"])
                 self._fresh.append(
                     Claimed(
                         message_id=str(row["message_id"]),
                         tenant_id=row["tenant_id"],
                         endpoint_id=str(row["endpoint_id"]),
                         event_id=str(row["event_id"]),
-                        notification_id=int(row["notification_id"]),
+                        notification_id=notification_id,
                         attempts=0,
                     )
                 )
+                self._fresh_events[notification_id] = events[notification_id]
 
     async def _apply_webhook(self, conn: AsyncConnection, event: EventEnvelope) -> None:
         endpoint_id = str(event.aggregate_id)

@@ -173,6 +173,11 @@ class _Events:
         self.waiting: dict[int, list[asyncio.Future[EventEnvelope | None]]] = {}
         self.reading = False
 
+    def put(self, events: dict[int, EventEnvelope]) -> None:
+        if len(self.cache) + len(events) > self.size:
+            self.cache.clear()
+        self.cache.update(events)
+
     async def get(self, notification_id: int) -> EventEnvelope | None:
         if notification_id in self.cache:
             return self.cache[notification_id]
@@ -194,9 +199,7 @@ class _Events:
                     if not future.done():
                         future.set_exception(exc)
             return
-        if len(self.cache) + len(found) > self.size:
-            self.cache.clear()
-        self.cache.update(found)
+        self.put(found)
         for notification_id, futures in waiting.items():
             for future in futures:
                 if not future.done():
@@ -234,6 +237,7 @@ class Dispatcher:
         """Endpoints with messages waiting in the table beyond what their lanes took."""
         self.events = _Events(store)
         self.endpoint_cache: dict[str, tuple[float, Endpoint | None]] = {}
+        self.endpoint_reads: dict[str, asyncio.Future[Endpoint | None]] = {}
         self.secret_cache: dict[tuple[str, int], list[SigningSecret]] = {}
         self.client: httpx.AsyncClient | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -300,10 +304,19 @@ class Dispatcher:
 
     # --- one send ----------------------------------------------------------------------------------------
     async def _endpoint(self, endpoint_id: str) -> Endpoint | None:
-        """The endpoint as the read model has it, cached for a second (a change shows within that)."""
+        """The endpoint as the read model has it, cached for a second (a change shows within that); the
+        sends that find it stale together wait on one read."""
         cached = self.endpoint_cache.get(endpoint_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        loading = self.endpoint_reads.get(endpoint_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._read_endpoint(endpoint_id))
+            self.endpoint_reads[endpoint_id] = loading
+            loading.add_done_callback(lambda _f: self.endpoint_reads.pop(endpoint_id, None))
+        return await asyncio.shield(loading)
+
+    async def _read_endpoint(self, endpoint_id: str) -> Endpoint | None:
         async with self.engine.connect() as conn:
             row = (
                 (await conn.execute(select(webhook_endpoints).where(webhook_endpoints.c.endpoint_id == endpoint_id)))
@@ -471,7 +484,7 @@ class Dispatcher:
         failing = [e for e, ok in health.items() if not ok]
         if failing:
             await self._disable_failing(failing, now)
-        if self.due and self.due[0] <= time.monotonic():
+        if self.due and self.due[0] <= time.monotonic() + 0.1:
             self.wake_claims.set()
 
     async def _disable_failing(self, endpoint_ids: list[str], now: datetime) -> None:
@@ -664,7 +677,9 @@ class Dispatcher:
 
     # --- the loops ---------------------------------------------------------------------------------------
     def _take_fresh(self) -> None:
-        self.offer(self.projector.take_fresh())
+        claims, events = self.projector.take_fresh()
+        self.events.put(events)
+        self.offer(claims)
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         """Claims what is due, and moves replays on a page a round, until ``stop``. It wakes when a retry
@@ -676,14 +691,20 @@ class Dispatcher:
                 more = await self.replay_step()
             except Exception as exc:  # noqa: BLE001 - the next round tries again
                 log.warning("webhook_claim_failed", error_type=type(exc).__name__, error=str(exc)[:300])
+            # Retries due within the next 100 ms go in this round: a dead endpoint's hundreds of retries, each
+            # with its own jitter, make a few rounds a second rather than one each.
             now = time.monotonic()
-            while self.due and self.due[0] <= now:
+            while self.due and self.due[0] <= now + 0.1:
                 heapq.heappop(self.due)
-            wait = 0.0 if more else min(self.config.poll_s, self.due[0] - now if self.due else self.config.poll_s)
+            wait = (
+                0.0
+                if more
+                else min(self.config.poll_s, max(0.1, self.due[0] - now) if self.due else self.config.poll_s)
+            )
             self.wake_claims.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(stop, self.wake_claims), timeout=wait)
-            await asyncio.sleep(0.02)  # a round at most every 20 ms, however often woken
+            await asyncio.sleep(0.05)  # a round at most every 50 ms, however often woken
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set() or self.outcomes:
@@ -707,6 +728,7 @@ class Dispatcher:
             policy=AddressPolicy(allow_private=self.config.allow_private),
             timeout=timeout,
             max_connections=self.config.concurrency,
+            max_keepalive=self.config.concurrency,  # one kept-alive connection per request in flight: no re-dials
         )
         runner = ProjectorRunner(self.projector, engine=self.engine, store=self.store, after_commit=self._take_fresh)
         log.info("webhook_dispatcher_started", dispatcher=self.dispatcher_id)
