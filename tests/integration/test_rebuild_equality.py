@@ -97,11 +97,11 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
     for slug in ("acme", "globex", c.settings.default_tenant):
         tenant = str(tenant_id_for(slug))
         if slug == c.settings.default_tenant:  # the embedded start: its first sign-up is the admin
-            await identity.register(
-                ctx(tenant), tenant=slug, email=f"boss@{slug}.test", password=PASSWORD, name="Boss"
-            )
+            await identity.register(ctx(tenant), tenant=slug, email=f"boss@{slug}.test", password=PASSWORD, name="Boss")
         else:  # any other tenant's first admin comes by the platform's invitation
-            invitation = await identity.invite(ctx("", "system:cli"), None, tenant=slug, email=f"boss@{slug}.test", role="admin")
+            invitation = await identity.invite(
+                ctx("", "system:cli"), None, tenant=slug, email=f"boss@{slug}.test", role="admin"
+            )
             await identity.accept_invitation(ctx(""), token=invitation.token, name="Boss", password=PASSWORD)
         # An invitation issued and never accepted stays in the history as it is.
         await identity.invite(ctx("", "system:cli"), None, tenant=slug, email=f"later@{slug}.test")
@@ -124,31 +124,21 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
         member, refresh = await principal(slug, f"m0@{slug}.test")
         rotated = await identity.refresh(ctx(tenant), refresh)
         await expect_refusal(identity.refresh(ctx(tenant), refresh))
-        await identity.change_password(
-            ctx(tenant, member.actor), member, current=PASSWORD, new=PASSWORD + "?"
-        )
+        await identity.change_password(ctx(tenant, member.actor), member, current=PASSWORD, new=PASSWORD + "?")
         await identity.logout(ctx(tenant, member.actor), member, everywhere=True)
         await expect_refusal(identity.authenticate(ctx(tenant), rotated.access_token))
 
         # API keys: two created, one revoked and then presented.
         kept = await identity.create_api_key(as_admin, admin, name="ci", scopes=["read"])
-        revoked = await identity.create_api_key(
-            as_admin, admin, name="laptop", scopes=["read", "write", "admin"]
-        )
+        revoked = await identity.create_api_key(as_admin, admin, name="laptop", scopes=["read", "write", "admin"])
         await identity.revoke_api_key(as_admin, admin, revoked.id)
         await identity.authenticate(ctx(tenant), kept.key)
         await expect_refusal(identity.authenticate(ctx(tenant), revoked.key))
 
         # Failed sign-ins: wrong password, unknown e-mail, deactivated account.
-        await expect_refusal(
-            identity.login(ctx(tenant), tenant=slug, email=f"boss@{slug}.test", password="nope")
-        )
-        await expect_refusal(
-            identity.login(ctx(tenant), tenant=slug, email=f"ghost@{slug}.test", password="x")
-        )
-        await expect_refusal(
-            identity.login(ctx(tenant), tenant=slug, email=f"m2@{slug}.test", password=PASSWORD)
-        )
+        await expect_refusal(identity.login(ctx(tenant), tenant=slug, email=f"boss@{slug}.test", password="nope"))
+        await expect_refusal(identity.login(ctx(tenant), tenant=slug, email=f"ghost@{slug}.test", password="x"))
+        await expect_refusal(identity.login(ctx(tenant), tenant=slug, email=f"m2@{slug}.test", password=PASSWORD))
 
         # Conversations: a provider with a closed model granted and revoked, a chat whose question is
         # answered twice (a regenerated branch, the second answer cancelled), renamed and archived; a
@@ -185,19 +175,33 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
         await c.knowledge.update(as_admin, admin, kb.id, name="Staff handbook", chunk_size=600, chunk_overlap=60)
         uploads = []
         for sample in (corpus.SAMPLES["markdown"], corpus.SAMPLES["pdf"], corpus.SAMPLES["csv"]):
-            uploads.append(await c.knowledge.upload(as_admin, admin, data=sample.data, filename=sample.filename, knowledge_id=kb.id))
-        uploads.append(await c.knowledge.upload(as_admin, admin, data=corpus.corrupt_pdf(), filename="bad.pdf", knowledge_id=kb.id))
+            uploads.append(
+                await c.knowledge.upload(
+                    as_admin, admin, data=sample.data, filename=sample.filename, knowledge_id=kb.id
+                )
+            )
+        uploads.append(
+            await c.knowledge.upload(as_admin, admin, data=corpus.corrupt_pdf(), filename="bad.pdf", knowledge_id=kb.id)
+        )
         with contextlib.suppress(ParleyError):
-            await c.knowledge.upload(as_admin, admin, data=b"\x89PNG\r\n\x1a\n" + bytes(300), filename="x.png", knowledge_id=kb.id)
+            await c.knowledge.upload(
+                as_admin, admin, data=b"\x89PNG\r\n\x1a\n" + bytes(300), filename="x.png", knowledge_id=kb.id
+            )
         talk = await c.chats.create(as_admin, admin, title="With a file")
-        uploads.append(await c.knowledge.upload(as_admin, admin, data=corpus.SAMPLES["text"].data, filename="notes.txt", chat_id=talk.id))
+        uploads.append(
+            await c.knowledge.upload(
+                as_admin, admin, data=corpus.SAMPLES["text"].data, filename="notes.txt", chat_id=talk.id
+            )
+        )
         await c.chats.update(as_admin, admin, talk.id, knowledge_ids=[str(kb.id)])
         await c.models.update_model(as_admin, admin, LOCAL_MODEL, knowledge_ids=[str(kb.id)])
         for document in uploads:  # as the ingestion worker would (it may get there first: then nothing happens)
             await c.knowledge.ingest(ctx(tenant, "system"), document.id)
         await c.knowledge.delete_document(as_admin, admin, uploads[2].id)
         scratch = await c.knowledge.create(as_admin, admin, name="Scratch")
-        scrap = await c.knowledge.upload(as_admin, admin, data=b"Scratch notes, soon gone.", filename="s.txt", knowledge_id=scratch.id)
+        scrap = await c.knowledge.upload(
+            as_admin, admin, data=b"Scratch notes, soon gone.", filename="s.txt", knowledge_id=scratch.id
+        )
         await c.knowledge.ingest(ctx(tenant, "system"), scrap.id)
         await c.knowledge.delete(as_admin, admin, scratch.id)
 
@@ -208,30 +212,28 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
         asked = await c.chats.send_message(as_leaving, leaving, their_chat.id, content="Remember me", model=LOCAL_MODEL)
         await c.generations.start(as_worker, asked.generation_id, attempt=1, worker="rebuild-test")
         await c.generations.finish(
-            as_worker, asked.generation_id, Outcome(status="completed", text="I will", prompt_tokens=3, completion_tokens=2, attempt=1)
+            as_worker,
+            asked.generation_id,
+            Outcome(status="completed", text="I will", prompt_tokens=3, completion_tokens=2, attempt=1),
         )
-        theirs = await c.knowledge.upload(as_leaving, leaving, data=corpus.SAMPLES["text"].data, filename="mine.txt", chat_id=their_chat.id)
+        theirs = await c.knowledge.upload(
+            as_leaving, leaving, data=corpus.SAMPLES["text"].data, filename="mine.txt", chat_id=their_chat.id
+        )
         await c.knowledge.ingest(ctx(tenant, "system"), theirs.id)
         if erase:
             await identity.erase_user(as_admin, admin, members[1])
 
     # Self sign-up where it is open, refused where it is closed.
-    await identity.register(
-        ctx(""), tenant="acme", email="walk-in@acme.test", password=PASSWORD, name="Walk In"
-    )
+    await identity.register(ctx(""), tenant="acme", email="walk-in@acme.test", password=PASSWORD, name="Walk In")
     try:
-        await identity.register(
-            ctx(""), tenant="globex", email="walk-in@globex.test", password=PASSWORD, name="W"
-        )
+        await identity.register(ctx(""), tenant="globex", email="walk-in@globex.test", password=PASSWORD, name="W")
     except ParleyError as exc:
         assert exc.code == "SIGNUP_DISABLED"
 
     # Tenant settings have no use case yet: change them on the aggregate, through the event store.
     def change_settings() -> None:
         tenant = c.store.get(Tenant, tenant_id_for("acme"))
-        tenant.change_settings(
-            name="Acme Corp", allow_signup=False, default_role="guest", domains=["acme.example"]
-        )
+        tenant.change_settings(name="Acme Corp", allow_signup=False, default_role="guest", domains=["acme.example"])
         c.store.save(tenant)
 
     await c.store.execute(ctx(str(tenant_id_for("acme")), "system:cli"), change_settings)
@@ -257,8 +259,10 @@ REBUILDS = ("pages", "small pages", "one event at a time")
 
 
 async def test_every_read_model_rebuilt_from_the_event_store_equals_the_incremental_one(
-    container: Container, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    container: Container, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, settings: Settings
 ) -> None:
+    """One varied history (it takes a while to make), rebuilt every way there is: whole pages, small pages,
+    one event at a time; cut short halfway and caught up; through ``parley rebuild``."""
     await varied_history(container)
     await pipeline.settle(timeout=60)
     max_id = await container.store.call(container.store.max_id)
@@ -286,12 +290,13 @@ async def test_every_read_model_rebuilt_from_the_event_store_equals_the_incremen
                 assert rebuilt[table] == rows, f"{projector.name}: {table} differs after a rebuild in {how}"
             monkeypatch.undo()
 
+    await a_rebuild_cut_short_keeps_whole_pages_and_a_catch_up_finishes_it(container, monkeypatch)
+    await parley_rebuild_shows_progress_and_gives_the_same_read_model(container, settings)
 
-async def test_a_rebuild_cut_short_keeps_whole_pages_and_a_catch_up_finishes_it(
-    container: Container, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+
+async def a_rebuild_cut_short_keeps_whole_pages_and_a_catch_up_finishes_it(
+    container: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await varied_history(container)
-    await pipeline.settle(timeout=60)
     max_id = await container.store.call(container.store.max_id)
     monkeypatch.setattr(runtime, "PAGE", 11)
 
@@ -309,7 +314,9 @@ async def test_a_rebuild_cut_short_keeps_whole_pages_and_a_catch_up_finishes_it(
             if position >= target // 2:
                 halfway.set()
 
-        task = asyncio.create_task(rebuild(projector, engine=container.engine, store=container.store, progress=progress))
+        task = asyncio.create_task(
+            rebuild(projector, engine=container.engine, store=container.store, progress=progress)
+        )
         await halfway.wait()
         task.cancel()  # as a kill would: whatever page was in flight rolls back
         await asyncio.gather(task, return_exceptions=True)
@@ -320,13 +327,10 @@ async def test_a_rebuild_cut_short_keeps_whole_pages_and_a_catch_up_finishes_it(
 
         assert await read_position(container.engine, projector.name) == max_id
         assert await snapshot(container, projector.tables) == incremental, f"{projector.name} differs"
+    monkeypatch.undo()
 
 
-async def test_parley_rebuild_shows_progress_and_gives_the_same_read_model(
-    container: Container, pipeline: Pipeline, settings: Settings
-) -> None:
-    await varied_history(container)
-    await pipeline.settle(timeout=60)
+async def parley_rebuild_shows_progress_and_gives_the_same_read_model(container: Container, settings: Settings) -> None:
     identity = next(p for p in all_projectors(container) if p.name == "identity")
     incremental = await snapshot(container, identity.tables)
     total = len(await container.store.call(container.store.read, 1, 100_000))
