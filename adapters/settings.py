@@ -107,6 +107,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_timeout_s: float = 15.0
     webhook_concurrency: int = 256
     webhook_endpoint_concurrency: int = 8
+    # How long delivered, failed and cancelled messages (and their attempts) stay in the delivery log.
+    webhook_log_retention_s: float = 30 * 86_400.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -242,6 +244,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             webhook_timeout_s=number("WEBHOOK_TIMEOUT_S", 15.0, 0.1, 300.0),
             webhook_concurrency=integer("WEBHOOK_CONCURRENCY", 256, 1, 10_000),
             webhook_endpoint_concurrency=integer("WEBHOOK_ENDPOINT_CONCURRENCY", 8, 1, 1000),
+            webhook_log_retention_s=number("WEBHOOK_LOG_RETENTION_S", 30 * 86_400.0, 60.0, 3650 * 86_400.0),
         )
         if problems:
             raise SettingsError(problems)
@@ -293,6 +296,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_WEBHOOK_TIMEOUT_S": repr(self.webhook_timeout_s),
             "PARLEY_WEBHOOK_CONCURRENCY": str(self.webhook_concurrency),
             "PARLEY_WEBHOOK_ENDPOINT_CONCURRENCY": str(self.webhook_endpoint_concurrency),
+            "PARLEY_WEBHOOK_LOG_RETENTION_S": repr(self.webhook_log_retention_s),
         }
         for name, value in (
             ("DATABASE_URL", self.database_url),

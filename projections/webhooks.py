@@ -16,6 +16,7 @@ messages missing from it are added (``ON CONFLICT DO NOTHING``): a rebuild re-se
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,14 @@ from schema.contract import (
     subject_fields,
 )
 from schema.events import EventEnvelope
-from schema.tables import webhook_endpoints, webhook_health, webhook_messages, webhook_replays, webhook_scopes
+from schema.tables import (
+    webhook_endpoints,
+    webhook_health,
+    webhook_log_floor,
+    webhook_messages,
+    webhook_replays,
+    webhook_scopes,
+)
 
 __all__ = ["Claimed", "Endpoint", "Scopes", "WebhooksProjector", "matches", "message_id_for"]
 
@@ -196,6 +204,7 @@ class WebhooksProjector:
         self.lease_s = lease_s
         self._fresh: list[Claimed] = []
         self._fresh_events: dict[int, EventEnvelope] = {}
+        self._floor: tuple[float, int] | None = None
 
     def handles(self, event_type: str) -> bool:
         return True
@@ -232,7 +241,19 @@ class WebhooksProjector:
                     rows.append(self._message(endpoint, event))
         await scopes.flush()
         if rows:
+            floor = await self._log_floor(conn)
+            rows = [row for row in rows if row["notification_id"] > floor]
+        if rows:
             await self._insert(conn, rows, {e.id: e for e in events})
+
+    async def _log_floor(self, conn: AsyncConnection) -> int:
+        """Messages of events up to this position may have been swept from the delivery log: none is written
+        for them again (a rebuild would re-send them). Far behind the live position; read once a minute."""
+        now = time.monotonic()
+        if self._floor is None or self._floor[0] < now:
+            found = await conn.scalar(select(webhook_log_floor.c.notification_id))
+            self._floor = (now + 60.0, int(found or 0))
+        return self._floor[1]
 
     async def _endpoints(self, conn: AsyncConnection, tenants: set[str]) -> dict[str, list[Endpoint]]:
         found: dict[str, list[Endpoint]] = {tenant: [] for tenant in tenants}

@@ -32,6 +32,7 @@ __all__ = [
     "webhook_attempts",
     "webhook_health",
     "webhook_replays",
+    "webhook_log_floor",
     "projector_positions",
     "relay_positions",
     "tenants",
@@ -571,4 +572,14 @@ webhook_replays = Table(
     Column("queued", Integer, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("done_at", DateTime(timezone=True)),
+)
+
+# The delivery log's retention (workers/webhooks.py sweeps it): messages of events up to this position may
+# have been dropped, so a rebuild of the webhooks projector writes no message for them (it would re-send).
+webhook_log_floor = Table(
+    "webhook_log_floor",
+    metadata,
+    Column("name", String(20), primary_key=True),  # always "floor": one row
+    Column("notification_id", BigInteger, nullable=False),
+    Column("swept_at", DateTime(timezone=True), nullable=False),
 )

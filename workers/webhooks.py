@@ -61,11 +61,13 @@ from projections.runtime import ProjectorRunner, read_position
 from projections.webhooks import Claimed, Endpoint, Scopes, WebhooksProjector, matches, message_id_for
 from schema.contract import withhold_personal
 from schema.events import EventEnvelope, encode
+from schema.locks import advisory_key
 from schema.tables import (
     audit_log,
     webhook_attempts,
     webhook_endpoints,
     webhook_health,
+    webhook_log_floor,
     webhook_messages,
     webhook_replays,
 )
@@ -116,6 +118,8 @@ class DispatchConfig:
     allow_private: bool = False
     poll_s: float = 1.0
     """How often due messages and replays are looked for when nothing says sooner."""
+    log_retention_s: float = 30 * 86_400.0
+    sweep_every_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> DispatchConfig:
@@ -127,6 +131,7 @@ class DispatchConfig:
             concurrency=settings.webhook_concurrency,
             endpoint_concurrency=settings.webhook_endpoint_concurrency,
             allow_private=settings.webhooks_allow_private,
+            log_retention_s=settings.webhook_log_retention_s,
         )
         values.update(overrides)
         return cls(**values)
@@ -675,6 +680,54 @@ class Dispatcher:
             self.wake_claims.set()
         return not done
 
+    # --- the delivery log's retention -----------------------------------------------------------------------
+    _SWEEP = text(
+        """
+        WITH gone AS (
+            DELETE FROM webhook_messages
+            WHERE message_id IN (
+                SELECT message_id FROM webhook_messages
+                WHERE status IN ('delivered', 'failed', 'cancelled') AND created_at < :cutoff
+                LIMIT :batch
+            )
+            RETURNING message_id, notification_id
+        ), attempts AS (
+            DELETE FROM webhook_attempts a USING gone WHERE a.message_id = gone.message_id
+        )
+        SELECT count(*), max(notification_id) FROM gone
+        """
+    )
+
+    async def sweep_log(self, *, now: datetime | None = None, batch: int = 10_000) -> int:
+        """Drop finished messages older than ``log_retention_s``, with their attempts, a batch per transaction;
+        one dispatcher at a time. Pending ones stay whatever their age. Returns how many went."""
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.config.log_retention_s)
+        dropped = 0
+        while True:
+            async with self.engine.begin() as conn:
+                if not await conn.scalar(
+                    text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": advisory_key("webhook-log-sweep")}
+                ):
+                    return dropped
+                count, highest = (await conn.execute(self._SWEEP, {"cutoff": cutoff, "batch": batch})).one()
+                if count:
+                    await conn.execute(
+                        insert(webhook_log_floor)
+                        .values(name="floor", notification_id=highest, swept_at=func.now())
+                        .on_conflict_do_update(
+                            index_elements=["name"],
+                            set_={
+                                "notification_id": func.greatest(webhook_log_floor.c.notification_id, highest),
+                                "swept_at": func.now(),
+                            },
+                        )
+                    )
+            dropped += int(count or 0)
+            if (count or 0) < batch:
+                if dropped:
+                    log.info("webhook_log_swept", messages=dropped)
+                return dropped
+
     # --- the loops ---------------------------------------------------------------------------------------
     def _take_fresh(self) -> None:
         claims, events = self.projector.take_fresh()
@@ -684,11 +737,15 @@ class Dispatcher:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         """Claims what is due, and moves replays on a page a round, until ``stop``. It wakes when a retry
         falls due, when a lane with a backlog frees, when a replay queued messages, or every ``poll_s``."""
+        next_sweep = time.monotonic() + min(60.0, self.config.sweep_every_s)
         while not stop.is_set():
             more = False
             try:
                 await self.claim_due()
                 more = await self.replay_step()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.config.sweep_every_s
+                    await self.sweep_log()
             except Exception as exc:  # noqa: BLE001 - the next round tries again
                 log.warning("webhook_claim_failed", error_type=type(exc).__name__, error=str(exc)[:300])
             # Retries due within the next 100 ms go in this round: a dead endpoint's hundreds of retries, each

@@ -17,6 +17,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -28,7 +29,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from adapters.settings import Settings
 from projections.runtime import read_position, rebuild
 from projections.webhooks import WebhooksProjector
-from schema.tables import webhook_endpoints, webhook_messages
+from schema.tables import webhook_attempts, webhook_endpoints, webhook_messages
 from tests.e2e.test_users_admin import PASSWORD, admin, create_user, login
 from tests.tenants import tenant_with_admin
 from tests.webhook_receiver import Answer, Receiver
@@ -474,3 +475,34 @@ async def test_delivery_never_connects_to_a_refused_address_nor_follows_redirect
     messages = (await client.get(f"/api/v1/webhooks/{b['id']}/messages", headers=bearer(tokens))).json()
     assert messages[0]["status"] == "pending" and messages[0]["last_error"] == "REDIRECT_NOT_FOLLOWED"
     del strict, relaxed
+
+
+async def test_the_delivery_log_keeps_finished_messages_for_its_retention_and_a_rebuild_resends_nothing_swept(
+    client: httpx.AsyncClient, container: Container, dispatcher: Dispatcher
+) -> None:
+    _, tokens = await admin(client)
+    receiver = Receiver()
+    async with receiver.serve() as url:
+        endpoint = await register_endpoint(client, tokens, url, event_types=["ChatCreated"])
+        receiver.verifiers = [Webhook(endpoint["secret"])]
+        await make_chats(client, tokens, 3)
+        await receiver.wait_for(3, timeout=30)
+        await pipeline_settled(container)
+        messages = f"/api/v1/webhooks/{endpoint['id']}/messages"
+        deadline = time.monotonic() + 10
+        while not all(m["status"] == "delivered" for m in (await client.get(messages, headers=bearer(tokens))).json()):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+        assert await dispatcher.sweep_log() == 0  # within the retention: kept
+        assert await dispatcher.sweep_log(now=datetime.now(UTC) + timedelta(days=31)) == 3
+        assert (await client.get(messages, headers=bearer(tokens))).json() == []
+        async with container.engine.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(webhook_attempts)) == 0
+
+        await rebuild(WebhooksProjector(), engine=container.engine, store=container.store)
+        assert (await client.get(messages, headers=bearer(tokens))).json() == []  # nothing to send again
+        r = await client.post(f"{messages.rsplit('/', 1)[0]}/replay", json={"after": 0}, headers=bearer(tokens))
+        assert r.status_code == 202  # an explicit replay still sends them again
+        await asyncio.sleep(1.5)
+    assert sorted(receiver.seen.values()) == [2, 2, 2]
