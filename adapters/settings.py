@@ -99,7 +99,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # default spans 27.6 hours: Standard Webhooks' schedule), after which it is failed; how long an endpoint
     # may fail without a success before it is disabled; how long a dispatcher holds a message it is sending
     # (another takes it over after that, e.g. after kill -9); one attempt's time limit; how many requests one
-    # dispatcher has in flight in all and per endpoint.
+    # dispatcher has in flight in all, per endpoint and per tenant.
     webhooks_allow_private: bool = False
     webhook_retry_schedule_s: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE_S
     webhook_disable_after_s: float = 5 * 86_400.0
@@ -107,6 +107,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_timeout_s: float = 15.0
     webhook_concurrency: int = 256
     webhook_endpoint_concurrency: int = 8
+    webhook_tenant_concurrency: int = 64
     # How long delivered, failed and cancelled messages (and their attempts) stay in the delivery log.
     webhook_log_retention_s: float = 30 * 86_400.0
 
@@ -244,6 +245,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             webhook_timeout_s=number("WEBHOOK_TIMEOUT_S", 15.0, 0.1, 300.0),
             webhook_concurrency=integer("WEBHOOK_CONCURRENCY", 256, 1, 10_000),
             webhook_endpoint_concurrency=integer("WEBHOOK_ENDPOINT_CONCURRENCY", 8, 1, 1000),
+            webhook_tenant_concurrency=integer("WEBHOOK_TENANT_CONCURRENCY", 64, 1, 10_000),
             webhook_log_retention_s=number("WEBHOOK_LOG_RETENTION_S", 30 * 86_400.0, 60.0, 3650 * 86_400.0),
         )
         if problems:
@@ -296,6 +298,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_WEBHOOK_TIMEOUT_S": repr(self.webhook_timeout_s),
             "PARLEY_WEBHOOK_CONCURRENCY": str(self.webhook_concurrency),
             "PARLEY_WEBHOOK_ENDPOINT_CONCURRENCY": str(self.webhook_endpoint_concurrency),
+            "PARLEY_WEBHOOK_TENANT_CONCURRENCY": str(self.webhook_tenant_concurrency),
             "PARLEY_WEBHOOK_LOG_RETENTION_S": repr(self.webhook_log_retention_s),
         }
         for name, value in (

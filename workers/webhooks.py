@@ -115,6 +115,7 @@ class DispatchConfig:
     timeout_s: float = 15.0
     concurrency: int = 256
     endpoint_concurrency: int = 8
+    tenant_concurrency: int = 64
     allow_private: bool = False
     poll_s: float = 1.0
     """How often due messages and replays are looked for when nothing says sooner."""
@@ -130,6 +131,7 @@ class DispatchConfig:
             timeout_s=settings.webhook_timeout_s,
             concurrency=settings.webhook_concurrency,
             endpoint_concurrency=settings.webhook_endpoint_concurrency,
+            tenant_concurrency=settings.webhook_tenant_concurrency,
             allow_private=settings.webhooks_allow_private,
             log_retention_s=settings.webhook_log_retention_s,
         )
@@ -231,6 +233,8 @@ class Dispatcher:
         )
         self.lanes: dict[str, _Lane] = {}
         self.in_flight = 0
+        self.tenant_in_flight: dict[str, int] = {}
+        """Requests in flight per tenant: one tenant's slow endpoints (many of them) cannot take every slot."""
         self.held = 0
         """Messages this dispatcher holds (queued or being sent)."""
         self.outcomes: list[_Outcome] = []
@@ -265,11 +269,15 @@ class Dispatcher:
     def _pump(self, endpoint_id: str) -> None:
         lane = self.lanes[endpoint_id]
         while (
-            lane.queue and lane.running < self.config.endpoint_concurrency and self.in_flight < self.config.concurrency
+            lane.queue
+            and lane.running < self.config.endpoint_concurrency
+            and self.in_flight < self.config.concurrency
+            and self.tenant_in_flight.get(lane.queue[0].tenant_id, 0) < self.config.tenant_concurrency
         ):
             claim = lane.queue.popleft()
             lane.running += 1
             self.in_flight += 1
+            self.tenant_in_flight[claim.tenant_id] = self.tenant_in_flight.get(claim.tenant_id, 0) + 1
             task = asyncio.ensure_future(self._send(claim))
             self.tasks.add(task)
             task.add_done_callback(lambda t, c=claim: self._sent(t, c))
@@ -280,6 +288,10 @@ class Dispatcher:
         lane.running -= 1
         self.in_flight -= 1
         self.held -= 1
+        if self.tenant_in_flight[claim.tenant_id] <= 1:
+            del self.tenant_in_flight[claim.tenant_id]
+        else:
+            self.tenant_in_flight[claim.tenant_id] -= 1
         if not lane.queue and not lane.running:
             del self.lanes[claim.endpoint_id]
         if claim.endpoint_id in self.backlogged and self.has_room(claim.endpoint_id):

@@ -506,3 +506,32 @@ async def test_the_delivery_log_keeps_finished_messages_for_its_retention_and_a_
         assert r.status_code == 202  # an explicit replay still sends them again
         await asyncio.sleep(1.5)
     assert sorted(receiver.seen.values()) == [2, 2, 2]
+
+
+async def test_one_tenants_slow_endpoints_cannot_take_every_slot(
+    client: httpx.AsyncClient, container: Container, pipeline: Any
+) -> None:
+    # Three slots in all, two a tenant: without the tenant cap, acme's three slow endpoints would hold all three.
+    d, stop, task = await start_dispatcher(container, concurrency=3, endpoint_concurrency=1, tenant_concurrency=2)
+    try:
+        _, platform = await admin(client)
+        _, acme = await tenant_with_admin(client, bearer(platform), "acme", "admin@acme.example")
+        slow, healthy = Receiver(answer=lambda _i, _n: Answer(delay_s=6.0)), Receiver()
+        async with slow.serve() as slow_url, healthy.serve() as healthy_url:
+            secrets = [
+                (await register_endpoint(client, acme, f"{slow_url}/{i}", event_types=["ChatCreated"]))["secret"]
+                for i in range(3)
+            ]
+            slow.verifiers = [Webhook(s) for s in secrets]
+            good = await register_endpoint(client, platform, healthy_url, event_types=["ChatCreated"])
+            healthy.verifiers = [Webhook(good["secret"])]
+            await make_chats(client, acme, 2)
+            await asyncio.sleep(1.0)  # acme's requests are under way
+            started = time.monotonic()
+            await make_chats(client, platform, 1)
+            await healthy.wait_for(1, timeout=30)
+            assert time.monotonic() - started < 4.0, "the other tenant waited for acme's slow endpoints"
+    finally:
+        stop.set()
+        await task
+    del d
