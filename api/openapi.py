@@ -142,6 +142,7 @@ def openapi_config() -> OpenAPIConfig:
         title="parley",
         version="0.1.0",
         path="/schema",
+        use_handler_docstrings=True,  # each route's docstring is its operation's description
         components=Components(security_schemes=dict(SECURITY_SCHEMES)),
     )
 
