@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -78,7 +78,9 @@ class ApiKeyCreate(_Body):
     turns the role it forwards into the parley role of end users it creates (else the tenant's default)."""
 
     name: Name
-    scopes: Annotated[list[Annotated[str, Meta(max_length=20)]], Meta(max_length=4)] = msgspec.field(default_factory=lambda: ["read", "write"])
+    scopes: Annotated[list[Annotated[str, Meta(max_length=20)]], Meta(max_length=4)] = msgspec.field(
+        default_factory=lambda: ["read", "write"]
+    )
     expires_in_days: int | None = None
     role_map: RoleMap | None = None
 
@@ -212,3 +214,8 @@ class AuditEntry(msgspec.Struct, kw_only=True):
 class AuditPage(msgspec.Struct, kw_only=True):
     items: list[dict[str, Any]]
     next_before: int | None = None
+
+
+def aware(t: datetime | None) -> datetime | None:
+    """A query's or body's time as UTC when it came without a zone."""
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t

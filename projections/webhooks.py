@@ -69,6 +69,18 @@ class Claimed:
     notification_id: int
     attempts: int
 
+    @classmethod
+    def from_row(cls, row: Any) -> Claimed:
+        """From a ``webhook_messages`` row, or a RETURNING of those columns."""
+        return cls(
+            message_id=str(row.message_id),
+            tenant_id=row.tenant_id,
+            endpoint_id=str(row.endpoint_id),
+            event_id=str(row.event_id),
+            notification_id=int(row.notification_id),
+            attempts=int(row.attempts),
+        )
+
 
 @dataclass(frozen=True)
 class Scope:
@@ -288,6 +300,7 @@ class WebhooksProjector:
             webhook_messages.c.endpoint_id,
             webhook_messages.c.event_id,
             webhook_messages.c.notification_id,
+            webhook_messages.c.attempts,
             webhook_messages.c.locked_by,
         )
     )
@@ -309,20 +322,11 @@ class WebhooksProjector:
             }
             for row in rows
         ]
-        for row in (await conn.execute(self._INSERT, params)).mappings():
-            if row["locked_by"] is not None and row["locked_by"] == self.dispatcher_id:
-                notification_id = int(row["notification_id"])
-                self._fresh.append(
-                    Claimed(
-                        message_id=str(row["message_id"]),
-                        tenant_id=row["tenant_id"],
-                        endpoint_id=str(row["endpoint_id"]),
-                        event_id=str(row["event_id"]),
-                        notification_id=notification_id,
-                        attempts=0,
-                    )
-                )
-                self._fresh_events[notification_id] = events[notification_id]
+        for row in await conn.execute(self._INSERT, params):
+            if row.locked_by is not None and row.locked_by == self.dispatcher_id:
+                claim = Claimed.from_row(row)
+                self._fresh.append(claim)
+                self._fresh_events[claim.notification_id] = events[claim.notification_id]
 
     async def _apply_webhook(self, conn: AsyncConnection, event: EventEnvelope) -> None:
         endpoint_id = str(event.aggregate_id)

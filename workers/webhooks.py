@@ -232,7 +232,6 @@ class Dispatcher:
             claim=self._fresh_room, dispatcher_id=self.dispatcher_id, lease_s=config.lease_s
         )
         self.lanes: dict[str, _Lane] = {}
-        self.in_flight = 0
         self.tenant_in_flight: dict[str, int] = {}
         """Requests in flight per tenant: one tenant's slow endpoints (many of them) cannot take every slot."""
         self.held = 0
@@ -250,8 +249,7 @@ class Dispatcher:
         self.secret_cache: dict[tuple[str, int], list[SigningSecret]] = {}
         self.client: httpx.AsyncClient | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        self.delivered = 0
-        self.failed_attempts = 0
+        """The sends in flight."""
 
     # --- lanes -------------------------------------------------------------------------------------------
     def has_room(self, endpoint_id: str) -> bool:
@@ -271,12 +269,11 @@ class Dispatcher:
         while (
             lane.queue
             and lane.running < self.config.endpoint_concurrency
-            and self.in_flight < self.config.concurrency
+            and len(self.tasks) < self.config.concurrency
             and self.tenant_in_flight.get(lane.queue[0].tenant_id, 0) < self.config.tenant_concurrency
         ):
             claim = lane.queue.popleft()
             lane.running += 1
-            self.in_flight += 1
             self.tenant_in_flight[claim.tenant_id] = self.tenant_in_flight.get(claim.tenant_id, 0) + 1
             task = asyncio.ensure_future(self._send(claim))
             self.tasks.add(task)
@@ -286,7 +283,6 @@ class Dispatcher:
         self.tasks.discard(task)
         lane = self.lanes[claim.endpoint_id]
         lane.running -= 1
-        self.in_flight -= 1
         self.held -= 1
         if self.tenant_in_flight[claim.tenant_id] <= 1:
             del self.tenant_in_flight[claim.tenant_id]
@@ -296,9 +292,8 @@ class Dispatcher:
             del self.lanes[claim.endpoint_id]
         if claim.endpoint_id in self.backlogged and self.has_room(claim.endpoint_id):
             self.wake_claims.set()  # more of this endpoint's messages wait in the table
-        for endpoint_id in [claim.endpoint_id, *(e for e, lane in self.lanes.items() if lane.queue)]:
-            if endpoint_id in self.lanes:
-                self._pump(endpoint_id)
+        for endpoint_id in [e for e, lane in self.lanes.items() if lane.queue]:  # a slot freed: any lane may go
+            self._pump(endpoint_id)
 
     def _fresh_room(self, endpoint_id: str) -> bool:
         """The projector's question: may a new message to this endpoint be handed over at once? When not,
@@ -430,17 +425,15 @@ class Dispatcher:
                 }
             )
             if o.delivered:
-                self.delivered += 1
                 status, next_at = "delivered", None
             else:
-                self.failed_attempts += 1
                 delay = self.config.delay_s(number)
                 if delay is not None and o.retry_after_s is not None:
                     delay = o.retry_after_s
                 status = "pending" if delay is not None else "failed"
                 next_at = None if delay is None else now + timedelta(seconds=delay)
                 if next_at is not None:
-                    heapq.heappush(self.due, time.monotonic() + (delay or 0.0))
+                    heapq.heappush(self.due, time.monotonic() + delay)
             health[c.endpoint_id] = health.get(c.endpoint_id, False) or o.delivered
             updates.append(
                 {
@@ -584,17 +577,7 @@ class Dispatcher:
         self.backlogged = {e for e in self.backlogged if e in self.lanes} | {
             e for e, n in per_endpoint.items() if n >= 2 * self.config.endpoint_concurrency
         }
-        claims = [
-            Claimed(
-                message_id=str(r.message_id),
-                tenant_id=r.tenant_id,
-                endpoint_id=str(r.endpoint_id),
-                event_id=str(r.event_id),
-                notification_id=int(r.notification_id),
-                attempts=int(r.attempts),
-            )
-            for r in rows
-        ]
+        claims = [Claimed.from_row(r) for r in rows]
         self.offer(claims)
         return len(claims)
 

@@ -27,10 +27,6 @@ REASON = QueryParameter(
 )
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
-
-
 class AuditPublicKey(msgspec.Struct, frozen=True, kw_only=True):
     """The Ed25519 key that signs audit checkpoints (``parley audit public-key`` prints the same)."""
 
@@ -71,7 +67,7 @@ class AuditController(Controller):
         """The tenant's audit log, newest first, for its admins and auditors. Personal fields in `detail`
         are sealed (`enc:v1:...`) unless `open=true` with a stated `reason` (else 400 `REASON_REQUIRED`)."""
         caller.require_auditor()
-        since, until = _aware(since), _aware(until)
+        since, until = dto.aware(since), dto.aware(until)
         if since and until and since > until:
             raise Invalid("INVALID_RANGE", "since must not be after until")
         rows, cursor = await query_audit(
@@ -116,7 +112,7 @@ class AuditController(Controller):
         if aggregate_id is None and kind != "quota_policy":
             raise BadRequest("VALIDATION_FAILED", f"a replay of kind '{kind}' names the aggregate_id", field="aggregate_id")
         return await c.audit.state_at(
-            command_context(request, caller), caller, _aware(at) or datetime.now(UTC),
+            command_context(request, caller), caller, dto.aware(at) or datetime.now(UTC),
             kind=kind, aggregate_id=aggregate_id, reason=reason,
         )  # fmt: skip
 

@@ -11,7 +11,7 @@ was made or its secret rotated). Every change is an event on the endpoint, in th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -21,6 +21,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from msgspec import UNSET, Meta, UnsetType
 
+from api import dto
 from api.deps import App, Caller, command_context
 from api.openapi import refusals
 from domain.errors import NotFound
@@ -200,10 +201,6 @@ def _message(r: Mapping[str, Any]) -> MessageOut:
     )
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
-
-
 class WebhookController(Controller):
     path = "/api/v1/webhooks"
     tags = ["webhooks"]
@@ -373,6 +370,6 @@ class WebhookController(Controller):
         ``since`` (a time), up to this request: a new integration backfills history. Events the receiver
         had already accepted come with the same ``webhook-id`` as before."""
         replay_id = await c.webhooks.replay(
-            command_context(request, caller), caller, webhook_id, since=_aware(data.since), after=data.after
+            command_context(request, caller), caller, webhook_id, since=dto.aware(data.since), after=data.after
         )
         return ReplayOut(replay_id=replay_id)

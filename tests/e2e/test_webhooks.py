@@ -30,15 +30,11 @@ from adapters.settings import Settings
 from projections.runtime import read_position, rebuild
 from projections.webhooks import WebhooksProjector
 from schema.tables import webhook_attempts, webhook_endpoints, webhook_messages
-from tests.e2e.test_users_admin import PASSWORD, admin, create_user, login
+from tests.e2e.test_users_admin import PASSWORD, admin, bearer, create_user, login
 from tests.tenants import tenant_with_admin
 from tests.webhook_receiver import Answer, Receiver
 from workers.bootstrap import Container
 from workers.webhooks import DispatchConfig, Dispatcher
-
-
-def bearer(tokens: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from adapters.settings import Settings
 from application.context import CommandContext
 from application.identity import Principal
 from schema.tables import webhook_attempts, webhook_messages
-from tests.e2e.test_users_admin import admin
+from tests.e2e.test_users_admin import admin, bearer
 from tests.integration.procs import Part
 from tests.webhook_receiver import Answer, Receiver
 from workers.bootstrap import Container
@@ -32,10 +32,6 @@ def settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(
         settings, webhooks_allow_private=True, webhook_retry_schedule_s=(0.2, 0.5, 1.0), webhook_lease_s=2.0
     )
-
-
-def bearer(tokens: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
 async def create_chats(c: Container, user: dict[str, Any], n: int) -> None:
