@@ -42,9 +42,11 @@ def _add_missing_columns(sync_conn: Any) -> None:
 
 def _add_missing_indexes(sync_conn: Any) -> None:
     """Indexes added to a table after it was created (``create_all`` makes a table's indexes only with it)."""
-    inspector = inspect(sync_conn)
+    # One catalog query for every table (each process runs this at start), not one per table.
+    present = set(
+        sync_conn.execute(text("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")).scalars()
+    )
     for table in metadata.sorted_tables:
-        present = {index["name"] for index in inspector.get_indexes(table.name)}
         for index in table.indexes:
             if index.name not in present:
                 index.create(sync_conn, checkfirst=True)
