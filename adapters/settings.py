@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
     nats_url: str | None = None
     redis_url: str | None = None
+    # How many servers of the NATS cluster keep a copy of each stream (3 in production: a node may be lost).
+    nats_replicas: int = 1
     # Prefix of every stream, subject, table-free resource and Redis key this deployment owns.
     # Production keeps "parley" (streams PARLEY_EVENTS, subjects parley.events.>); tests use their own.
     namespace: str = "parley"
@@ -159,6 +161,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 problems.append(f"PARLEY_{name} must start with one of {', '.join(s + '://' for s in schemes)}")
             return raw
 
+        def nats_servers(name: str) -> str | None:
+            raw = get(name)
+            if raw is None:
+                return None
+            for part in raw.split(","):
+                if urlsplit(part.strip()).scheme not in ("nats", "tls"):
+                    problems.append(
+                        f"PARLEY_{name}: {part.strip()!r} must start with nats:// or tls:// "
+                        "(a cluster's servers are comma-separated)"
+                    )
+            return raw
+
         def networks(name: str) -> tuple[str, ...]:
             found: list[str] = []
             for item in (part.strip() for part in (get(name) or "").split(",")):
@@ -206,7 +220,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         values: dict[str, object] = dict(
             home=home,
             database_url=url("DATABASE_URL", ("postgresql", "postgres", "postgresql+psycopg")),
-            nats_url=url("NATS_URL", ("nats", "tls")),
+            nats_url=nats_servers("NATS_URL"),
+            nats_replicas=integer("NATS_REPLICAS", 1, 1, 5),
             redis_url=url("REDIS_URL", ("redis", "rediss", "unix")),
             namespace=namespace,
             secret_key=secret or "",
@@ -263,6 +278,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """The environment a child process needs to rebuild these exact settings."""
         env = {
             "PARLEY_HOME": str(self.home),
+            "PARLEY_NATS_REPLICAS": str(self.nats_replicas),
             "PARLEY_NAMESPACE": self.namespace,
             "PARLEY_SECRET_KEY": self.secret_key,
             "PARLEY_ACCESS_TOKEN_TTL": str(self.access_token_ttl_s),

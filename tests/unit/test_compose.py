@@ -19,7 +19,10 @@ PARLEY = {name: s for name, s in SERVICES.items() if s.get("image") == "parley:l
 
 def test_compose_runs_the_engines_parley_needs() -> None:
     assert SERVICES["postgres"]["image"].startswith("pgvector/pgvector:pg1")
-    assert "-js" in SERVICES["nats"]["command"]
+    for node in ("nats", "nats2", "nats3"):  # a JetStream cluster: each node routes to the others
+        command = SERVICES[node]["command"]
+        assert "-js" in command and command[command.index("--server_name") + 1] == node
+        assert command[command.index("--routes") + 1] == "nats://nats:6222,nats://nats2:6222,nats://nats3:6222"
     assert SERVICES["redis"]["image"].startswith("redis:")
     for engine in ("postgres", "nats", "redis"):
         assert "healthcheck" in SERVICES[engine], engine
@@ -37,7 +40,8 @@ def test_each_parley_service_runs_a_real_cli_command_against_the_engines(name: s
     assert args.command in ("api", "relay", "project", "worker", "ingest")
     env = service["environment"]
     assert "@postgres:5432/" in env["PARLEY_DATABASE_URL"]
-    assert env["PARLEY_NATS_URL"] == "nats://nats:4222"
+    assert env["PARLEY_NATS_URL"] == "nats://nats:4222,nats://nats2:4222,nats://nats3:4222"
+    assert env["PARLEY_NATS_REPLICAS"] == "3"
     assert env["PARLEY_REDIS_URL"].startswith("redis://redis:6379")
     assert env["PARLEY_SECRET_KEY"].startswith("${PARLEY_SECRET_KEY:?"), "no default secret in production"
     for engine in ("postgres", "nats", "redis"):

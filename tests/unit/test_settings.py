@@ -50,6 +50,22 @@ def test_every_bad_value_is_reported_at_once(tmp_path: Path) -> None:
     assert len(info.value.problems) == 13
 
 
+def test_a_nats_cluster_is_its_servers_comma_separated_with_a_replica_count(tmp_path: Path) -> None:
+    cluster = "nats://a:4222,nats://b:4222, tls://c:4222"
+    s = Settings.from_env({"PARLEY_HOME": str(tmp_path), "PARLEY_NATS_URL": cluster, "PARLEY_NATS_REPLICAS": "3"})
+    assert (s.nats_url, s.nats_replicas) == (cluster, 3)
+    assert Settings.from_env(s.child_env()) == s
+    assert Settings.from_env({"PARLEY_HOME": str(tmp_path)}).nats_replicas == 1
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(
+            {"PARLEY_HOME": str(tmp_path), "PARLEY_NATS_URL": "nats://a:4222,b:4222", "PARLEY_NATS_REPLICAS": "7"}
+        )
+    assert info.value.problems == [
+        "PARLEY_NATS_URL: 'b:4222' must start with nats:// or tls:// (a cluster's servers are comma-separated)",
+        "PARLEY_NATS_REPLICAS=7 must be between 1 and 5",
+    ]
+
+
 def test_child_env_round_trips(tmp_path: Path) -> None:
     s = Settings.from_env(
         {
