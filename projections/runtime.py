@@ -366,7 +366,9 @@ async def follow(
     """Follow ``PARLEY_EVENTS`` on the durable pull consumer ``name`` until ``stop`` is set: each batch is
     applied (``apply``, one transaction) and acked only after it committed; a batch that failed is not
     acked and comes back, after a backoff. When idle, anything committed that never arrived (relay down, a
-    late consumer, a failure) is read from the event store (``behind``, ``catch_up``)."""
+    late consumer, a failure) is read from the event store (``behind``, ``catch_up``); so too while the
+    consumer cannot be reached (a NATS node lost, its leader being elected)."""
+    from nats.errors import Error as NatsError
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -391,6 +393,12 @@ async def follow(
         except (TimeoutError, NatsTimeout):
             if await behind():
                 await catch_up()
+            continue
+        except NatsError as exc:
+            log.warning("projector_fetch_failed", projector=name, error_type=type(exc).__name__, error=str(exc)[:200])
+            if await behind():
+                await catch_up()
+            await asyncio.sleep(0.5)
             continue
         events = sorted((decode(m.data) for m in msgs), key=lambda e: e.id)
         try:

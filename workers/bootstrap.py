@@ -101,7 +101,7 @@ class Container:
             self.nc, self.js = await nats_adapter.connect(
                 self.settings.nats_url, name, disconnected=self._bus_lost, reconnected=self._bus_back
             )
-            await nats_adapter.ensure_streams(self.js, self.subjects)
+            await nats_adapter.ensure_streams(self.js, self.subjects, replicas=self.settings.nats_replicas)
             self.shredding.js = self.js
         return self.js
 

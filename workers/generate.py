@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from adapters.nats import publish_acked
 from adapters.readiness import EngineStatus, WorkerBeacon, WorkerRecords
 from application.context import CommandContext
 from application.conversations import EngineTarget, Outcome, Retrieval
@@ -38,6 +39,14 @@ __all__ = ["GenerationWorker", "EngineRegistry"]
 log = structlog.get_logger("parley.worker")
 
 CHUNK_INTERVAL_S = 0.03  # one token message per ~30 ms of tokens
+ACK_WAIT_S = 4.0
+"""How long JetStream waits for a job's ack or heartbeat before it hands the job to another worker: how soon
+a generation whose worker died starts over (kill -9 of a worker mid-generation: the next attempt's first
+token ~4 s later; it was 10 s)."""
+HEARTBEAT_S = 1.0
+"""``in_progress`` every second: a worker's event loop may stall three of them before its job is handed on."""
+CANCEL_CHECK_S = 2.0
+"""How often a running generation looks in the event store for a cancel whose signal it missed."""
 GIVE_UP_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0)
 """How long a worker keeps trying to record a generation JetStream gave up on (~1 minute in all)."""
 
@@ -181,8 +190,8 @@ class GenerationWorker:
         nc: Any,
         name: str | None = None,
         concurrency: int | None = None,
-        ack_wait_s: float = 10.0,
-        heartbeat_s: float = 2.0,
+        ack_wait_s: float = ACK_WAIT_S,
+        heartbeat_s: float = HEARTBEAT_S,
         max_deliver: int = 3,
         sweep_every_s: float = 30.0,
         sweep_after_s: float | None = None,
@@ -210,17 +219,22 @@ class GenerationWorker:
 
         from adapters.engines import DEFAULT_LOCAL_MODEL
 
-        sub = await self.js.pull_subscribe(
-            self.subjects.jobs_all,
-            durable=self.subjects.workers_durable,
-            stream=self.subjects.jobs_stream,
+        durable = self.subjects.workers_durable
+        # Created, or brought up to this config: pull_subscribe alone would leave an existing consumer's
+        # ack_wait as it was, and with it how soon a dead worker's jobs are handed on.
+        await self.js.add_consumer(
+            self.subjects.jobs_stream,
             config=ConsumerConfig(
+                name=durable,
+                durable_name=durable,
+                filter_subject=self.subjects.jobs_all,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.ack_wait_s,
                 max_deliver=self.max_deliver,
                 max_ack_pending=10_000,
             ),
         )
+        sub = await self.js.pull_subscribe_bind(durable=durable, stream=self.subjects.jobs_stream)
         if self.c.js is not None:  # chats and generations this worker cached: forgotten when shredded
             await self.c.follow_shredding("parley-worker")
         cancels = await self.nc.subscribe(self.subjects.cancel_all, cb=self._on_cancel)
@@ -335,10 +349,14 @@ class GenerationWorker:
             log.warning("given_up_job_not_deleted", generation_id=job.generation_id, error=str(exc)[:200])
 
     async def _heartbeat(self, msg: Any, generation_id: str) -> None:
+        checked = time.monotonic()
         while True:
             await asyncio.sleep(self.heartbeat_s)
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+            if time.monotonic() - checked < CANCEL_CHECK_S:
+                continue
+            checked = time.monotonic()
             # Fallback for a cancel signal that was missed (sent before this worker subscribed).
             g = await self.c.store.call(self.c.store.find, Generation, uuid.UUID(generation_id))
             if g is not None and g.cancel_requested and generation_id in self._cancels:
@@ -514,11 +532,14 @@ class GenerationWorker:
                 await stream.aclose()  # type: ignore[attr-defined]
 
     async def _publish(self, chunk: TokenChunk) -> None:
+        """Tried again while JetStream elects a new leader for the tokens stream (a NATS node lost): the
+        generation waits rather than failing an attempt."""
         chunk = msgspec.structs.replace(chunk, published_at=time.time())
-        await self.js.publish(
+        await publish_acked(
+            self.js,
             self.subjects.tokens(chunk.generation_id),
             encode_chunk(chunk),
-            headers={"Nats-Msg-Id": f"{chunk.generation_id}:{chunk.attempt}:{chunk.seq}"},
+            msg_id=f"{chunk.generation_id}:{chunk.attempt}:{chunk.seq}",
         )
 
     async def _publish_done(self, generation_id: str, outcome: Outcome) -> None:

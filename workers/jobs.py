@@ -19,7 +19,9 @@ log = structlog.get_logger("parley.worker")
 async def run_jobs(sub: Any, handle: Callable[[Any], Awaitable[None]], *, concurrency: int, stop: asyncio.Event) -> None:
     """Fetch from the pull subscription ``sub`` until ``stop`` is set, with at most ``concurrency`` jobs
     running at once. On the way out the running jobs are cancelled: each handler naks its message, so
-    another worker takes the job at once."""
+    another worker takes the job at once. While the consumer cannot be reached (a NATS node lost, its leader
+    being elected) fetching is tried again every half second."""
+    from nats.errors import Error as NatsError
     from nats.errors import TimeoutError as NatsTimeout
 
     tasks: set[asyncio.Task[None]] = set()
@@ -32,6 +34,10 @@ async def run_jobs(sub: Any, handle: Callable[[Any], Awaitable[None]], *, concur
             try:
                 msgs = await sub.fetch(free, timeout=1)
             except (TimeoutError, NatsTimeout):
+                continue
+            except NatsError as exc:
+                log.warning("job_fetch_failed", error_type=type(exc).__name__, error=str(exc)[:200])
+                await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
                 task = asyncio.create_task(handle(msg))
