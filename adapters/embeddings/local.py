@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters.logging import adopt_library_logs
 from application.embeddings import LOCAL_EMBEDDING_MODEL, EmbeddingError, Embeddings
 
 __all__ = ["LOCAL_MODEL_ALIASES", "LocalEmbedder", "local_model_path"]
@@ -85,6 +86,7 @@ def _load(device: str | None) -> _Loaded:
         if loaded is not None:
             return loaded
         from transformers import AutoModel, AutoTokenizer
+        adopt_library_logs()  # transformers' own stderr handler would write plain lines
 
         path = local_model_path()
         started = time.perf_counter()

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.logging import adopt_library_logs
 from application.engines import ChatTurn, EngineChunk, EngineError, EngineRequest
 
 __all__ = ["DEFAULT_LOCAL_MODEL", "LocalEngine", "ModelSource", "resolve_model", "smollm2_gguf_path"]
@@ -128,6 +129,7 @@ def _materialise(source: ModelSource, home: Path, dtype: Any) -> tuple[Any, Any,
     config + tokenizer under ``home/models/<cache_name>``; returns (tokenizer, model, folder, converted)."""
     torch = _import_torch()
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    adopt_library_logs()  # transformers' own stderr handler would write plain lines
 
     folder = source.directory
     if source.gguf_file is not None:
