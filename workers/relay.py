@@ -97,11 +97,16 @@ class Relay:
             return_exceptions=True,
         )
         acked = self.position
-        failed: set[int] = set()
+        failed: dict[int, BaseException] = {}
         for (notification_id, _), result in zip(sent, results, strict=True):
             if isinstance(result, BaseException):
-                log.warning("publish_failed", notification_id=notification_id, error=str(result))
-                failed.add(notification_id)
+                failed.setdefault(notification_id, result)
+        if failed:  # one line a batch: while a stream elects a leader, every message of it fails alike
+            first = min(failed)
+            log.warning(
+                "publish_failed", notification_id=first, failed=len(failed), error_type=type(failed[first]).__name__,
+                error=str(failed[first])[:200],
+            )  # fmt: skip
         for e in batch:
             if e.id in failed:
                 break
