@@ -32,6 +32,7 @@ from eventsourcing.utils import retry
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier
 
+from adapters import tracing
 from adapters.crypto import KeyRow, KeyStore, ShreddingMapper, erased_marker, is_sealed
 from application.context import CommandContext, current_command
 from domain.chats import Chat
@@ -268,6 +269,12 @@ def _split_topic(topic: str) -> tuple[str, str]:
     return parts[0], parts[-1]
 
 
+def command_name(fn: Callable[..., Any]) -> str:
+    """``Chats.send_message`` for the ``command`` closure a service's method hands to ``execute``."""
+    name = getattr(fn, "__qualname__", "") or type(fn).__name__
+    return name.split(".<locals>", 1)[0]
+
+
 def event_id(aggregate_id: uuid.UUID, version: int) -> uuid.UUID:
     return uuid.uuid5(aggregate_id, str(version))
 
@@ -376,8 +383,12 @@ class EventStore:
                 continue
             for pending in aggregate.pending_events:
                 object.__setattr__(pending, "meta", meta)
-        recordings = self.app.save(*aggregates)
-        return [r.notification.id for r in recordings]
+        with tracing.span("event_store.append") as span:
+            recordings = self.app.save(*aggregates)
+            ids = [r.notification.id for r in recordings]
+            if span is not None and ids:
+                span.set_attributes({"parley.events": len(ids), "parley.notification_id.first": ids[0]})
+        return ids
 
     def read(self, start: int, limit: int, stop: int | None = None) -> list[EventEnvelope]:
         """Envelopes with notification id >= start (and <= stop), in order."""
@@ -473,6 +484,15 @@ class EventStore:
 
     # --- async facade -------------------------------------------------------------------------------------
     async def execute(self, ctx: CommandContext, fn: Callable[[], R]) -> R:
+        if not tracing.enabled():
+            return await self._execute(ctx, fn)
+        # The command's span; its events carry it as their traceparent, so that the relay, the projectors
+        # and the workers continue this trace.
+        attributes = {"parley.tenant_id": ctx.tenant_id, "parley.correlation_id": ctx.correlation_id}
+        with tracing.span(f"command {command_name(fn)}", attributes=attributes):
+            return await self._execute(ctx.replace(traceparent=tracing.current_traceparent()), fn)
+
+    async def _execute(self, ctx: CommandContext, fn: Callable[[], R]) -> R:
         loop = asyncio.get_running_loop()
         call = contextvars.copy_context().run
         return await loop.run_in_executor(self._executor, call, self.run_command, ctx, fn)
