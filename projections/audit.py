@@ -40,6 +40,7 @@ __all__ = [
     "AuditProjector",
     "ChainProblem",
     "audit_row",
+    "canonical_json",
     "chain_heads",
     "open_details",
     "query_audit",
@@ -105,7 +106,13 @@ _UNCHANGED = frozenset({str, int, bool, type(None)})
 
 
 def redact(value: Any) -> Any:
-    """``value`` without keys that name a secret (at any depth), with text Postgres can store."""
+    """``value`` without keys that name a secret (at any depth), with text Postgres can store, integral
+    floats as integers: the form ``row_hash`` hashes, so a row's detail needs no canonicalising."""
+    return _redact(value, [])
+
+
+def _redact(value: Any, floats: list[float]) -> Any:
+    """``redact``, noting in ``floats`` the (non-integral) floats it keeps."""
     kind = type(value)
     if kind is str:
         return _clean_text(value)
@@ -125,14 +132,18 @@ def redact(value: Any) -> Any:
             elif key in _BULK_KEYS and isinstance(item, list):
                 kept[name] = {"count": len(item)}
             else:
-                kept[name] = redact(item)
+                kept[name] = _redact(item, floats)
         return kept
     if isinstance(value, list | tuple):
-        return [redact(item) for item in value]
+        return [_redact(item, floats) for item in value]
     if isinstance(value, str):
         return _clean_text(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN or infinity
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)  # JSON has no NaN or infinity
+        if value.is_integer():
+            return int(value)  # as JSONB gives it back (1e20 comes back an integer): already canonical
+        floats.append(value)
     return value
 
 
@@ -152,19 +163,34 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def row_hash(row: Mapping[Any, Any]) -> str:
-    """sha256 hex of ``prev_hash`` + the canonical JSON of the row's ``HASHED_FIELDS``."""
+def row_hash(row: Mapping[Any, Any], *, plain: bool = False) -> str:
+    """sha256 hex of ``prev_hash`` + the canonical JSON of the row's ``HASHED_FIELDS``. ``plain``: the row's
+    detail came from ``redact`` holding no float, so it is canonical as it is (a row read back is walked)."""
     content = {name: row[name] for name in HASHED_FIELDS}
     if row.get("via") is not None:
         content["via"] = row["via"]
     content["event_id"] = str(content["event_id"])
     content["occurred_at"] = _utc(content["occurred_at"]).isoformat(timespec="microseconds")
-    canonical = _CANONICAL_JSON.encode(_canonical(content))
-    return hashlib.sha256((row["prev_hash"] + canonical).encode()).hexdigest()
+    text = canonical_json(content) if plain else _CANONICAL_JSON.encode(_canonical(content))
+    return hashlib.sha256((row["prev_hash"] + text).encode()).hexdigest()
 
 
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
-"""What ``json.dumps(..., sort_keys=True, separators=(",", ":"), allow_nan=False)`` builds on every call."""
+"""What ``json.dumps(..., sort_keys=True, separators=(",", ":"), allow_nan=False)`` builds on every call:
+the canonical form every chain is hashed over."""
+_SORTED_JSON = msgspec.json.Encoder(order="sorted")
+
+
+def canonical_json(content: Mapping[str, Any]) -> str:
+    """``_CANONICAL_JSON.encode(content)`` for float-free content, three times faster where it can be:
+    msgspec writes the same text wherever its output is printable ASCII without an escape (it writes
+    floats, escapes and other characters differently, so for those the stdlib's encoder does it)."""
+    fast = _SORTED_JSON.encode(content)
+    if fast.isascii() and b"\\" not in fast and b"\x7f" not in fast:
+        return fast.decode()
+    return _CANONICAL_JSON.encode(content)
+
+
 _LENGTH: dict[str, int | None] = {column.name: getattr(column.type, "length", None) for column in audit_log.columns}
 
 
@@ -179,6 +205,7 @@ def _fit(column: str, value: str | None) -> str | None:
 
 def audit_row(event: EventEnvelope, *, seq: int, prev_hash: str) -> dict[str, Any]:
     """The audit row recording ``event`` as number ``seq`` of its tenant's chain, hash included."""
+    floats: list[float] = []
     row: dict[str, Any] = {
         "tenant_id": _fit("tenant_id", event.tenant_id or PLATFORM_TENANT),
         "seq": seq,
@@ -193,10 +220,10 @@ def audit_row(event: EventEnvelope, *, seq: int, prev_hash: str) -> dict[str, An
         "ip": _fit("ip", event.ip),
         "user_agent": _fit("user_agent", event.user_agent),
         "correlation_id": _fit("correlation_id", event.correlation_id),
-        "detail": redact(event.data),
+        "detail": _redact(event.data, floats),
         "prev_hash": prev_hash,
     }
-    row["hash"] = row_hash(row)
+    row["hash"] = row_hash(row, plain=not floats)
     return row
 
 

@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
+import msgspec
 import structlog
 from psycopg.types.json import Jsonb
 from sqlalchemy import JSON, Table, select
@@ -116,9 +117,13 @@ async def copy_rows(conn: AsyncConnection, table: Table, rows: Sequence[Mapping[
             if json_columns:
                 for i, name in enumerate(names):
                     if name in json_columns and (values[i] is not None or json_columns[name]):
-                        values[i] = Jsonb(values[i])
+                        values[i] = Jsonb(values[i], dumps=_json_dumps)
             await copy.write_row(values)
 
+
+_json_dumps = msgspec.json.encode
+"""JSON for ``COPY``: Postgres parses it into JSONB, so any valid JSON serves; msgspec's is ~5x faster than
+the stdlib's (psycopg's default)."""
 
 _MAX_FILL = 5_000
 PAGE = 5_000
