@@ -15,10 +15,12 @@ from typing import Any
 
 import psycopg
 import structlog
+from opentelemetry.trace import Span
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters import tracing
 from adapters.eventstore import EventStore
 from schema.events import EventEnvelope, encode
 from schema.jobs import IngestJob, Job, encode_ingest_job, encode_job
@@ -67,7 +69,7 @@ class Relay:
 
     def _messages(self, e: EventEnvelope) -> list[tuple[str, bytes, str]]:
         """What one event becomes on NATS: itself on PARLEY_EVENTS and, for a GenerationRequested or an
-        upload still to ingest, a job on the PARLEY_JOBS work queue."""
+        upload still to ingest, a job on the PARLEY_JOBS work queue (subject, payload, ``Nats-Msg-Id``)."""
         messages = [(self.subjects.event(e.tenant_id or "platform", e.aggregate_type, e.type), encode(e), str(e.id))]
         if e.type == "GenerationRequested":
             job = Job(
@@ -91,16 +93,35 @@ class Relay:
     async def publish(self, batch: list[EventEnvelope]) -> int:
         """Publish a batch (pipelined, in order); return the last id whose messages, and all before them,
         were acked."""
-        sent = [(e.id, m) for e in batch for m in self._messages(e)]
+        sent: list[tuple[int, tuple[str, bytes, str], dict[str, str]]] = []
+        spans: dict[int, Span] = {}
+        for e in batch:
+            # The trace the event's command began goes on in its messages' headers: through the relay's own
+            # publish span where tracing is on here, else straight from the event.
+            publish_span = tracing.start_span(
+                "publish", e.traceparent, kind=tracing.SpanKind.PRODUCER,
+                attributes={"messaging.system": "nats", "parley.event_type": e.type, "parley.notification_id": e.id},
+            )  # fmt: skip
+            traceparent = e.traceparent
+            if publish_span is not None:
+                spans[e.id] = publish_span
+                traceparent = tracing.traceparent_of(publish_span) or traceparent
+            for message in self._messages(e):
+                headers = {"Nats-Msg-Id": message[2]}
+                if traceparent:
+                    headers["traceparent"] = traceparent
+                sent.append((e.id, message, headers))
         results = await asyncio.gather(
-            *(self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}) for _, (subject, payload, msg_id) in sent),
+            *(self.js.publish(subject, payload, headers=headers) for _, (subject, payload, _), headers in sent),
             return_exceptions=True,
         )
         acked = self.position
         failed: dict[int, BaseException] = {}
-        for (notification_id, _), result in zip(sent, results, strict=True):
+        for (notification_id, _, _), result in zip(sent, results, strict=True):
             if isinstance(result, BaseException):
                 failed.setdefault(notification_id, result)
+        for notification_id, publish_span in spans.items():
+            tracing.end_span(publish_span, failed.get(notification_id))
         if failed:  # one line a batch: while a stream elects a leader, every message of it fails alike
             first = min(failed)
             log.warning(
