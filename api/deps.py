@@ -172,6 +172,7 @@ async def check_rate(state: State, tenant_id: str, key: str, limit_name: str) ->
     per_minute = policy.rate_limits.get(limit_name, DEFAULT_RATE_LIMITS[limit_name])
     decision = await limits.limiter.hit(key, per_minute)
     if not decision.allowed:
+        state.container.metrics.rate_limited(limit_name)
         raise RateLimited(
             "RATE_LIMITED",
             f"too many requests: at most {decision.limit} a minute; retry in {decision.retry_after_s}s",

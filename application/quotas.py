@@ -116,6 +116,7 @@ class Quotas:
         read_events: Callable[[int, int], list[EventEnvelope]] | None = None,
         clock: Callable[[], datetime] = _utcnow,
         policy_changed: Callable[[str], Awaitable[None]] | None = None,
+        refused: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -124,6 +125,8 @@ class Quotas:
         self.clock = clock
         self.policies = PolicyCache()
         self.policy_changed = policy_changed
+        self.refused = refused
+        """Told the scope (user, user_model, tenant) of each reservation a limit refused (the metrics)."""
 
     # --- policy -------------------------------------------------------------------------------------------
     def policy(self, tenant_id: str) -> QuotaPolicy:
@@ -257,6 +260,8 @@ class Quotas:
             return granted
         scope = granted.scope.split(":", 1)[0]
         public_scope = f"user_model:{model}" if scope == "user_model" else scope
+        if self.refused is not None:
+            self.refused(scope)
         reset_at = next_midnight(now, policy.timezone)
         raise RateLimited(
             "QUOTA_EXCEEDED",

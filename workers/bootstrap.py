@@ -94,6 +94,7 @@ class Container:
 
     def __post_init__(self) -> None:
         self.quotas.policy_changed = self.announce_policy_change
+        self.quotas.refused = self.metrics.quota_refused
 
     async def connect_nats(self, name: str) -> Any:
         if self.js is None:

@@ -78,4 +78,4 @@ class MetricsController(Controller):
     @get("/", operation_id="Metrics", media_type=CONTENT_TYPE)
     async def metrics(self, c: App) -> Response[bytes]:
         head = await c.store.call(c.store.max_id)
-        return Response(await c.metrics.render(c.engine, head), media_type=CONTENT_TYPE)
+        return Response(await c.metrics.render(c.engine, head, c.js, c.subjects), media_type=CONTENT_TYPE)
