@@ -87,15 +87,25 @@ async def connect(
 
 
 async def publish_acked(
-    js: JetStreamContext, subject: str, payload: bytes, *, msg_id: str, within_s: float = 30.0
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    msg_id: str,
+    within_s: float = 30.0,
+    traceparent: str | None = None,
 ) -> PubAck:
     """Publish and wait for the ack, trying again while JetStream is unavailable (a node lost, a leader
-    being elected) for up to ``within_s``. The same ``Nats-Msg-Id`` each time: JetStream keeps one copy."""
+    being elected) for up to ``within_s``. The same ``Nats-Msg-Id`` each time: JetStream keeps one copy.
+    ``traceparent``: the trace the message belongs to, as a header."""
     deadline = time.monotonic() + within_s
     delay = 0.1
+    headers = {"Nats-Msg-Id": msg_id}
+    if traceparent:
+        headers["traceparent"] = traceparent
     while True:
         try:
-            return await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id})
+            return await js.publish(subject, payload, headers=headers)
         except BUS_UNAVAILABLE as exc:
             if time.monotonic() + delay > deadline:
                 raise
