@@ -19,13 +19,18 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import structlog
 
 from adapters.embedded import EngineStartError, running_engines
 from adapters.logging import configure_logging
+from adapters.nats import StreamsError, servers
 from adapters.settings import Settings, SettingsError
 
 log = structlog.get_logger("parley.cli")
+
+CLUSTER_REPLICAS = 3
+"""Replicas of each stream on the NATS cluster of ``parley serve --nats-cluster``: any one node may be lost."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -60,7 +65,11 @@ def _with_engines(settings: Settings, *needed: str) -> Settings:
             f"nothing is running under {settings.home}: start it with 'make run' (parley serve), or set "
             "PARLEY_DATABASE_URL, PARLEY_NATS_URL and PARLEY_REDIS_URL to use other engines"
         )
-    return settings.with_urls(database_url=urls.database_url, nats_url=urls.nats_url, redis_url=urls.redis_url)
+    settings = settings.with_urls(database_url=urls.database_url, nats_url=urls.nats_url, redis_url=urls.redis_url)
+    if len(servers(urls.nats_url)) > 1 and "PARLEY_NATS_REPLICAS" not in os.environ:
+        # `parley serve --nats-cluster` runs: keep its streams' replicas (a default of 1 would scale them down).
+        settings = msgspec.structs.replace(settings, nats_replicas=CLUSTER_REPLICAS)
+    return settings
 
 
 def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -662,7 +671,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     started = time.monotonic()
     settings = _settings(args)
-    engines = EmbeddedEngines(settings.home, fast=settings.embedded_fast)
+    nodes = args.nats_cluster
+    if nodes != 1 and not 3 <= nodes <= 7:
+        raise SettingsError([f"--nats-cluster {nodes}: a NATS cluster has 3 to 7 nodes (1: a single server)"])
+    if nodes > 1:
+        if settings.nats_url:
+            raise SettingsError(["--nats-cluster starts an embedded NATS cluster: unset PARLEY_NATS_URL"])
+        settings = msgspec.structs.replace(settings, nats_replicas=CLUSTER_REPLICAS)
+    elif not settings.nats_url and settings.nats_replicas > 1:
+        raise SettingsError(
+            [f"PARLEY_NATS_REPLICAS={settings.nats_replicas} needs a NATS cluster: add --nats-cluster 3"]
+        )
+    engines = EmbeddedEngines(settings.home, fast=settings.embedded_fast, nats_cluster=nodes)
     urls = engines.start(database_url=settings.database_url, nats_url=settings.nats_url, redis_url=settings.redis_url)
     settings = settings.with_urls(database_url=urls.database_url, nats_url=urls.nats_url, redis_url=urls.redis_url)
     env = {**os.environ, **settings.child_env()}
@@ -768,6 +788,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run everything on the embedded engines")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--nats-cluster", type=int, default=1, metavar="N",
+        help="run NATS as an embedded JetStream cluster of N nodes (3 to 7), streams with 3 replicas (default: 1 server)",
+    )  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     api = sub.add_parser("api", help="run the HTTP API")
@@ -878,7 +902,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (SettingsError, NothingRunning, EngineStartError) as exc:
+    except (SettingsError, NothingRunning, EngineStartError, StreamsError) as exc:
         print(f"parley: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
