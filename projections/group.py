@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -41,6 +41,14 @@ def split_for_groups(projectors: Sequence[Projector]) -> tuple[list[Projector], 
     shared = [p for p in projectors if getattr(p, "batch_size", None) is None]
     alone = [p for p in projectors if getattr(p, "batch_size", None) is not None]
     return shared, alone
+
+
+_SET_POSITION = (
+    projector_positions.update()
+    .where(projector_positions.c.name == bindparam("key"))
+    .values(position=bindparam("value"))
+)
+"""One member's new position; executed with every member that moved (one statement, many parameter sets)."""
 
 
 class ProjectorGroup:
@@ -88,13 +96,21 @@ class ProjectorGroup:
         if not events:
             return
         plain = {e.id: e for e in await opened(self.store, list(events))}  # opened once for every member
+        contiguous = all(b.id == a.id + 1 for a, b in zip(events, events[1:], strict=False))
         async with self.engine.begin() as conn:
-            positions = await self._lock_positions(conn)
+            locked = await self._lock_positions(conn)
+            positions = dict(locked)
             for projector in self.projectors:
+                position = positions[projector.name]
+                if contiguous and position + 1 >= events[0].id and not any(
+                    e.id > position and projector.handles(e.type) for e in events
+                ):  # nothing for it in the batch, and no gap before it: it only moves on
+                    positions[projector.name] = max(position, events[-1].id)
+                    continue
                 try:
                     async with conn.begin_nested():
                         positions[projector.name] = await apply_locked(
-                            conn, projector, self.store, positions[projector.name], events, opened_by_id=plain
+                            conn, projector, self.store, position, events, opened_by_id=plain, record=False
                         )
                 except Exception as exc:  # its savepoint rolled back; the others go on
                     log.warning(
@@ -103,20 +119,27 @@ class ProjectorGroup:
                         error_type=type(exc).__name__,
                         error=str(exc)[:300],
                     )
+            moved = [{"key": name, "value": p} for name, p in positions.items() if p != locked[name]]
+            if moved:  # every member's new position in one statement
+                await conn.execute(_SET_POSITION, moved)
         self.positions.update(positions)
 
     async def _lock_positions(self, conn: AsyncConnection) -> dict[str, int]:
+        """The members' positions, their rows locked (created on the group's first batch)."""
         names = [p.name for p in self.projectors]
-        await conn.execute(
-            insert(projector_positions).values([{"name": n, "position": 0} for n in names]).on_conflict_do_nothing()
-        )
-        rows = await conn.execute(
+        query = (
             select(projector_positions.c.name, projector_positions.c.position)
             .where(projector_positions.c.name.in_(names))
             .order_by(projector_positions.c.name)
             .with_for_update()
         )
-        return {name: int(position) for name, position in rows.all()}
+        positions = {name: int(position) for name, position in (await conn.execute(query)).all()}
+        if len(positions) < len(names):
+            await conn.execute(
+                insert(projector_positions).values([{"name": n, "position": 0} for n in names]).on_conflict_do_nothing()
+            )
+            positions = {name: int(position) for name, position in (await conn.execute(query)).all()}
+        return positions
 
     async def run(self, js: Any, subjects: Any, stop: asyncio.Event) -> None:
         """Follow ``PARLEY_EVENTS`` until ``stop`` is set."""

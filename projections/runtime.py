@@ -205,10 +205,12 @@ async def apply_locked(
     read_from: int | None = None,
     through: int | None = None,
     opened_by_id: Mapping[int, EventEnvelope] | None = None,
+    record: bool = True,
 ) -> int:
     """``apply_batch`` inside a transaction that holds the projector's position row (locked, at
     ``position``): applies what follows the position and records the new one. Returns it.
-    ``opened_by_id``: ``events`` already opened, by id (a group opens a batch once for all its members)."""
+    ``opened_by_id``: ``events`` already opened, by id (a group opens a batch once for all its members).
+    ``record=False``: the caller writes the position returned (a group writes all its members' at once)."""
     fresh = [e for e in events if e.id > position]
     if read_from is not None and read_from <= position + 1:
         end = max(position, through if through is not None else fresh[-1].id if fresh else position)
@@ -234,9 +236,10 @@ async def apply_locked(
     else:
         for event in handled:
             await projector.apply(conn, event)
-    await conn.execute(
-        projector_positions.update().where(projector_positions.c.name == projector.name).values(position=end)
-    )
+    if record:
+        await conn.execute(
+            projector_positions.update().where(projector_positions.c.name == projector.name).values(position=end)
+        )
     return end
 
 
