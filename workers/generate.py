@@ -18,10 +18,14 @@ import socket
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import structlog
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from adapters import tracing
+from adapters.metrics import WorkerMetrics
 from adapters.nats import publish_acked
 from adapters.readiness import EngineStatus, WorkerBeacon, WorkerRecords
 from application.context import CommandContext
@@ -29,7 +33,7 @@ from application.conversations import EngineTarget, Outcome, Retrieval
 from application.engines import Engine, EngineError, EngineRequest
 from application.knowledge import citations_of, with_sources
 from domain.chats import Generation, tool_call_id_for
-from schema.jobs import decode_job
+from schema.jobs import Job, decode_job
 from schema.tokens import TokenChunk, ToolCallPiece, encode_chunk
 from workers.bootstrap import Container
 from workers.jobs import run_jobs
@@ -49,6 +53,48 @@ CANCEL_CHECK_S = 2.0
 """How often a running generation looks in the event store for a cancel whose signal it missed."""
 GIVE_UP_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0)
 """How long a worker keeps trying to record a generation JetStream gave up on (~1 minute in all)."""
+
+
+GEN_AI_PROVIDERS = {"openai": "openai", "ollama": "ollama", "local": "parley.local", "echo": "parley.echo"}
+"""``gen_ai.provider.name`` of each engine kind (OpenAI's name for any OpenAI-compatible server)."""
+
+
+def gen_ai_request(target: EngineTarget, request: EngineRequest) -> dict[str, Any]:
+    """The engine call's attributes by the OpenTelemetry GenAI semantic conventions (inference span).
+    Never the messages: they are personal content."""
+    provider = GEN_AI_PROVIDERS.get(target.kind, target.kind)
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider,
+        "gen_ai.system": provider,  # the name before gen_ai.provider.name, which older backends still read
+        "gen_ai.request.model": target.upstream_model,
+        "gen_ai.request.stream": True,
+        "gen_ai.request.temperature": request.temperature,
+        "gen_ai.request.top_p": request.top_p,
+    }
+    if request.max_tokens is not None:
+        attributes["gen_ai.request.max_tokens"] = request.max_tokens
+    if target.base_url:
+        url = urlsplit(target.base_url)
+        attributes["server.address"] = url.hostname or ""
+        if url.port:
+            attributes["server.port"] = url.port
+    return attributes
+
+
+def gen_ai_response(outcome: Outcome) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "gen_ai.usage.input_tokens": outcome.prompt_tokens,
+        "gen_ai.usage.output_tokens": outcome.completion_tokens,
+        "gen_ai.response.finish_reasons": [outcome.finish_reason if outcome.status == "completed" else outcome.status],
+        "parley.generation.status": outcome.status,
+        "parley.generation.tokens_per_s": round(outcome.tokens_per_s, 2),
+    }
+    if outcome.completion_tokens:
+        attributes["gen_ai.response.time_to_first_chunk"] = round(outcome.ttft_ms / 1000, 6)
+    if outcome.error_code:
+        attributes["error.type"] = outcome.error_code
+    return attributes
 
 
 class ToolCalls:
@@ -196,8 +242,10 @@ class GenerationWorker:
         sweep_every_s: float = 30.0,
         sweep_after_s: float | None = None,
         preload_local: bool = False,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.c = c
+        self.metrics = metrics or WorkerMetrics()
         self.js = js
         self.nc = nc
         self.subjects = c.subjects
@@ -363,8 +411,29 @@ class GenerationWorker:
                 self._cancels[generation_id].set()
 
     async def _handle(self, msg: Any) -> None:
+        """One job, in the trace of the request that asked for it (the job message's traceparent)."""
         job = decode_job(msg.data)
         attempt = int(msg.metadata.num_delivered)
+        self.metrics.taken(job.model, msg.metadata.timestamp, attempt)
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "parley.generation_id": job.generation_id,
+            "parley.model": job.model,
+            "parley.attempt": attempt,
+            "parley.correlation_id": job.correlation_id or "",
+        }
+        self.metrics.running.inc()
+        try:
+            with tracing.span(
+                "generation job", parent=(msg.headers or {}).get("traceparent"), kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            ):  # fmt: skip
+                await self._run(msg, job, attempt)
+        finally:
+            self.metrics.running.dec()
+
+    async def _run(self, msg: Any, job: Job, attempt: int) -> None:
         ctx = CommandContext.caused_by(
             job.tenant_id, f"worker:{self.name}", event_id=job.event_id, correlation_id=job.correlation_id
         )
@@ -386,7 +455,17 @@ class GenerationWorker:
             request = await self.c.generations.complete_request(generation, request)
             if started.retrieval is not None:
                 request, citations = await self._retrieve(started.retrieval, request)
-            outcome = await self._generate(job.generation_id, attempt, target, request, cancel)
+            with tracing.span(
+                f"chat {target.upstream_model}", kind=SpanKind.CLIENT, attributes=gen_ai_request(target, request)
+            ) as engine_span:
+                outcome = await self._generate(job.generation_id, attempt, target, request, cancel)
+                if engine_span is not None:
+                    engine_span.set_attributes(gen_ai_response(outcome))
+                    if outcome.status == "failed":
+                        engine_span.set_status(Status(StatusCode.ERROR, outcome.error_code))
+            self.metrics.finished(
+                job.model, outcome.status, outcome.ttft_ms, outcome.tokens_per_s, outcome.completion_tokens
+            )
             outcome.citations.extend(citations)
             recorded = await self.c.generations.finish(ctx, uuid.UUID(job.generation_id), outcome)
             await self._settle(job.generation_id, outcome if recorded else None)
@@ -540,6 +619,7 @@ class GenerationWorker:
             self.subjects.tokens(chunk.generation_id),
             encode_chunk(chunk),
             msg_id=f"{chunk.generation_id}:{chunk.attempt}:{chunk.seq}",
+            traceparent=tracing.current_traceparent(),  # the SSE reader goes on with this trace
         )
 
     async def _publish_done(self, generation_id: str, outcome: Outcome) -> None:
