@@ -27,11 +27,12 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
+from adapters import tracing
 from application.context import CommandContext
 from domain.knowledge import embedding_space
 from projections.knowledge import pending_reembeddings
 from projections.vectors import build_indexes, cached_vectors, embed_text, session_lock
-from schema.jobs import decode_ingest_job
+from schema.jobs import IngestJob, decode_ingest_job
 from schema.tables import chunks
 from workers.bootstrap import Container
 from workers.jobs import run_every, run_jobs
@@ -90,8 +91,23 @@ class IngestionWorker:
                 await msg.in_progress()
 
     async def _handle(self, msg: Any) -> None:
+        """One upload to ingest, in the trace of the request that uploaded it (the job's traceparent)."""
         job = decode_ingest_job(msg.data)
         attempt = int(msg.metadata.num_delivered)
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "parley.document_id": job.document_id,
+            "parley.attempt": attempt,
+            "parley.correlation_id": job.correlation_id or "",
+        }
+        with tracing.span(
+            "ingest document", parent=(msg.headers or {}).get("traceparent"), kind=tracing.SpanKind.CONSUMER,
+            attributes=attributes,
+        ):  # fmt: skip
+            await self._ingest(msg, job, attempt)
+
+    async def _ingest(self, msg: Any, job: IngestJob, attempt: int) -> None:
         ctx = CommandContext.caused_by(
             job.tenant_id, f"worker:{self.name}", event_id=job.event_id, correlation_id=job.correlation_id
         )
