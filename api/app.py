@@ -11,7 +11,9 @@ import structlog
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
+from opentelemetry import trace
 
+from adapters import tracing
 from api.conformance import read_as_documented
 from api.controllers.audit import AuditController
 from api.controllers.auths import AuthController
@@ -91,6 +93,10 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
             elif left_early or state.get(CLIENT_GONE):
                 status = CLIENT_CLOSED_REQUEST
             route = scope.get("path_template") or "unmatched"  # the template, so ids don't explode labels
+            if tracing.enabled():  # the server span, named before routing, gets the route now
+                server_span = trace.get_current_span()
+                server_span.update_name(f"{scope.get('method')} {route}")
+                server_span.set_attributes({"http.route": route, "parley.correlation_id": correlation_id})
             metrics = getattr(scope.get("app"), "state", None)
             container = getattr(metrics, "container", None) if metrics is not None else None
             if container is not None:
@@ -117,6 +123,30 @@ async def _follow_policy_changes(c: Container) -> None:
         await c.follow_shredding("parley-api")
     except Exception as e:  # noqa: BLE001 - without the bus, every decision reads the event store
         log.warning("policy_cache_off", reason=str(e))
+
+
+def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
+    """The server span's name before routing: the method alone (the path would hold ids); the request log
+    middleware adds the route once it is known."""
+    return str(scope.get("method") or "HTTP"), {}
+
+
+def tracing_plugins() -> list[Any]:
+    """Litestar's OpenTelemetry plugin where tracing is on: a server span per request (but probes and
+    scrapes), continuing the caller's ``traceparent``, the current span of everything the request does."""
+    if not tracing.enabled():
+        return []
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    return [
+        OpenTelemetryPlugin(
+            OpenTelemetryConfig(
+                exclude=["^/health", "^/metrics"],
+                exclude_spans=["receive", "send"],  # a span per body chunk (every SSE event) is noise
+                scope_span_details_extractor=_span_details,
+            )
+        )
+    ]
 
 
 def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litestar:
@@ -157,7 +187,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
         before_request=read_as_documented,
         middleware=[request_log_middleware],
         openapi_config=openapi_config(),
-        plugins=[OpenAPIContract()],
+        plugins=[OpenAPIContract(), *tracing_plugins()],
         request_max_body_size=c.settings.max_request_bytes,
         on_startup=[partial(_follow_policy_changes, c)],
         on_shutdown=on_shutdown or [],

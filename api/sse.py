@@ -13,6 +13,7 @@ token, then ``done``. Closing the reader (a client that went away) never touches
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +25,9 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import Span
 
+from adapters import tracing
 from domain.chats import Generation
 from schema.tokens import TokenChunk, ToolCallPiece, decode_chunk
 from workers.bootstrap import Container
@@ -208,6 +211,11 @@ async def read_generation(
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
     )
+    # The stream's span goes on with the generation's trace (its chunks' traceparent), linked to the request
+    # that reads it: one message sent is one trace, its reading included.
+    stream_span: Span | None = None
+    tokens = 0
+    failure: BaseException | None = None
     try:
         while True:
             try:
@@ -227,6 +235,11 @@ async def read_generation(
                 chunk = decode_chunk(msg.data)
             except msgspec.DecodeError:
                 continue
+            if stream_span is None and tracing.enabled():
+                stream_span = tracing.start_span(
+                    "stream generation", (msg.headers or {}).get("traceparent"), kind=tracing.SpanKind.CONSUMER,
+                    attributes={"parley.generation_id": generation_id, "messaging.system": "nats"}, link_current=True,
+                )  # fmt: skip
             if chunk.done:
                 if chunk.attempt != attempt and (attempt > 0 or chunk.attempt > 0):
                     # The outcome belongs to another attempt than the text the client holds (an attempt
@@ -246,6 +259,7 @@ async def read_generation(
                     yield StreamEvent("restart", attempt=chunk.attempt)
                 attempt, seq = chunk.attempt, 0
             seq = chunk.seq
+            tokens += 1
             yield StreamEvent(
                 "token",
                 attempt=chunk.attempt,
@@ -256,7 +270,13 @@ async def read_generation(
                 published_at=chunk.published_at,
                 tool_calls=chunk.tool_calls,
             )
+    except BaseException as exc:
+        failure = None if isinstance(exc, GeneratorExit | asyncio.CancelledError) else exc  # the client left
+        raise
     finally:
+        if stream_span is not None:
+            stream_span.set_attribute("parley.stream.chunks", tokens)
+            tracing.end_span(stream_span, failure)
         # Runs also when the client went away and the response task is being cancelled: shield it, or
         # the subscription would outlive the stream.
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
