@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -36,6 +36,7 @@ __all__ = [
     "current_traceparent",
     "enabled",
     "end_span",
+    "projector_apply",
     "span",
     "start_span",
     "traceparent_of",
@@ -242,3 +243,13 @@ def continued(
         raise
     for s in spans:
         s.end()
+
+
+def projector_apply(projector: str, events: Sequence[Any]) -> contextlib.AbstractContextManager[list[Span]]:
+    """A projector's apply of ``events`` (envelopes), in the trace of each request they came from
+    (``projections.runtime.observe_applies``)."""
+    return continued(
+        f"project {projector}",
+        (e.traceparent for e in events),
+        attributes={"parley.projector": projector, "parley.events": len(events)},
+    )

@@ -16,6 +16,7 @@ pages it committed), through the projector's ``apply_many`` where it has one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ __all__ = [
     "apply_locked",
     "follow",
     "copy_rows",
+    "observe_applies",
     "read_position",
     "rebuild",
 ]
@@ -230,17 +232,37 @@ async def apply_locked(
         if opened_by_id:  # opened once for the whole group
             handled = [opened_by_id.get(e.id, e) for e in handled]
         handled = await opened(store, handled)
+    if handled and read_from is None and _observe_apply is not None:  # live events, not a rebuild's pages
+        with _observe_apply(projector.name, handled):
+            await _apply(conn, projector, handled)
+    else:
+        await _apply(conn, projector, handled)
+    if record:
+        await conn.execute(
+            projector_positions.update().where(projector_positions.c.name == projector.name).values(position=end)
+        )
+    return end
+
+
+async def _apply(conn: AsyncConnection, projector: Projector, handled: Sequence[EventEnvelope]) -> None:
     apply_many = getattr(projector, "apply_many", None)
     if handled and apply_many is not None:  # a projector that can apply a batch in fewer statements
         await apply_many(conn, handled)
     else:
         for event in handled:
             await projector.apply(conn, event)
-    if record:
-        await conn.execute(
-            projector_positions.update().where(projector_positions.c.name == projector.name).values(position=end)
-        )
-    return end
+
+
+ApplyObserver = Callable[[str, Sequence[EventEnvelope]], contextlib.AbstractContextManager[object]]
+_observe_apply: ApplyObserver | None = None
+
+
+def observe_applies(observer: ApplyObserver | None) -> None:
+    """``observer(projector name, events)`` wraps each live apply from now on (not the pages of a rebuild or
+    a catch-up): a projector process that traces sets ``adapters.tracing.projector_apply``, so each apply
+    shows in the traces of the requests whose events it applies."""
+    global _observe_apply
+    _observe_apply = observer
 
 
 def _holds_sealed(event: EventEnvelope) -> bool:
