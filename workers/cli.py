@@ -33,7 +33,9 @@ CLUSTER_REPLICAS = 3
 """Replicas of each stream on the NATS cluster of ``parley serve --nats-cluster``: any one node may be lost."""
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, part: str | None = None) -> Settings:
+    """The settings from the environment, logging set up, and for a long-running ``part`` (api, relay,
+    project, worker, ingest, webhooks) OpenTelemetry as the ``OTEL_*`` variables say."""
     overrides: dict[str, Any] = {}
     if getattr(args, "host", None):
         overrides["host"] = args.host
@@ -41,6 +43,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["port"] = args.port
     settings = Settings.from_env(**overrides)
     configure_logging(settings.log_level, settings.log_json)
+    if part is not None:
+        from adapters.tracing import SERVICE_NAMES, configure_tracing, projector_apply
+        from projections.runtime import observe_applies
+
+        if configure_tracing(SERVICE_NAMES[part]):
+            observe_applies(projector_apply)  # the read models' applies, where this process runs projectors
     return settings
 
 
@@ -91,7 +99,7 @@ def cmd_api(args: argparse.Namespace) -> None:
     from api.server import server_config, tune_collector
     from workers.bootstrap import bootstrap
 
-    settings = _settings(args)
+    settings = _settings(args, "api")
     settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
 
     async def main() -> None:
@@ -119,7 +127,7 @@ def cmd_relay(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
     from workers.relay import Relay
 
-    settings = _settings(args)
+    settings = _settings(args, "relay")
     settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
 
     async def main(stop: asyncio.Event) -> None:
@@ -137,7 +145,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
     from workers.ingest import IndexBuilder, IngestionWorker, ReEmbedder
 
-    settings = _settings(args)
+    settings = _settings(args, "ingest")
     settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
 
     async def main(stop: asyncio.Event) -> None:
@@ -160,7 +168,7 @@ def cmd_project(args: argparse.Namespace) -> None:
     from projections.runtime import ProjectorRunner
     from workers.bootstrap import bootstrap
 
-    settings = _settings(args)
+    settings = _settings(args, "project")
     settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
     chosen = _check_projector_names(args.names)
 
@@ -188,7 +196,7 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
     from workers.webhooks import DispatchConfig, Dispatcher
 
-    settings = _settings(args)
+    settings = _settings(args, "webhooks")
     settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
 
     async def main(stop: asyncio.Event) -> None:
@@ -207,7 +215,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from workers.bootstrap import bootstrap
     from workers.generate import GenerationWorker
 
-    settings = _settings(args)
+    settings = _settings(args, "worker")
     settings = _with_engines(settings, "database_url", "nats_url", "redis_url")
 
     async def main(stop: asyncio.Event) -> None:
