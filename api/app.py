@@ -84,6 +84,11 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
             await send(message)
 
         structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+        if tracing.enabled():  # the server span, named before routing (and ended with the response)
+            route_template = scope.get("path_template") or "unmatched"
+            server_span = trace.get_current_span()
+            server_span.update_name(f"{scope.get('method')} {route_template}")
+            server_span.set_attributes({"http.route": route_template, "parley.correlation_id": correlation_id})
         try:
             await app(scope, receive_wrapper, send_wrapper)
         finally:
@@ -93,10 +98,6 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
             elif left_early or state.get(CLIENT_GONE):
                 status = CLIENT_CLOSED_REQUEST
             route = scope.get("path_template") or "unmatched"  # the template, so ids don't explode labels
-            if tracing.enabled():  # the server span, named before routing, gets the route now
-                server_span = trace.get_current_span()
-                server_span.update_name(f"{scope.get('method')} {route}")
-                server_span.set_attributes({"http.route": route, "parley.correlation_id": correlation_id})
             metrics = getattr(scope.get("app"), "state", None)
             container = getattr(metrics, "container", None) if metrics is not None else None
             if container is not None:
@@ -192,6 +193,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
         on_startup=[partial(_follow_policy_changes, c)],
         on_shutdown=on_shutdown or [],
         debug=False,
+        logging_config=None,  # the one logger setup is adapters/logging.py (Litestar's would re-format the root)
     )
     app.state.container = c
     return app
