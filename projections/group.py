@@ -9,9 +9,10 @@ does for one projector (effects and position in one transaction; ack after commi
 still has its own position: rebuilds, catch-up from the event store and ``parley rebuild NAME`` work on one
 projector as before, serialised with the group on its position row.
 
-One projector's failure does not hold up the others: each applies inside a savepoint, and a projector
-whose savepoint rolled back keeps its old position; the next batch does not follow on from it, so it reads
-the range it missed from the event store (as a projector does after any gap). Projectors that do heavy work
+One projector's failure does not hold up the others: a batch in which one fails is applied again with each
+member in a savepoint of its own, and a projector whose savepoint rolled back keeps its old position; the
+next batch does not follow on from it, so it reads the range it missed from the event store (as a projector
+does after any gap). Projectors that do heavy work
 per event (embedding; they name a ``batch_size``) keep a runner and a consumer of their own.
 """
 
@@ -92,10 +93,23 @@ class ProjectorGroup:
             await asyncio.sleep(1.0)
 
     async def apply(self, events: Sequence[EventEnvelope]) -> None:
-        """Apply ``events`` (in id order) to every projector of the group, in one transaction."""
+        """Apply ``events`` (in id order) to every projector of the group, in one transaction.
+
+        Members apply one after the other with no savepoint between them; should one fail, that transaction
+        rolls back whole and the batch is applied again with each member in a savepoint of its own, so the
+        failing one keeps its old position and the others go on (two statements per member saved on every
+        batch that does not fail)."""
         if not events:
             return
         plain = {e.id: e for e in await opened(self.store, list(events))}  # opened once for every member
+        try:
+            await self._apply(events, plain, isolated=False)
+        except Exception:
+            await self._apply(events, plain, isolated=True)
+
+    async def _apply(
+        self, events: Sequence[EventEnvelope], plain: dict[int, EventEnvelope], *, isolated: bool
+    ) -> None:
         contiguous = all(b.id == a.id + 1 for a, b in zip(events, events[1:], strict=False))
         async with self.engine.begin() as conn:
             locked = await self._lock_positions(conn)
@@ -106,6 +120,11 @@ class ProjectorGroup:
                     e.id > position and projector.handles(e.type) for e in events
                 ):  # nothing for it in the batch, and no gap before it: it only moves on
                     positions[projector.name] = max(position, events[-1].id)
+                    continue
+                if not isolated:
+                    positions[projector.name] = await apply_locked(
+                        conn, projector, self.store, position, events, opened_by_id=plain, record=False
+                    )
                     continue
                 try:
                     async with conn.begin_nested():
