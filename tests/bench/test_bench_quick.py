@@ -41,6 +41,7 @@ FORMS: dict[str, list[str]] = {  # the longest first; fsync off where a form can
     "quota": ["--quick", "--fast"],
     "instant_upstream": ["--smoke"],
     "commands_http": ["--smoke"],
+    "nats_cluster": ["--quick", "--fast"],
 }
 FORM_TIMEOUT_S = 240
 AT_ONCE = 2
@@ -224,6 +225,16 @@ def check_webhooks(out: str) -> None:
     assert figure(out, "errors") == "0", "lost deliveries, failed signatures or failed commands"
 
 
+def check_nats_cluster(out: str) -> None:
+    for replicas in ("R1", "R3"):
+        positive(out, f"SendMessage/s accepted, {replicas}")
+        positive(out, f"generations/s completed, {replicas}")
+    for kind in ("events stream leader", "another node"):
+        positive(out, f"node killed ({kind}): to a generation completed (s)")
+        positive(out, f"node killed ({kind}): to the relay publishing (s)")
+    assert figure(out, "errors") == "0", "lost or duplicated events, jobs left in the queue, failed generations"
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "knowledge": check_knowledge,
     "privacy": check_privacy,
@@ -235,6 +246,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "quota": check_quota,
     "instant_upstream": check_instant_upstream,
     "commands_http": check_commands_http,
+    "nats_cluster": check_nats_cluster,
 }
 
 
