@@ -5,8 +5,11 @@ Keys (``{ns}`` is the deployment namespace, ``{day}`` the tenant-local date):
 - ``{ns}:quota:{tenant}:{day}:{scope}`` - tokens counted on one scope: ``user:{user}``,
   ``user_model:{model}:{user}`` or ``tenant``. Every reservation counts on all three, limited or not, so a
   limit set mid-day starts from the day's real usage.
-- ``{ns}:quota:{tenant}:{day}:ready`` - the counters of that tenant-day were built from durable state; a
-  reserve without it answers ``not_ready`` and the service rebuilds first (Redis flushed or restarted).
+- ``{ns}:quota:{tenant}:{day}:ready`` - the epoch (the master's replication id, ``adapters.redis``) in which
+  the counters of that tenant-day were built from durable state. A reserve that finds it missing (Redis
+  flushed, or the day just began) or from another epoch (Redis restarted, or a failover that may have lost
+  the last reservations) answers ``not_ready``, and the service rebuilds first. The check is inside the
+  reserve script: the hot path stays one round trip.
 - ``{ns}:quota:res:{generation}`` - an open reservation: ``amount`` and the counter ``keys`` it holds;
   ``{ns}:quota:open`` orders them by creation time for the sweeper.
 - ``{ns}:quota:swept:{generation}`` - the counter keys of a reservation the sweeper released; a
@@ -26,6 +29,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+
+from adapters.redis import epoch as current_epoch
+from adapters.redis import with_epoch
 
 __all__ = [
     "QuotaLedger",
@@ -74,11 +80,11 @@ class StalePolicy(Exception):
     """The limits given come from an older quota policy than the one last committed."""
 
 
-_RESERVE = """
+_RESERVE = with_epoch("""
 -- KEYS: ready, reservation, open set, policy version, counters...
 -- ARGV: amount, generation, now, ttl, minimum, policy version, limits...
 -- Reserves ``amount``, or as much of it as every limit has room for, down to ``minimum``.
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'not_ready'} end
+if redis.call('GET', KEYS[1]) ~= epoch then return {'not_ready'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'ok', redis.call('HGET', KEYS[2], 'amount')} end
 local committed = tonumber(redis.call('GET', KEYS[4]) or '0')
 if committed > tonumber(ARGV[6]) then return {'stale', tostring(committed)} end
@@ -104,13 +110,46 @@ redis.call('HSET', KEYS[2], 'amount', amount, 'keys', table.concat(keys, ' '), '
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {'ok', tostring(amount)}
-"""
+""")
 
 _RAISE_POLICY_VERSION = """
 -- KEYS: policy version   ARGV: version
 if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 """
+
+_IS_READY = with_epoch("""
+-- KEYS: ready
+if redis.call('GET', KEYS[1]) == epoch then return 1 end
+return 0
+""")
+
+_INSTALL = with_epoch("""
+-- KEYS: ready, open set, policy version
+-- ARGV: the epoch the durable state was read in, ttl, policy version, then three counted lists:
+--   stale keys; counters as (key, value); open reservations as (key, generation, amount, counter keys, created at).
+-- Installs nothing if a failover came between the read and now: what was read may miss what the old
+-- master admitted after it, and the next reserve rebuilds again.
+if epoch ~= ARGV[1] then return 0 end
+local ttl = ARGV[2]
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[3]) then redis.call('SET', KEYS[3], ARGV[3]) end
+local i = 4
+local n = tonumber(ARGV[i])
+for j = 1, n do redis.call('DEL', ARGV[i + j]) end
+i = i + n + 1
+n = tonumber(ARGV[i])
+for j = 0, n - 1 do redis.call('SET', ARGV[i + 1 + 2 * j], ARGV[i + 2 + 2 * j], 'EX', ttl) end
+i = i + 2 * n + 1
+n = tonumber(ARGV[i])
+for j = 0, n - 1 do
+  local at = i + 1 + 5 * j
+  redis.call('HSET', ARGV[at], 'amount', ARGV[at + 2], 'keys', ARGV[at + 3], 'created_at', ARGV[at + 4])
+  redis.call('EXPIRE', ARGV[at], ttl)
+  redis.call('ZADD', KEYS[2], ARGV[at + 4], ARGV[at + 1])
+end
+redis.call('SET', KEYS[1], epoch, 'EX', ttl)
+return 1
+""")
 
 _SETTLE = """
 -- KEYS: reservation, open set, swept   ARGV: generation, actual, ttl, bill (1: add actual, 0: release)
@@ -162,6 +201,8 @@ class QuotaLedger:
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
         self._raise_policy_version = client.register_script(_RAISE_POLICY_VERSION)
+        self._is_ready = client.register_script(_IS_READY)
+        self._install = client.register_script(_INSTALL)
 
     # --- keys ---------------------------------------------------------------------------------------------
     def day_prefix(self, tenant_id: str, day: str) -> str:
@@ -293,8 +334,13 @@ class QuotaLedger:
         return int(value or 0)
 
     # --- rebuild ------------------------------------------------------------------------------------------
+    async def epoch(self) -> str:
+        """The epoch now: read it before the durable state a rebuild installs (``install``)."""
+        return await current_epoch(self._r)
+
     async def is_ready(self, tenant_id: str, day: str) -> bool:
-        return bool(await self._r.exists(self._ready_key(tenant_id, day)))
+        """The tenant-day's counters were built in the current epoch."""
+        return bool(await self._is_ready(keys=[self._ready_key(tenant_id, day)]))
 
     async def lock_rebuild(self, tenant_id: str, day: str, owner: str, ttl_s: int = 30) -> bool:
         return bool(await self._r.set(f"{self.day_prefix(tenant_id, day)}:rebuilding", owner, nx=True, ex=ttl_s))
@@ -310,21 +356,25 @@ class QuotaLedger:
         day: str,
         counters: dict[str, int],
         open_reservations: Iterable[tuple[str, int, list[str], float]],
-    ) -> None:
+        *,
+        read_in: str | None = None,
+        policy_version: int = 0,
+    ) -> bool:
         """Replace the tenant-day's counters by ones rebuilt from durable state, recreate its open
-        reservations (generation, amount, scopes, created at) and mark it ready, in one transaction."""
+        reservations (generation, amount, scopes, created at), raise the tenant's policy version to
+        ``policy_version`` (a failover may have lost the last raise) and mark it ready, atomically. False,
+        with nothing changed, when the epoch is no longer ``read_in``, the one the durable state was read
+        in (None: the current one)."""
         prefix = self.day_prefix(tenant_id, day)
         stale = [k async for k in self._r.scan_iter(match=f"{prefix}:*", count=1000) if not k.endswith(":rebuilding")]
-        async with self._r.pipeline(transaction=True) as pipe:
-            if stale:
-                pipe.delete(*stale)
-            for scope, value in counters.items():
-                pipe.set(self.counter_key(tenant_id, day, scope), value, ex=self.ttl_s)
-            for generation_id, amount, scopes, created_at in open_reservations:
-                keys = " ".join(self.counter_key(tenant_id, day, s) for s in scopes)
-                res = self._res_key(generation_id)
-                pipe.hset(res, mapping={"amount": amount, "keys": keys, "created_at": created_at})
-                pipe.expire(res, self.ttl_s)
-                pipe.zadd(self._open_key, {generation_id: created_at})
-            pipe.set(self._ready_key(tenant_id, day), int(time.time()), ex=self.ttl_s)
-            await pipe.execute()
+        args: list[str | int | float] = [read_in or await self.epoch(), self.ttl_s, policy_version, len(stale), *stale]
+        args.append(len(counters))
+        for scope, value in counters.items():
+            args += [self.counter_key(tenant_id, day, scope), value]
+        opened = list(open_reservations)
+        args.append(len(opened))
+        for generation_id, amount, scopes, created_at in opened:
+            held = " ".join(self.counter_key(tenant_id, day, s) for s in scopes)
+            args += [self._res_key(generation_id), generation_id, amount, held, created_at]
+        keys = [self._ready_key(tenant_id, day), self._open_key, self._policy_key(tenant_id)]
+        return bool(await self._install(keys=keys, args=args))

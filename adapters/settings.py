@@ -13,11 +13,13 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["SENTINEL_SCHEME", "Settings", "SettingsError", "parse_sentinel_url", "sentinel_url"]
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_SENTINEL_MASTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SENTINEL_SCHEME = "redis+sentinel"
 
 
 N = TypeVar("N", int, float)
@@ -39,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     home: Path
     database_url: str | None = None
     nats_url: str | None = None
+    # Redis: a plain URL (PARLEY_REDIS_URL), or a master found through Sentinel (PARLEY_REDIS_SENTINELS,
+    # PARLEY_REDIS_SENTINEL_MASTER), held here as redis+sentinel://host:port,host:port/master so that it
+    # travels like any engine URL (child processes, engines.json); see ``sentinel_url``.
     redis_url: str | None = None
     # How many servers of the NATS cluster keep a copy of each stream (3 in production: a node may be lost).
     nats_replicas: int = 1
@@ -203,6 +208,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 problems.append(f"PARLEY_{name} must be an absolute directory, file:///dir or s3://bucket/prefix")
             return raw
 
+        def redis() -> str | None:
+            plain = url("REDIS_URL", ("redis", "rediss", "unix"))
+            sentinels, master = get("REDIS_SENTINELS"), get("REDIS_SENTINEL_MASTER")
+            if sentinels is None:
+                if master is not None:
+                    problems.append("PARLEY_REDIS_SENTINEL_MASTER is set but PARLEY_REDIS_SENTINELS is not")
+                return plain
+            if plain is not None:
+                problems.append("set PARLEY_REDIS_URL or PARLEY_REDIS_SENTINELS, not both")
+            try:
+                return sentinel_url(_sentinel_addresses(sentinels), master or "parley")
+            except ValueError as exc:
+                problems.append(str(exc))
+                return None
+
         home = Path(get("HOME") or Path.cwd() / ".parley").expanduser().resolve()
         namespace = get("NAMESPACE") or "parley"
         if not _NAMESPACE.match(namespace):
@@ -222,7 +242,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             database_url=url("DATABASE_URL", ("postgresql", "postgres", "postgresql+psycopg")),
             nats_url=nats_servers("NATS_URL"),
             nats_replicas=integer("NATS_REPLICAS", 1, 1, 5),
-            redis_url=url("REDIS_URL", ("redis", "rediss", "unix")),
+            redis_url=redis(),
             namespace=namespace,
             secret_key=secret or "",
             access_token_ttl_s=integer("ACCESS_TOKEN_TTL", 900, 30, 86_400),
@@ -317,10 +337,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_WEBHOOK_TENANT_CONCURRENCY": str(self.webhook_tenant_concurrency),
             "PARLEY_WEBHOOK_LOG_RETENTION_S": repr(self.webhook_log_retention_s),
         }
+        if self.redis_url and self.redis_url.startswith(f"{SENTINEL_SCHEME}://"):
+            sentinels, master = parse_sentinel_url(self.redis_url)
+            env["PARLEY_REDIS_SENTINELS"] = _sentinel_list(sentinels)
+            env["PARLEY_REDIS_SENTINEL_MASTER"] = master
+        elif self.redis_url:
+            env["PARLEY_REDIS_URL"] = self.redis_url
         for name, value in (
             ("DATABASE_URL", self.database_url),
             ("NATS_URL", self.nats_url),
-            ("REDIS_URL", self.redis_url),
             ("BLOB_STORE", self.blob_store),
             ("AUDIT_CHECKPOINTS", self.audit_checkpoints),
         ):
@@ -335,6 +360,44 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:  # never print the secret
         return f"Settings(home={str(self.home)!r}, namespace={self.namespace!r}, secret_key='***')"
+
+
+def _sentinel_addresses(raw: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` (``[v6]:port`` for an IPv6 address) as pairs, or ValueError saying which is bad."""
+    found = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        host, _, port = item.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not host or not port.isdigit() or not 0 < int(port) < 65_536 or any(c in host for c in "/@ ,"):
+            raise ValueError(f"PARLEY_REDIS_SENTINELS: {item!r} is not host:port (e.g. sentinel-1:26379)")
+        found.append((host, int(port)))
+    if not found:
+        raise ValueError("PARLEY_REDIS_SENTINELS names no sentinel (host:port,host:port,...)")
+    return found
+
+
+def _sentinel_list(sentinels: list[tuple[str, int]]) -> str:
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sentinels)
+
+
+def sentinel_url(sentinels: list[tuple[str, int]], master: str) -> str:
+    """How parley holds a Sentinel deployment in ``redis_url``: the sentinels, then the master's name."""
+    if not _SENTINEL_MASTER.match(master):
+        raise ValueError(f"PARLEY_REDIS_SENTINEL_MASTER={master!r} must match {_SENTINEL_MASTER.pattern}")
+    return f"{SENTINEL_SCHEME}://{_sentinel_list(sentinels)}/{master}"
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str]:
+    """The sentinels and the master's name of a ``sentinel_url``."""
+    prefix = f"{SENTINEL_SCHEME}://"
+    if not url.startswith(prefix):
+        raise ValueError(f"not a {prefix} URL")
+    hosts, _, master = url[len(prefix) :].partition("/")
+    sentinels = _sentinel_addresses(hosts)
+    sentinel_url(sentinels, master)  # the same checks as when it was made
+    return sentinels, master
 
 
 def _persisted_secret(home: Path) -> str:

@@ -5,12 +5,15 @@ reserves ``reserved_tokens`` against every applicable limit before it saves its 
 settles the reservation with the actual usage once the outcome is recorded. The durable truth is the
 event store: ``GenerationRequested`` carries the reservation, the outcome events the actual usage.
 
-When the counters of a tenant-day are missing (Redis flushed or restarted, or the day just began), one
-process rebuilds them under a Redis lock before any request of that tenant is admitted: the actual usage
-of the day's finished generations plus the reservations of its open ones, read from the chats read model
-(``rm_generations``) and, to cover projection lag, from the events the projector has not applied yet, in
-one consistent snapshot. What it cannot see: reservations of commands that are between their reserve and
-their commit at the moment of a flush (milliseconds of requests, at most their reserved tokens).
+When the counters of a tenant-day are missing or were built in another epoch (Redis flushed or restarted,
+a Sentinel failover that may have lost the last writes, or the day just began; see
+``adapters.quota_ledger``), one process rebuilds them under a Redis lock before any request of that tenant
+is admitted: the actual usage of the day's finished generations plus the reservations of its open ones,
+read from the chats read model (``rm_generations``) and, to cover projection lag, from the events the
+projector has not applied yet, in one consistent snapshot. What it cannot see: reservations of commands
+that are between their reserve and their commit when the snapshot is read (at most their reserved
+tokens). After a flush that is milliseconds of requests; after a failover, only commands that reserved on
+the old master and still had not committed when the new one was promoted, seconds later.
 """
 
 from __future__ import annotations
@@ -320,6 +323,8 @@ class Quotas:
         try:
             if await self.ledger.is_ready(tenant_id, key_day):
                 return
+            read_in = await self.ledger.epoch()  # before reading: a failover after it voids what was read
+            policy = await self.store.call(self.policy, tenant_id)
             usage = await self._durable_usage(tenant_id, day, timezone)
             counters: dict[str, int] = {}
             opened: list[tuple[str, int, list[str], float]] = []
@@ -330,7 +335,11 @@ class Quotas:
                     counters[scope] = counters.get(scope, 0) + tokens
                 if not u.finished:
                     opened.append((generation_id, u.reserved, scopes, u.requested_at.timestamp()))
-            await self.ledger.install(tenant_id, key_day, counters, opened)
+            if not await self.ledger.install(
+                tenant_id, key_day, counters, opened, read_in=read_in, policy_version=policy.version
+            ):
+                log.warning("quota_rebuild_voided_by_failover", tenant_id=tenant_id, day=key_day)
+                return  # the caller's next reserve finds it not ready and rebuilds again
             log.info("quota_counters_rebuilt", tenant_id=tenant_id, day=key_day, generations=len(usage))
         finally:
             await self.ledger.unlock_rebuild(tenant_id, key_day, owner)
