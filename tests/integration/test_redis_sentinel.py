@@ -19,7 +19,7 @@ import pytest
 
 from adapters.embedded_sentinel import EmbeddedSentinel
 from adapters.quota_ledger import user_scope
-from adapters.redis import epoch
+from adapters.redis import connect, epoch
 from adapters.settings import Settings
 from application.context import CommandContext
 from application.conversations import LOCAL_MODEL
@@ -59,6 +59,16 @@ async def ha(settings: Settings, trio: EmbeddedSentinel) -> AsyncIterator[Contai
     await c.models.ensure_local(str(tenant.id))
     yield c
     await c.close()
+
+
+async def test_through_sentinel_a_burst_larger_than_the_pool_waits_instead_of_failing(trio: EmbeddedSentinel) -> None:
+    client = connect(trio.url, max_connections=4)
+    try:
+        results = await asyncio.gather(*(client.blpop([f"none:{i}"], timeout=0.2) for i in range(12)))
+        assert results == [None] * 12
+        assert (await client.connection_pool.get_master_address())[1] == trio.master_port()
+    finally:
+        await client.aclose()
 
 
 async def test_master_killed_mid_reservations_overshoots_no_limit_and_loses_no_revocation(
