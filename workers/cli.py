@@ -64,7 +64,11 @@ def _with_engines(settings: Settings, *needed: str) -> Settings:
         missing = [n for n in needed if n not in given]
         if missing:
             raise SettingsError(
-                [f"PARLEY_{n.upper()} is required for this command beside PARLEY_{given[0].upper()}" for n in missing]
+                [
+                    f"PARLEY_{n.upper()}{' (or PARLEY_REDIS_SENTINELS)' if n == 'redis_url' else ''} is required "
+                    f"for this command beside PARLEY_{given[0].upper()}"
+                    for n in missing
+                ]
             )
         return settings
     urls = running_engines(settings.home)
