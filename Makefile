@@ -50,6 +50,7 @@ bench: setup
 	$(PY) -m bench.commands_http --smoke
 	$(PY) -m bench.privacy --quick
 	$(PY) -m bench.webhooks --quick
+	$(PY) -m bench.redis_failover --quick
 	$(PY) -m bench.nats_cluster --quick
 
 lint: setup

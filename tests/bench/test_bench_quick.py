@@ -39,6 +39,7 @@ FORMS: dict[str, list[str]] = {  # the longest first; fsync off where a form can
     "spine": ["--quick", "--fast"],
     "engine_cpu": ["--smoke", "--home", str(MODEL_HOME)],
     "quota": ["--quick", "--fast"],
+    "redis_failover": ["--quick", "--fast"],
     "instant_upstream": ["--smoke"],
     "commands_http": ["--smoke"],
     "nats_cluster": ["--quick", "--fast"],
@@ -235,6 +236,13 @@ def check_nats_cluster(out: str) -> None:
     assert figure(out, "errors") == "0", "lost or duplicated events, jobs left in the queue, failed generations"
 
 
+def check_redis_failover(out: str) -> None:
+    for row in ("reservations again after the kill", "sentinels name the new master"):
+        positive(out, f"{row} min/median/max (s)")
+    assert figure(out, "sends failed outright") == "0"
+    assert figure(out, "ledger counter equals the event store") == "yes"
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "knowledge": check_knowledge,
     "privacy": check_privacy,
@@ -244,6 +252,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "spine": check_spine,
     "engine_cpu": check_engine_cpu,
     "quota": check_quota,
+    "redis_failover": check_redis_failover,
     "instant_upstream": check_instant_upstream,
     "commands_http": check_commands_http,
     "nats_cluster": check_nats_cluster,
