@@ -52,6 +52,7 @@ bench: setup
 	$(PY) -m bench.webhooks --quick
 	$(PY) -m bench.redis_failover --quick
 	$(PY) -m bench.nats_cluster --quick
+	$(PY) -m bench.failover --quick
 
 lint: setup
 	$(VENV)/bin/ruff check domain application schema projections adapters api workers

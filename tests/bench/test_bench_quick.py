@@ -36,6 +36,7 @@ FORMS: dict[str, list[str]] = {  # the longest first; fsync off where a form can
     "openai_overhead": ["--smoke", "--targets", "direct,parley"],  # LiteLLM needs a venv from a download
     "pipeline": ["--smoke"],  # both layouts
     "webhooks": ["--quick", "--fast"],
+    "failover": ["--quick", "--fast"],
     "spine": ["--quick", "--fast"],
     "engine_cpu": ["--smoke", "--home", str(MODEL_HOME)],
     "quota": ["--quick", "--fast"],
@@ -236,6 +237,12 @@ def check_nats_cluster(out: str) -> None:
     assert figure(out, "errors") == "0", "lost or duplicated events, jobs left in the queue, failed generations"
 
 
+def check_failover(out: str) -> None:
+    for kind in ("relay", "projector", "projector, restarted alone", "worker", "api"):
+        positive(out, f"{kind}: kill -9 -> progress (s)")
+    assert figure(out, "lost or applied twice") == "none"
+
+
 def check_redis_failover(out: str) -> None:
     for row in ("reservations again after the kill", "sentinels name the new master"):
         positive(out, f"{row} min/median/max (s)")
@@ -256,6 +263,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "instant_upstream": check_instant_upstream,
     "commands_http": check_commands_http,
     "nats_cluster": check_nats_cluster,
+    "failover": check_failover,
 }
 
 
