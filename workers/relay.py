@@ -33,6 +33,20 @@ __all__ = ["Relay"]
 log = structlog.get_logger("parley.relay")
 
 
+LOCK_KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+    "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3",
+}
+"""TCP keepalives on the lock connection, both ways (over TCP; a local socket needs none): a relay whose host
+vanishes without closing its connection (power, network) would hold the lock until Postgres noticed the
+dead peer, two hours by the OS defaults; with these Postgres drops the session, and with it the lock, about
+8 s after the host went silent, and the standby takes over. The vanished relay, if it still runs, finds its
+own connection dead as soon and stops leading (NATS drops what both published twice, by message id)."""
+
+
 class Relay:
     name = "relay"
 
@@ -138,7 +152,9 @@ class Relay:
         conninfo = self.store.database_url.replace("postgresql+psycopg://", "postgresql://")
         while not stop.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as lock_conn:
+                async with await psycopg.AsyncConnection.connect(
+                    conninfo, autocommit=True, **LOCK_KEEPALIVES
+                ) as lock_conn:
                     await self._standby(lock_conn, stop)
                     if stop.is_set():
                         return
