@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters.settings import SettingsError
 from schema.tables import projector_positions, relay_positions
 
 __all__ = ["Metrics", "WorkerMetrics", "CONTENT_TYPE", "QUEUE_READ_TIMEOUT_S"]
@@ -180,7 +181,10 @@ class WorkerMetrics:
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside the host
         """Serve ``/metrics`` on ``port`` from a thread of its own (Prometheus' client's server)."""
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise SettingsError([f"PARLEY_WORKER_METRICS_PORT={port}: cannot listen there ({exc.strerror})"]) from None
         log.info("worker_metrics_listening", host=host, port=port)
 
     def close(self) -> None:

@@ -65,6 +65,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     enable_echo_engine: bool = False
     # Generation workers: how many generations one worker runs at once, and where the local model runs.
     worker_concurrency: int = 4
+    # A generation worker serves its Prometheus metrics on this port (0: not served).
+    worker_metrics_port: int = 0
     local_device: str = "auto"
     # `parley worker` (and so `parley serve`) loads the local model at start, so the first answer does not
     # wait for it. PARLEY_PRELOAD_LOCAL_MODEL defaults to true; settings built in code (tests, benchmarks,
@@ -256,6 +258,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             embedded_fast=boolean("EMBEDDED_FAST", False),
             enable_echo_engine=boolean("ENABLE_ECHO_ENGINE", False),
             worker_concurrency=integer("WORKER_CONCURRENCY", 4, 1, 1024),
+            worker_metrics_port=integer("WORKER_METRICS_PORT", 0, 0, 65_535),
             local_device=get("LOCAL_DEVICE") or "auto",
             preload_local_model=boolean("PRELOAD_LOCAL_MODEL", True),
             blob_store=None if get("BLOB_STORE") in (None, "postgres") else url("BLOB_STORE", ("file", "s3")),
@@ -312,6 +315,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "PARLEY_EMBEDDED_FAST": "true" if self.embedded_fast else "false",
             "PARLEY_ENABLE_ECHO_ENGINE": "true" if self.enable_echo_engine else "false",
             "PARLEY_WORKER_CONCURRENCY": str(self.worker_concurrency),
+            "PARLEY_WORKER_METRICS_PORT": str(self.worker_metrics_port),
             "PARLEY_LOCAL_DEVICE": self.local_device,
             "PARLEY_PRELOAD_LOCAL_MODEL": "true" if self.preload_local_model else "false",
             "PARLEY_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),

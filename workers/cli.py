@@ -216,6 +216,7 @@ def cmd_webhooks(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
+    from adapters.metrics import WorkerMetrics
     from workers.bootstrap import bootstrap
     from workers.generate import GenerationWorker
 
@@ -226,10 +227,17 @@ def cmd_worker(args: argparse.Namespace) -> None:
         c = await bootstrap(settings, pool_size=4)
         js = await c.connect_nats("parley-worker")
         try:
+            metrics = WorkerMetrics()
+            if settings.worker_metrics_port:
+                metrics.serve(settings.worker_metrics_port)
             worker = GenerationWorker(
-                c, js=js, nc=c.nc, concurrency=args.concurrency, preload_local=settings.preload_local_model
-            )
-            await worker.run(stop)
+                c, js=js, nc=c.nc, concurrency=args.concurrency, preload_local=settings.preload_local_model,
+                metrics=metrics,
+            )  # fmt: skip
+            try:
+                await worker.run(stop)
+            finally:
+                metrics.close()
         finally:
             await c.close()
 

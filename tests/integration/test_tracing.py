@@ -151,9 +151,11 @@ async def test_one_message_is_one_trace_across_api_relay_projector_and_worker(
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
     }.items():
         monkeypatch.setenv(name, value)  # the parts' environment
-    port = free_port()
+    port, worker_port = free_port(), free_port()
     api = Part(msgspec.structs.replace(settings, port=port), tmp_path / "logs", "api").start()
-    parts = [api, *(Part(settings, tmp_path / "logs", name).start() for name in ("relay", "project", "worker"))]
+    parts = [api, *(Part(settings, tmp_path / "logs", name).start() for name in ("relay", "project"))]
+    parts.append(Part(msgspec.structs.replace(settings, worker_metrics_port=worker_port), tmp_path / "logs", "worker"))
+    parts[-1].start()
     try:
         await api.wait_for_log("api_listening")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -171,6 +173,9 @@ async def test_one_message_is_one_trace_across_api_relay_projector_and_worker(
             r = await client.get(f"/api/v1/generations/{generation}/stream", headers=traced)
             assert r.status_code == 200 and sse_events(r.text)[-1][0] == "done", r.text
             spans = await _whole_trace(received, parts)
+            # The metrics of the same generation: the worker's own, and the queue the API reads from JetStream.
+            worker_metrics = (await client.get(f"http://127.0.0.1:{worker_port}/metrics")).text
+            api_metrics = (await client.get("/metrics")).text
     finally:
         for part in parts:
             part.stop()
@@ -222,3 +227,12 @@ async def test_one_message_is_one_trace_across_api_relay_projector_and_worker(
     reading = one("GET /api/v1/generations/{generation_id}/stream", "parley-api")
     assert reading.span_id in stream.links and stream.attributes["parley.stream.chunks"] >= 1
     assert len({s.trace_id for s in spans}) == 1
+    for line in (
+        'parley_generation_queue_wait_seconds_count{model="echo"} 1.0',
+        'parley_generation_ttft_seconds_count{model="echo"} 1.0',
+        'parley_generation_tokens_per_second_count{model="echo"} 1.0',
+        'parley_generations_total{model="echo",status="completed"} 1.0',
+    ):
+        assert line in worker_metrics, worker_metrics
+    assert 'parley_generation_jobs{state="waiting"} 0.0' in api_metrics, api_metrics
+    assert 'parley_consumer_lag_events{consumer="relay:relay"}' in api_metrics
