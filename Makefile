@@ -48,6 +48,7 @@ bench: setup
 	$(PY) -m bench.openai_overhead --smoke --targets direct,parley
 	$(PY) -m bench.instant_upstream --smoke
 	$(PY) -m bench.commands_http --smoke
+	$(PY) -m bench.tracing --smoke
 	$(PY) -m bench.privacy --quick
 	$(PY) -m bench.webhooks --quick
 	$(PY) -m bench.redis_failover --quick

@@ -1,11 +1,12 @@
 """What tracing costs: commands over HTTP with tracing off and on, in the same run.
 
-Two ``parley api`` processes on the same embedded engines: one with no ``OTEL_*`` variable (tracing off:
-no SDK installed), one exporting every span (``parentbased_always_on``) over OTLP/HTTP to a receiver in
-this process, which decodes each ``ExportTraceServiceRequest`` and counts its spans. In turns, the same
+Three ``parley api`` processes on the same embedded engines: one with no ``OTEL_*`` variable (tracing off:
+no SDK installed), one exporting every span over OTLP/HTTP to a receiver in this process (which decodes
+each ``ExportTraceServiceRequest`` and counts its spans), and one sampling 10% of traces
+(``parentbased_traceidratio``, 0.1) to the same receiver. In turns, the same
 ``--clients`` HTTP clients send CreateChat, then SendMessage (the echo model; no relay or worker runs, so
 what is measured is the API's own work: the request's span, the command's, the append's), for
-``--seconds`` against each process. For each: commands/s, latency, and the API process's CPU time per
+``--seconds`` against each process in turn. For each: commands/s, latency, and the API process's CPU time per
 command (user + system, from /proc), and the spans exported per command when on.
 
     python -m bench.tracing              # 3 turns of 10 s, 32 clients
@@ -50,16 +51,18 @@ class SpanCounter:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
         counter = self
-        self.spans = 0
+        self.spans: dict[str, int] = {}
         self.lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                n = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
                 with counter.lock:
-                    counter.spans += n
+                    for r in request.resource_spans:
+                        service = next(a.value.string_value for a in r.resource.attributes if a.key == "service.name")
+                        n = sum(len(s.spans) for s in r.scope_spans)
+                        counter.spans[service] = counter.spans.get(service, 0) + n
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -71,9 +74,9 @@ class SpanCounter:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def count(self) -> int:
+    def count(self, service: str) -> int:
         with self.lock:
-            return self.spans
+            return self.spans.get(service, 0)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -83,7 +86,7 @@ class SpanCounter:
 class Api:
     """One ``parley api`` process on the given engines."""
 
-    def __init__(self, home: Path, urls: Any, *, traced_to: str | None) -> None:
+    def __init__(self, home: Path, urls: Any, name: str, *, traced_to: str | None, ratio: float = 1.0) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "OTEL_"))}
         env.update(
@@ -98,8 +101,13 @@ class Api:
             HF_HUB_OFFLINE="1",
         )
         if traced_to is not None:
-            env.update(OTEL_EXPORTER_OTLP_ENDPOINT=traced_to, OTEL_TRACES_SAMPLER="parentbased_always_on")
-        self.log = home / f"api-{'on' if traced_to else 'off'}.log"
+            env.update(
+                OTEL_SERVICE_NAME=f"bench-{name}",  # the receiver counts each process's spans
+                OTEL_EXPORTER_OTLP_ENDPOINT=traced_to,
+                OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+                OTEL_TRACES_SAMPLER_ARG=str(ratio),
+            )
+        self.log = home / f"api-{name}.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.cli", "api"], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -137,9 +145,13 @@ async def run(args: argparse.Namespace) -> int:
     receiver = SpanCounter()
     with EmbeddedEngines(home / "engines", fast=args.fast) as engines:
         urls = engines.start()
-        apis = {"off": Api(home, urls, traced_to=None), "on": Api(home, urls, traced_to=receiver.endpoint)}
+        apis = {
+            "off": Api(home, urls, "off", traced_to=None),
+            "on": Api(home, urls, "on", traced_to=receiver.endpoint),
+            "on, 10% sampled": Api(home, urls, "sampled", traced_to=receiver.endpoint, ratio=0.1),
+        }
         try:
-            await asyncio.gather(apis["off"].ready(), apis["on"].ready())  # one at a time would race on tables
+            await asyncio.gather(*(api.ready() for api in apis.values()))
             headers, chats = await setup(apis["off"].base, args.clients)
             progress("ready; measuring")
 
@@ -152,10 +164,9 @@ async def run(args: argparse.Namespace) -> int:
 
             totals: dict[str, Tally] = {}
             cpu: dict[str, float] = {}
-            spans_before = receiver.count()
             for turn in range(args.turns):
                 for command, fn in (("CreateChat", create_chat), ("SendMessage", send_message)):
-                    for tracing in ("off", "on"):
+                    for tracing in apis:
                         api = apis[tracing]
                         used = cpu_seconds(api.proc.pid)
                         t = await http_phase(api.base, args.clients, args.seconds, fn)
@@ -166,7 +177,7 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             for api in apis.values():
                 api.stop()  # the traced one sends what it still holds as it exits
-    spans = receiver.count() - spans_before
+    spans = {"on": receiver.count("bench-on"), "on, 10% sampled": receiver.count("bench-sampled")}
     receiver.close()
 
     print(f"\nbench.tracing: {args.turns} turn(s) of {args.seconds:.0f} s, {args.clients} clients, one API process each; load {load()}")
@@ -174,17 +185,20 @@ async def run(args: argparse.Namespace) -> int:
     for name, t in totals.items():
         print(f"{t.row(name)}    {1000 * cpu[name] / max(1, t.ok):.2f}")
     for command in ("CreateChat", "SendMessage"):
-        off, on = totals[f"{command}, tracing off"], totals[f"{command}, tracing on"]
-        rate = (on.ok / on.seconds) / (off.ok / off.seconds)
+        off = totals[f"{command}, tracing off"]
         per_off = cpu[f"{command}, tracing off"] / max(1, off.ok)
-        per_on = cpu[f"{command}, tracing on"] / max(1, on.ok)
-        print(f"{command}: tracing on / off  {rate:.2f}x the rate, {per_on / per_off:.2f}x the CPU per command")
-    traced = sum(t.ok for n, t in totals.items() if n.endswith("tracing on"))
-    print(f"spans exported per traced command  {spans / max(1, traced):.1f}  ({spans:,} spans received)")
+        for variant in ("on", "on, 10% sampled"):
+            on = totals[f"{command}, tracing {variant}"]
+            rate = (on.ok / max(1e-9, on.seconds)) / max(1e-9, off.ok / off.seconds)
+            per_on = cpu[f"{command}, tracing {variant}"] / max(1, on.ok)
+            print(f"{command}: tracing {variant} / off  {rate:.2f}x the rate, {per_on / max(1e-9, per_off):.2f}x the CPU per command")
+    for variant, received in spans.items():
+        commands = sum(t.ok for n, t in totals.items() if n.endswith(f"tracing {variant}"))
+        print(f"spans exported per command, tracing {variant}  {received / max(1, commands):.2f}  ({received:,} spans)")
     failed = sum(sum(t.failures.values()) for t in totals.values())
     if failed:
         print(f"FAILED: {failed} requests failed at the transport level or were not answered 2xx")
-    return 1 if failed or not spans else 0
+    return 1 if failed or not spans["on"] else 0
 
 
 def main() -> None:

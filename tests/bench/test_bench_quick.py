@@ -43,6 +43,7 @@ FORMS: dict[str, list[str]] = {  # the longest first; fsync off where a form can
     "redis_failover": ["--quick", "--fast"],
     "instant_upstream": ["--smoke"],
     "commands_http": ["--smoke"],
+    "tracing": ["--smoke", "--fast"],
     "nats_cluster": ["--quick", "--fast"],
 }
 FORM_TIMEOUT_S = 240
@@ -250,6 +251,19 @@ def check_redis_failover(out: str) -> None:
     assert figure(out, "ledger counter equals the event store") == "yes"
 
 
+def check_tracing(out: str) -> None:
+    for command in ("CreateChat", "SendMessage"):
+        for variant in ("off", "on", "on, 10% sampled"):
+            row = f"{command}, tracing {variant}"
+            found = rows_of(out, rf"{re.escape(row)}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+)$")
+            assert len(found) == 1, f"no row {row!r}"
+            rate, p50, p99, failures, cpu_ms = found[0].groups()
+            assert float(rate) > 0 and 0 < float(p50) <= float(p99) and float(cpu_ms) > 0, found[0][0]
+            assert failures == "none", f"{row}: transport errors or non-2xx answers: {failures}"
+    assert number(figure(out, "spans exported per command, tracing on")) >= 1
+    assert "FAILED" not in out
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "knowledge": check_knowledge,
     "privacy": check_privacy,
@@ -262,6 +276,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "redis_failover": check_redis_failover,
     "instant_upstream": check_instant_upstream,
     "commands_http": check_commands_http,
+    "tracing": check_tracing,
     "nats_cluster": check_nats_cluster,
     "failover": check_failover,
 }
