@@ -27,7 +27,10 @@ from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
 from api.controllers.privacy import PrivacyController, PrivacySettingsController
 from api.controllers.quotas import QuotaController
+from api.controllers.ratings import RatingController
 from api.controllers.retention import RetentionController
+from api.controllers.search import MessageSearchController
+from api.controllers.shared import ChatSharesController, SharedController, SharingSettingsController
 from api.controllers.usage import UsageController
 from api.controllers.users import TenantController, UserController
 from api.controllers.webhooks import WebhookController
@@ -176,6 +179,11 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             PrivacySettingsController,
             RetentionController,
             WebhookController,
+            ChatSharesController,
+            SharedController,
+            SharingSettingsController,
+            RatingController,
+            MessageSearchController,
         ],
         dependencies={
             "c": Provide(container, sync_to_thread=False),

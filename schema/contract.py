@@ -990,6 +990,74 @@ class WebhookReplayRequested(_Event, frozen=True, kw_only=True, tag="WebhookRepl
     after: Annotated[int | None, Meta(description="A notification id: events after it.")]
 
 
+# Sharing and ratings -------------------------------------------------------------------------------------
+class SharingPolicyCreated(_Event, frozen=True, kw_only=True, tag="SharingPolicyCreated", tag_field="type"):
+    """A tenant's sharing policy was first set (public links off)."""
+
+    aggregate = "SharingPolicy"
+    tenant_id: TenantId
+
+
+class PublicLinksSet(_Event, frozen=True, kw_only=True, tag="PublicLinksSet", tag_field="type"):
+    """A tenant admin allowed or forbade share links that anyone holding them can read without signing in."""
+
+    aggregate = "SharingPolicy"
+    allowed: bool
+
+
+class ShareCreated(_Event, frozen=True, kw_only=True, tag="ShareCreated", tag_field="type"):
+    """A read-only link to one branch of a chat, as it stood: the messages from the first up to
+    ``leaf_message_id``."""
+
+    aggregate = "Share"
+    tenant_id: TenantId
+    chat_id: SubjectChat[UUID]
+    owner_id: SubjectUser[Annotated[UUID, Meta(description="The chat's owner, who shared it.")]]
+    leaf_message_id: Annotated[str, Meta(description="The last message of the shared branch.")]
+    title: Personal[Annotated[str, Meta(description="The chat's title when it was shared.")]]
+    public: Annotated[bool, Meta(description="Readable without signing in (where the tenant allows public links).")]
+
+
+class ShareRevoked(_Event, frozen=True, kw_only=True, tag="ShareRevoked", tag_field="type"):
+    """The share's owner revoked the link."""
+
+    aggregate = "Share"
+
+
+RatingValue = Literal["up", "down"]
+
+
+class MessageRated(_Event, frozen=True, kw_only=True, tag="MessageRated", tag_field="type"):
+    """A user rated an assistant answer for the first time."""
+
+    aggregate = "Rating"
+    tenant_id: TenantId
+    user_id: SubjectUser[Annotated[UUID, Meta(description="Who rated it.")]]
+    chat_id: SubjectChat[UUID]
+    message_id: MessageId
+    model: Annotated[str, Meta(description="The model that wrote the answer (``unknown`` for a turn a client handed in).")]
+    rating: RatingValue
+    reason: Annotated[str | None, Meta(description="A short label (at most 100 characters).")]
+    comment: Personal[Annotated[str | None, Meta(description="What the user wrote (at most 2,000 characters).")]]
+
+
+class RatingChanged(_Event, frozen=True, kw_only=True, tag="RatingChanged", tag_field="type"):
+    """The user rated the answer again (after changing their mind, or after removing their rating)."""
+
+    aggregate = "Rating"
+    rating: RatingValue
+    reason: str | None
+    comment: Personal[str | None]
+    model: str
+
+
+class RatingRemoved(_Event, frozen=True, kw_only=True, tag="RatingRemoved", tag_field="type"):
+    """The user took their rating back."""
+
+    aggregate = "Rating"
+    model: str
+
+
 EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better than a chain of |
     TenantCreated,
     TenantSettingsChanged,
@@ -1077,6 +1145,13 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     WebhookDeleted,
     WebhookRetryRequested,
     WebhookReplayRequested,
+    SharingPolicyCreated,
+    PublicLinksSet,
+    ShareCreated,
+    ShareRevoked,
+    MessageRated,
+    RatingChanged,
+    RatingRemoved,
 ]
 """The data of any event, told apart by its ``type`` tag."""
 

@@ -583,3 +583,93 @@ webhook_log_floor = Table(
     Column("notification_id", BigInteger, nullable=False),
     Column("swept_at", DateTime(timezone=True), nullable=False),
 )
+
+
+# --- sharing (projector "shares"): share links and each tenant's sharing policy ------------------------------
+__all__ += ["shares", "sharing_policies"]
+
+shares = Table(
+    "rm_shares",
+    metadata,
+    Column("share_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("chat_id", UUID(as_uuid=False), nullable=False),
+    Column("owner_id", UUID(as_uuid=False), nullable=False),
+    Column("leaf_message_id", String(64), nullable=False),  # the shared branch ends here
+    Column("title", String(200), nullable=False),  # the chat's title when shared
+    Column("public", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rm_shares_chat", "chat_id"),
+    Index("ix_rm_shares_owner", "owner_id"),
+)
+
+sharing_policies = Table(
+    "rm_sharing_policies",
+    metadata,
+    Column("policy_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False, unique=True),
+    Column("allow_public_links", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# --- ratings (projector "ratings"): one row per user and rated answer; a removed rating keeps its row -------
+__all__ += ["ratings"]
+
+ratings = Table(
+    "rm_ratings",
+    metadata,
+    Column("rating_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("user_id", UUID(as_uuid=False), nullable=False),
+    Column("chat_id", UUID(as_uuid=False), nullable=False),
+    Column("message_id", String(64), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("rating", String(4)),  # up, down; None: removed
+    Column("reason", String(100)),
+    Column("comment", Text),  # None once removed, or shredded (chat deleted, rater erased)
+    Column("rated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rm_ratings_user_chat", "tenant_id", "user_id", "chat_id"),
+    Index("ix_rm_ratings_tenant_model", "tenant_id", "model"),
+    Index("ix_rm_ratings_chat", "chat_id"),
+)
+
+# --- search in messages (projector "message_search"): each user's own questions and answers, full text -----
+__all__ += ["search_chats", "search_messages"]
+
+# The chats the search index knows: whose they are and whether archived (messages' events name neither).
+search_chats = Table(
+    "rm_search_chats",
+    metadata,
+    Column("chat_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("owner_id", UUID(as_uuid=False), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("archived", Boolean, nullable=False),
+    Index("ix_rm_search_chats_owner", "owner_id"),
+)
+
+search_messages = Table(
+    "rm_search_messages",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("user_id", UUID(as_uuid=False), nullable=False),  # the chat's owner
+    Column("chat_id", UUID(as_uuid=False), nullable=False),
+    Column("role", String(20), nullable=False),  # user or assistant
+    Column("archived", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("content", Text, nullable=False),
+    # The text's lexemes, and one lexeme naming the owner ('~' || user_id, which the parser never makes):
+    # a query ANDs it in, so the GIN index itself narrows to the caller's messages (no btree_gin needed).
+    Column(
+        "tsv",
+        TSVECTOR,
+        Computed(
+            "to_tsvector('english'::regconfig, content) || array_to_tsvector(ARRAY['~' || user_id::text])",
+            persisted=True,
+        ),
+    ),
+    Index("ix_rm_search_messages_tsv", "tsv", postgresql_using="gin"),
+    Index("ix_rm_search_messages_chat", "chat_id"),
+    Index("ix_rm_search_messages_user", "user_id"),
+)

@@ -47,12 +47,15 @@ __all__ = ["Container", "PROJECTOR_NAMES", "bootstrap", "all_projectors"]
 log = structlog.get_logger("parley.bootstrap")
 
 
-PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors", "shredder")
+PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors", "shredder", "shares", "ratings", "message_search")
 
 
 def all_projectors(c: Container) -> list[Projector]:
     from projections.conversations import ChatsProjector, ModelsProjector
     from projections.knowledge import KnowledgeProjector
+    from projections.message_search import MessageSearchProjector
+    from projections.ratings import RatingsProjector
+    from projections.sharing import SharesProjector
     from projections.shredding import ShredderProjector
     from projections.usage import UsageProjector
     from projections.vectors import VectorsProjector
@@ -66,6 +69,9 @@ def all_projectors(c: Container) -> list[Projector]:
         KnowledgeProjector(),
         VectorsProjector(c.embedders),
         ShredderProjector(c.store.forget),
+        SharesProjector(),
+        RatingsProjector(),
+        MessageSearchProjector(),
     ]
 
 

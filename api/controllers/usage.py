@@ -21,6 +21,7 @@ from domain.errors import NotFound
 from domain.quotas import QuotaPolicy, day_of, next_midnight, policy_id_for
 from projections.conversations import list_models
 from projections.identity import get_user_row
+from projections.ratings import satisfaction_by_model
 from projections.usage import (
     check_report,
     model_exists,
@@ -216,4 +217,21 @@ class UsageController(Controller):
         policy = await _policy(c, caller.tenant_id)
         start, end = report_range(start, end, day_of(datetime.now(UTC), policy.timezone))
         items = await tool_usage(c.engine, caller.tenant_id, start=start, end=end, user_id=user_id)
+        return {"from": start.isoformat(), "to": end.isoformat(), "timezone": policy.timezone, "items": items}
+
+    @get("/satisfaction", operation_id="GetSatisfactionByModel")
+    async def satisfaction(
+        self,
+        c: App,
+        caller: Caller,
+        start: Annotated[date | None, QueryParameter(name="from")] = None,
+        end: Annotated[date | None, QueryParameter(name="to")] = None,
+    ) -> dict[str, Any]:
+        """Ratings of the caller's tenant's answers per model, by when each was last rated on tenant-local
+        days ``from``..``to`` (default: the last 30): thumbs up, down, and the share of ups."""
+        caller.require_auditor()
+        policy = await _policy(c, caller.tenant_id)
+        start, end = report_range(start, end, day_of(datetime.now(UTC), policy.timezone))
+        check_report(start, end, "model")
+        items = await satisfaction_by_model(c.engine, caller.tenant_id, start=start, end=end, timezone=policy.timezone)
         return {"from": start.isoformat(), "to": end.isoformat(), "timezone": policy.timezone, "items": items}

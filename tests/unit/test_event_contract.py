@@ -330,6 +330,9 @@ PERSONAL = {
     "DocumentReuploaded": {"filename", "source_url"},
     "DocumentExtracted": {"title"},
     "DocumentChunked": {"chunks"},
+    "ShareCreated": {"title"},
+    "MessageRated": {"comment"},
+    "RatingChanged": {"comment"},
 }
 SUBJECTS = {
     "ChatCreated": {"user": "owner_id"},
@@ -339,6 +342,8 @@ SUBJECTS = {
     "InvitationAccepted": {"user": "user_id"},
     "ToolResultPosted": {"user": "user_id"},
     "SignInFailed": {"user": "user_id"},
+    "ShareCreated": {"user": "owner_id", "chat": "chat_id"},
+    "MessageRated": {"user": "user_id", "chat": "chat_id"},
 }
 
 
