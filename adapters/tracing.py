@@ -37,6 +37,7 @@ __all__ = [
     "enabled",
     "end_span",
     "projector_apply",
+    "shutdown_tracing",
     "span",
     "start_span",
     "traceparent_of",
@@ -137,6 +138,15 @@ def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -
     trace.set_tracer_provider(provider)  # flushed and shut down at exit (the SDK's atexit hook)
     _enabled = True
     return True
+
+
+def shutdown_tracing() -> None:
+    """Export what is still buffered, at a process's orderly end. The SDK's own exit hook does too, but
+    ``parley api`` never reaches it: uvicorn ends the process by raising the stop signal again once it has
+    shut down."""
+    shutdown = getattr(trace.get_tracer_provider(), "shutdown", None)
+    if _enabled and shutdown is not None:
+        shutdown()
 
 
 # --- context ----------------------------------------------------------------------------------------------

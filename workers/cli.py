@@ -99,6 +99,7 @@ def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 def cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from adapters.tracing import shutdown_tracing
     from api.app import create_app
     from api.server import server_config, tune_collector
     from workers.bootstrap import bootstrap
@@ -110,7 +111,7 @@ def cmd_api(args: argparse.Namespace) -> None:
         c = await bootstrap(settings)
         tenant = await c.identity.ensure_tenant(settings.default_tenant, settings.default_tenant.title())
         await c.models.ensure_local(str(tenant.id))
-        app = create_app(c, on_shutdown=[c.close])
+        app = create_app(c, on_shutdown=[c.close, shutdown_tracing])
         config = server_config(app, settings, lifespan="on")
         log.info(
             "api_listening",
