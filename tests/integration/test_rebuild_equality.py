@@ -25,6 +25,8 @@ from adapters.settings import Settings
 from application.context import CommandContext
 from application.conversations import LOCAL_MODEL, Outcome
 from application.identity import Principal
+from application.ratings import Ratings
+from application.sharing import Shares
 from domain.errors import Forbidden, ParleyError, Unauthenticated
 from domain.identity import Tenant, tenant_id_for
 from projections import runtime
@@ -162,6 +164,19 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
             await c.generations.start(as_worker, generation.generation_id, attempt=1, worker="rebuild-test")
             outcome = Outcome(status=status, text="Hello", prompt_tokens=3, completion_tokens=2, attempt=1)
             await c.generations.finish(as_worker, generation.generation_id, outcome)
+        # Sharing and ratings: the chat shared (then revoked), shared publicly once the tenant allows it, and
+        # copied; its answer rated, rated again with a comment, taken back and rated anew.
+        shares, ratings = Shares(store=c.store), Ratings(store=c.store)
+        shared = await shares.create(as_admin, admin, chat.id)
+        await shares.set_public_links(as_admin, admin, True)
+        await shares.create(as_admin, admin, chat.id, leaf_message_id=sent.message_id, public=True)
+        await shares.copy(as_admin, admin, shared.id)
+        await shares.revoke(as_admin, admin, shared.id)
+        answer = sent.answer_message_id
+        await ratings.rate(as_admin, admin, chat.id, answer, rating="up", reason="Accurate information")
+        await ratings.rate(as_admin, admin, chat.id, answer, rating="down", comment="Too short")
+        await ratings.remove(as_admin, admin, chat.id, answer)
+        await ratings.rate(as_admin, admin, chat.id, again.answer_message_id, rating="up", comment="Better")
         await c.chats.update(as_admin, admin, chat.id, title="Renamed plans", archived=True)
         gone = await c.chats.create(as_admin, admin, title="Gone")
         await c.chats.delete(as_admin, admin, gone.id)
@@ -215,6 +230,10 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
             as_worker,
             asked.generation_id,
             Outcome(status="completed", text="I will", prompt_tokens=3, completion_tokens=2, attempt=1),
+        )
+        await Shares(store=c.store).create(as_leaving, leaving, their_chat.id)  # shredded with them
+        await Ratings(store=c.store).rate(
+            as_leaving, leaving, their_chat.id, asked.answer_message_id, rating="up", comment="Mine"
         )
         theirs = await c.knowledge.upload(
             as_leaving, leaving, data=corpus.SAMPLES["text"].data, filename="mine.txt", chat_id=their_chat.id
