@@ -19,6 +19,7 @@ from api.controllers.audit import AuditController
 from api.controllers.auths import AuthController
 from api.controllers.chats import ChatController
 from api.controllers.events import EventsController
+from api.controllers.folders import FolderController
 from api.controllers.generations import GenerationController
 from api.controllers.health import HealthController, MetricsController
 from api.controllers.invitations import AcceptInvitationController, InvitationController
@@ -26,14 +27,12 @@ from api.controllers.knowledge import ChatFilesController, DocumentController, K
 from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
 from api.controllers.privacy import PrivacyController, PrivacySettingsController
-from api.controllers.prompts import PromptController
 from api.controllers.quotas import QuotaController
 from api.controllers.ratings import RatingController
 from api.controllers.retention import RetentionController
 from api.controllers.search import MessageSearchController
 from api.controllers.shared import ChatSharesController, SharedController, SharingSettingsController
 from api.controllers.usage import UsageController
-from api.controllers.user_settings import UserSettingsController
 from api.controllers.users import TenantController, UserController
 from api.controllers.webhooks import WebhookController
 from api.deps import container, optional_principal, principal, request_tenant
@@ -160,7 +159,6 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
         route_handlers=[
             AuthController,
             UserController,
-            UserSettingsController,
             TenantController,
             InvitationController,
             AcceptInvitationController,
@@ -170,6 +168,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             ProviderController,
             ModelController,
             ChatController,
+            FolderController,
             GenerationController,
             OpenAIController,
             UsageController,
@@ -182,7 +181,6 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             PrivacySettingsController,
             RetentionController,
             WebhookController,
-            PromptController,
             ChatSharesController,
             SharedController,
             SharingSettingsController,

@@ -88,20 +88,13 @@ def capabilities_given(value: Capabilities | None | UnsetType) -> dict[str, Any]
 
 
 class ModelCreate(_Body):
-    """A model on a provider (``provider`` and ``upstream_model``), or a preset based on another model
-    (``base_model``: its engine and capabilities, with this entry's own name, ``defaults`` — a
-    ``system_prompt`` among them — ``knowledge_ids`` and access)."""
-
     name: ModelName
-    provider: ModelName | None = None
-    upstream_model: Annotated[str, Meta(min_length=1, max_length=300)] | None = None
-    base_model: ModelName | None = None
+    provider: ModelName
+    upstream_model: Annotated[str, Meta(min_length=1, max_length=300)]
     display_name: DisplayName | None = None
     defaults: Params | None = None
     open_to_tenant: bool = True
     capabilities: Capabilities | None = None
-    knowledge_ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=10)] | None = None
-    """A preset's knowledge bases (each readable by you)."""
 
 
 class ModelUpdate(_Body):
@@ -139,8 +132,6 @@ class Model(msgspec.Struct, kw_only=True, omit_defaults=True):
     granted_users: list[str] | None = None
     granted_roles: list[str] | None = None
     knowledge_ids: list[str] | None = None
-    base_model: str | None = None
-    """A preset's base model."""
 
 
 # --- chats ---------------------------------------------------------------------------------------------
@@ -153,6 +144,11 @@ class ChatUpdate(_Body):
     archived: bool | UnsetType = UNSET
     knowledge_ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=50)] | UnsetType = UNSET
     """The knowledge bases the chat's answers draw on (each must be readable by you)."""
+    pinned: bool | UnsetType = UNSET
+    tags: Annotated[list[Annotated[str, Meta(max_length=200)]], Meta(max_length=100)] | UnsetType = UNSET
+    """All the chat's tags (they replace those it has): normalised, at most 20, each 1-50 characters."""
+    folder_id: Annotated[str, Meta(max_length=64)] | None | UnsetType = UNSET
+    """One of your folders; null: out of any folder (a chat is in at most one)."""
 
 
 class Chat(msgspec.Struct, kw_only=True):
@@ -160,6 +156,10 @@ class Chat(msgspec.Struct, kw_only=True):
     title: str
     source: str
     archived: bool
+    pinned: bool = False
+    folder_id: str | None = None
+    """Its folder; null: none (or its folder was deleted)."""
+    tags: list[str] = msgspec.field(default_factory=list)
     message_count: int = 0
     head_id: str | None = None
     knowledge_ids: list[str] = msgspec.field(default_factory=list)
@@ -210,6 +210,9 @@ class ChatDetail(msgspec.Struct, kw_only=True):
     archived: bool
     head_id: str | None
     messages: list[Message]
+    pinned: bool = False
+    folder_id: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
     message_count: int = 0
     knowledge_ids: list[str] = msgspec.field(default_factory=list)
     file_ids: list[str] = msgspec.field(default_factory=list)
@@ -222,14 +225,13 @@ class MessageSend(_Body):
     first message beside the old one, as when the first question is edited)."""
 
     content: str
-    model: ModelName | None = None
-    """Absent: your default model (``/api/v1/users/me/settings``)."""
+    model: ModelName
     params: Params | None = None
     parent_id: MessageId | None | UnsetType = UNSET
 
 
 class RegenerateBody(_Body):
-    model: ModelName | None = None
+    model: ModelName
     params: Params | None = None
 
 

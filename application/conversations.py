@@ -24,9 +24,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from application.context import CommandContext
 from application.engines import ChatTurn, EngineRequest, Image, ToolCall
+from application.folders import check_folder_id
 from application.identity import Principal, check_user_of_tenant
 from application.ports import Blobs, EventStorePort, SecretBox, Shredder
 from domain.chats import (
@@ -39,8 +41,10 @@ from domain.chats import (
     generation_id_for,
     generation_of_tool_call,
     housekeeping_purpose,
+    normalise_tags,
 )
 from domain.errors import Conflict, Invalid, NotFound
+from domain.folders import FolderTree, folder_tree_id_for
 from domain.identity import User, check_role
 from domain.knowledge import KnowledgeBase, Reader
 from domain.models import (
@@ -55,7 +59,6 @@ from domain.models import (
     model_id_for,
     provider_id_for,
 )
-from domain.user_settings import UserSettings, settings_id_for
 
 if TYPE_CHECKING:
     from application.quotas import Quotas
@@ -193,10 +196,6 @@ class Models:
         model = self._model(principal.tenant_id, name)
         if not model.can_use(principal.user_id, principal.role):
             raise NotFound("MODEL_NOT_FOUND", f"no model named '{name}'", model=name)
-        if model.base_model_id is not None:  # a preset serves while its base does
-            base = self.store.find(Model, model.base_model_id)
-            if base is None or not base.active:
-                raise NotFound("MODEL_NOT_FOUND", f"the base model of '{name}' is gone", model=name)
         return model
 
     async def register_provider(
@@ -272,53 +271,6 @@ class Models:
             )
             if capabilities is not None:
                 model.set_capabilities(capabilities)
-            self.store.save(model)
-            return model
-
-        return await self.store.execute(ctx, command)
-
-    async def register_preset(
-        self,
-        ctx: CommandContext,
-        principal: Principal,
-        *,
-        name: str,
-        base_model: str,
-        display_name: str | None = None,
-        defaults: dict[str, Any] | None = None,
-        open_to_tenant: bool = True,
-        knowledge_ids: list[str] | None = None,
-    ) -> Model:
-        """A model based on another (Open WebUI's workspace model): its own name, defaults (a system prompt
-        among them, over the base's), knowledge and access; its base's engine and capabilities."""
-        principal.require_admin()
-        check_model_name(name)
-        check_model_name(base_model, "base_model")
-        given = check_params(defaults)
-        wanted = _knowledge_ids(knowledge_ids)
-
-        def command() -> Model:
-            base = self._model(principal.tenant_id, base_model)
-            if self._find(principal.tenant_id, name) is not None:
-                raise Conflict("MODEL_EXISTS", f"a model named '{name}' exists")
-            merged = {**base.defaults, **given}
-            base.check_serves(merged, images=False)
-            model = Model(
-                tenant_id=principal.tenant_id,
-                name=name,
-                display_name=(display_name or name).strip()[:100] or name,
-                provider_id=base.provider_id,
-                provider_kind=base.provider_kind,
-                upstream_model=base.upstream_model,
-                defaults=merged,
-                open_to_tenant=open_to_tenant,
-                base_model_id=base.id,
-                base_model=base.name,
-            )
-            model.set_capabilities(base.capabilities.as_dict())
-            if wanted:
-                _check_readable(self.store, principal, wanted)
-                model.set_knowledge([str(k) for k in wanted])
             self.store.save(model)
             return model
 
@@ -484,16 +436,6 @@ class Chats:
             raise
         return generation
 
-    def _model_for(self, principal: Principal, name: str | None) -> tuple[Model, dict[str, Any]]:
-        """The model a message names, else the user's default model; and the user's default parameters
-        for it (which the message's own override)."""
-        settings = self.store.find(UserSettings, settings_id_for(principal.tenant_id, principal.user_id))
-        chosen = name or (settings.default_model if settings is not None else None)
-        if not chosen:
-            raise Invalid("MODEL_REQUIRED", "name a model, or choose a default model in your settings", field="model")
-        model = self.models.usable(principal, chosen)
-        return model, settings.params_for(model) if settings is not None else {}
-
     def _chat(self, principal: Principal, chat_id: uuid.UUID) -> Chat:
         chat = self.store.find(Chat, chat_id)
         if chat is None or chat.tenant_id != principal.tenant_id:
@@ -523,8 +465,15 @@ class Chats:
         title: str | None = None,
         archived: bool | None = None,
         knowledge_ids: list[str] | None = None,
+        pinned: bool | None = None,
+        tags: list[str] | None = None,
+        folder_id: str | None | UnsetType = UNSET,
     ) -> Chat:
+        """Change what is given. ``folder_id``: one of the owner's folders, or None (out of any folder)."""
         wanted = _knowledge_ids(knowledge_ids)
+        folder = check_folder_id(folder_id) if isinstance(folder_id, str) else folder_id
+        if tags is not None:
+            normalise_tags(tags)  # refused before the command runs
 
         def command() -> Chat:
             chat = self._chat(principal, chat_id)
@@ -535,6 +484,17 @@ class Chats:
             if wanted is not None:
                 _check_readable(self.store, principal, wanted)
                 chat.set_knowledge([str(k) for k in wanted])
+            if pinned is not None:
+                chat.set_pinned(pinned)
+            if tags is not None:
+                chat.set_tags(tags)
+            if not isinstance(folder, UnsetType):
+                tree = self.store.find(FolderTree, folder_tree_id_for(principal.tenant_id, principal.user_id))
+                if folder is not None:
+                    if tree is None:
+                        raise NotFound("FOLDER_NOT_FOUND", "no such folder", field="folder_id")
+                    tree.check_folder(folder)
+                chat.file_in(folder if tree is None or folder is None else tree.effective(folder))
             self.store.save(chat)
             return chat
 
@@ -589,7 +549,7 @@ class Chats:
         chat_id: uuid.UUID,
         *,
         content: str,
-        model: str | None = None,
+        model: str,
         params: dict[str, Any] | None = None,
         parent_id: str | None = None,
     ) -> Sent:
@@ -604,10 +564,10 @@ class Chats:
 
         def command() -> Sent:
             chat = self._chat(principal, chat_id)
-            m, defaults = self._model_for(principal, model)
+            m = self.models.usable(principal, model)
             parent = chat.head if parent_id is None else (None if parent_id == ROOT else parent_id)
             chat.post(message_id, "user", content, parent)
-            generation = self._answer(loop, principal, chat, message_id, m, {**defaults, **checked}, chat)
+            generation = self._answer(loop, principal, chat, message_id, m, checked, chat)
             return Sent(chat.id, message_id, generation.id, generation.answer_message_id)
 
         return await self.store.execute(ctx, command)
@@ -619,7 +579,7 @@ class Chats:
         chat_id: uuid.UUID,
         message_id: str,
         *,
-        model: str | None = None,
+        model: str,
         params: dict[str, Any] | None = None,
     ) -> Sent:
         """A new answer to an existing user message: a new branch beside the old answer."""
@@ -633,8 +593,8 @@ class Chats:
             chat.check_parent(message_id)
             if chat.messages[message_id]["role"] != "user":
                 raise Invalid("NOT_A_USER_MESSAGE", "answers are regenerated from the user message they answer")
-            m, defaults = self._model_for(principal, model)
-            generation = self._answer(loop, principal, chat, message_id, m, {**defaults, **checked})
+            m = self.models.usable(principal, model)
+            generation = self._answer(loop, principal, chat, message_id, m, checked)
             return Sent(chat.id, message_id, generation.id, generation.answer_message_id)
 
         return await self.store.execute(ctx, command)
@@ -656,7 +616,7 @@ class Chats:
         loop = asyncio.get_running_loop()
 
         def command() -> Sent:
-            m, defaults = self._model_for(principal, conversation.model)
+            m = self.models.usable(principal, conversation.model)
             offered, ignored = (tools, []) if tools is None or m.capabilities.tools else (None, list(tools["names"]))
             extra = {"tools": offered, "tools_ignored": ignored}
             chat_id = (
@@ -681,7 +641,7 @@ class Chats:
             for turn in turns[held:]:
                 parent = self._post_turn(chat, turn, parent)
             assert parent is not None
-            generation = self._answer(loop, principal, chat, parent, m, {**defaults, **checked}, chat, **extra)
+            generation = self._answer(loop, principal, chat, parent, m, checked, chat, **extra)
             return Sent(chat.id, parent, generation.id, generation.answer_message_id, tools_ignored=tuple(ignored))
 
         return await self.store.execute(ctx, command)

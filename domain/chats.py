@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, cast
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
@@ -39,6 +40,8 @@ __all__ = [
     "MAX_TITLE_CHARS",
     "check_content",
     "check_title",
+    "import_chat_id_for",
+    "normalise_tags",
     "check_can_generate",
     "client_chat_id_for",
     "generation_id_for",
@@ -51,6 +54,8 @@ __all__ = [
 MAX_MESSAGE_CHARS = 100_000
 MAX_TITLE_CHARS = 200
 MAX_CHAT_KNOWLEDGE = 10
+MAX_TAGS = 20
+MAX_TAG_CHARS = 50
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -68,6 +73,26 @@ def client_chat_id_for(tenant_id: str, owner_id: UUID, client_chat_id: str) -> U
     """The parley chat that holds a client's chat: one per (tenant, user, client chat id), so that a
     client's id can never reach another user's chat."""
     return uuid5(NAMESPACE_URL, f"/tenants/{tenant_id}/users/{owner_id}/client-chats/{client_chat_id}")
+
+
+def import_chat_id_for(tenant_id: str, owner_id: UUID, source_chat_id: str) -> UUID:
+    """The chat an imported chat becomes: one per (tenant, user, source chat id), so importing the same
+    export twice finds the chats already there."""
+    return client_chat_id_for(tenant_id, owner_id, f"import:{source_chat_id}")
+
+
+def normalise_tags(names: Sequence[str]) -> list[str]:
+    """Tags as a chat keeps them: whitespace collapsed, case folded, each once, in the order given."""
+    tags: list[str] = []
+    for name in names:
+        tag = " ".join(name.split()).casefold()
+        if not 1 <= len(tag) <= MAX_TAG_CHARS or any(ord(c) < 32 for c in name):
+            raise Invalid("INVALID_TAG", f"a tag is 1-{MAX_TAG_CHARS} characters without control characters", field="tags")
+        if tag not in tags:
+            tags.append(tag)
+    if len(tags) > MAX_TAGS:
+        raise Invalid("TOO_MANY_TAGS", f"a chat has at most {MAX_TAGS} tags", field="tags")
+    return tags
 
 
 def tool_call_id_for(generation_id: UUID, index: int) -> str:
@@ -164,6 +189,11 @@ class Chat(Aggregate):
     knowledge_ids = cast(tuple[str, ...], ())
     file_ids = cast(tuple[str, ...], ())
     client_chat_id = cast(str | None, None)
+    pinned = False
+    folder_id = cast(str | None, None)
+    """The folder the owner put it in; a chat whose folder was deleted is at the top level (domain.folders)."""
+    tags = cast(tuple[str, ...], ())
+    imported_from = cast(str | None, None)
 
     @staticmethod
     def create_id(tenant_id: str, owner_id: UUID, client_chat_id: str | None = None, **_: Any) -> UUID:
@@ -228,6 +258,117 @@ class Chat(Aggregate):
     @event("ChatDeleted")
     def _delete(self) -> None:
         self.deleted = True
+
+    # --- organising: only the owner reaches these (the service checks) ---------------------------------------
+    def set_pinned(self, pinned: bool) -> None:
+        if pinned and not self.pinned:
+            self._pin()
+        elif not pinned and self.pinned:
+            self._unpin()
+
+    @event("ChatPinned")
+    def _pin(self) -> None:
+        self.pinned = True
+
+    @event("ChatUnpinned")
+    def _unpin(self) -> None:
+        self.pinned = False
+
+    def file_in(self, folder_id: str | None) -> None:
+        """Into the owner's folder ``folder_id`` (checked by the caller against the owner's tree), or out
+        of any folder (None). A chat is in at most one folder."""
+        if folder_id != self.folder_id:
+            self._file_in(folder_id=folder_id)
+
+    @event("ChatFiled")
+    def _file_in(self, folder_id: str | None) -> None:
+        self.folder_id = folder_id
+
+    def set_tags(self, tags: Sequence[str]) -> None:
+        wanted = normalise_tags(tags)
+        if tuple(wanted) != self.tags:
+            self._set_tags(tags=wanted)
+
+    @event("ChatTagsChanged")
+    def _set_tags(self, tags: list[str]) -> None:
+        self.tags = tuple(tags)
+
+    # --- import ---------------------------------------------------------------------------------------------
+    def import_message(
+        self,
+        message_id: str,
+        parent_id: str | None,
+        role: str,
+        content: str,
+        *,
+        created_at: datetime,
+        model: str | None = None,
+        thinking: str | None = None,
+        tool_calls: Sequence[dict[str, str]] = (),
+        tool_call_id: str | None = None,
+        tool_name: str | None = None,
+    ) -> None:
+        """A message of an imported chat, as it was: any role, its model and its time. Parents come first."""
+        if role not in ROLES:
+            raise Invalid("INVALID_ROLE", "role must be one of system, user, assistant, tool", field="role")
+        for text in (content, thinking or ""):
+            if len(text) > MAX_MESSAGE_CHARS:
+                raise TooLarge("MESSAGE_TOO_LARGE", f"a message holds at most {MAX_MESSAGE_CHARS} characters")
+            if "\x00" in text:
+                raise Invalid("INVALID_CONTENT", "a message contains a NUL character")
+        self.check_parent(parent_id)
+        if message_id in self.messages:
+            raise Conflict("MESSAGE_EXISTS", "a message with this id exists")
+        self._import_message(
+            message_id=message_id,
+            parent_id=parent_id,
+            role=role,
+            content=content,
+            created_at=created_at,
+            model=model,
+            thinking=thinking or None,
+            tool_calls=[dict(c) for c in tool_calls] or None,
+            tool_call_id=tool_call_id,
+            tool_name=tool_name,
+        )
+
+    @event("MessageImported")
+    def _import_message(
+        self,
+        message_id: str,
+        parent_id: str | None,
+        role: str,
+        content: str,
+        created_at: datetime,
+        model: str | None,
+        thinking: str | None,
+        tool_calls: list[dict[str, str]] | None,
+        tool_call_id: str | None,
+        tool_name: str | None,
+    ) -> None:
+        message: dict[str, Any] = {
+            "id": message_id,
+            "role": role,
+            "content": content,
+            "parent_id": parent_id,
+            "created_at": created_at,
+        }
+        for key, value in (("model", model), ("thinking", thinking), ("tool_calls", tool_calls)):
+            if value:
+                message[key] = value
+        if role == "tool":
+            message.update(tool_call_id=tool_call_id, name=tool_name)
+        self.messages[message_id] = message
+        self.head = message_id
+
+    @event("ChatImported")
+    def record_import(
+        self, source_format: str, source_chat_id: str, head_id: str | None, created_at: datetime, updated_at: datetime
+    ) -> None:
+        """The import is complete: where it came from, the branch it was on, its own times."""
+        self.imported_from = source_format
+        if head_id is not None and head_id in self.messages:
+            self.head = head_id
 
     def post(
         self,

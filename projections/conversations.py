@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Column, Table, Text, and_, case, cast, func, or_, select
+from sqlalchemy import Column, Table, Text, and_, case, cast, func, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -29,10 +30,15 @@ from schema.contract import (
     ChatCreated,
     ChatDeleted,
     ChatFileAttached,
+    ChatFiled,
     ChatFileDetached,
+    ChatImported,
     ChatKnowledgeChanged,
+    ChatPinned,
     ChatRenamed,
+    ChatTagsChanged,
     ChatUnarchived,
+    ChatUnpinned,
     EventData,
     GenerationCancelled,
     GenerationCancelRequested,
@@ -40,6 +46,7 @@ from schema.contract import (
     GenerationFailed,
     GenerationRequested,
     GenerationStarted,
+    MessageImported,
     MessagePosted,
     ModelAccessGranted,
     ModelAccessRevoked,
@@ -54,17 +61,21 @@ from schema.contract import (
     decode_data,
 )
 from schema.events import EventEnvelope
-from schema.tables import chats, generations, messages, models, providers
+from schema.tables import chats, folders, generations, messages, models, providers
 
 __all__ = [
     "MAX_PAGE",
+    "UNFILED",
+    "ChatFilter",
     "ChatsProjector",
     "ModelsProjector",
     "get_chat",
+    "get_chats",
     "get_generation",
     "list_all_models",
     "list_chats",
     "list_models",
+    "list_tags",
     "list_providers",
 ]
 
@@ -149,8 +160,6 @@ class ModelsProjector(HandlesTypes):
                         upstream_model=_fit(models.c.upstream_model, data.upstream_model),
                         defaults=data.defaults,
                         open_to_tenant=data.open_to_tenant,
-                        base_model_id=None if data.base_model_id is None else str(data.base_model_id),
-                        base_model=_fit(models.c.base_model, data.base_model),
                         active=True,
                         granted_users=[],
                         granted_roles=[],
@@ -209,6 +218,12 @@ class ChatsProjector:
             "ChatFileAttached",
             "ChatFileDetached",
             "ToolResultPosted",
+            "ChatPinned",
+            "ChatUnpinned",
+            "ChatFiled",
+            "ChatTagsChanged",
+            "MessageImported",
+            "ChatImported",
         }
     )
     _generation_types = frozenset(
@@ -296,17 +311,21 @@ class ChatsProjector:
                 )
             case ChatDeleted():  # its content is shredded: nothing of it stays but that it existed
                 await conn.execute(
-                    chats.update().where(this_chat).values(deleted=True, title=ERASED, updated_at=e.occurred_at)
+                    chats.update().where(this_chat).values(**_DELETED_CHAT, updated_at=e.occurred_at)
                 )
                 await conn.execute(messages.delete().where(messages.c.chat_id == chat_id))
                 await conn.execute(
                     generations.update().where(generations.c.chat_id == chat_id).values(**_SHREDDED_GENERATION)
                 )
-            case MessagePosted() | ToolResultPosted():
-                row = _message_row(e, data)
+            case MessagePosted() | ToolResultPosted() | MessageImported():
+                row = _imported_row(e, data) if isinstance(data, MessageImported) else _message_row(e, data)
                 tenant_id = await self._touch(conn, chat_id, e, head=row["message_id"])
                 if tenant_id is not None:
                     await conn.execute(messages.insert().values(**row, tenant_id=tenant_id))
+            case ChatPinned() | ChatUnpinned() | ChatFiled() | ChatTagsChanged() | ChatImported():
+                await conn.execute(
+                    chats.update().where(this_chat, chats.c.deleted.is_(False)).values(**_organised(data))
+                )
             case ChatKnowledgeChanged():
                 await conn.execute(
                     chats.update().where(this_chat).values(knowledge_ids=data.knowledge_ids, updated_at=e.occurred_at)
@@ -348,6 +367,8 @@ class ChatsProjector:
 
 
 _SHREDDED_GENERATION = {"text": None, "error_message": None, "tool_calls": None}
+_DELETED_CHAT = {"deleted": True, "title": ERASED, "tags": [], "pinned": False, "folder_id": None}
+"""What a chat row keeps once the chat is deleted: that it existed."""
 """What a generation row keeps of its content once its chat is deleted: nothing."""
 
 
@@ -376,6 +397,9 @@ def _chat_row(e: EventEnvelope, data: ChatCreated) -> dict[str, Any]:
         "client_chat_id": _fit(chats.c.client_chat_id, data.client_chat_id),
         "archived": False,
         "deleted": False,
+        "pinned": False,
+        "folder_id": None,
+        "tags": [],
         "message_count": 0,
         "created_at": e.occurred_at,
         "updated_at": e.occurred_at,
@@ -407,6 +431,46 @@ def _message_row(e: EventEnvelope, data: MessagePosted | ToolResultPosted) -> di
         "tool_latency_ms": latency_ms,
         "created_at": e.occurred_at,
     }
+
+
+def _imported_row(e: EventEnvelope, data: MessageImported) -> dict[str, Any]:
+    """A ``MessageImported`` message, with the time the export gives it, but for its ``tenant_id``."""
+    m = messages.c
+    tool = data.role == "tool"
+    return {
+        "message_id": _fit(m.message_id, data.message_id),
+        "chat_id": str(e.aggregate_id),
+        "seq": e.id,
+        "role": data.role,
+        "content": _fit(m.content, data.content),
+        "parent_id": _fit(m.parent_id, data.parent_id),
+        "model": _fit(m.model, data.model),
+        "thinking": _fit(m.thinking, data.thinking),
+        "tool_calls": _json(data.tool_calls),
+        "images": None,
+        "tool_call_id": _fit(m.tool_call_id, data.tool_call_id) if tool else None,
+        "tool_name": _fit(m.tool_name, data.tool_name) if tool else None,
+        "tool_latency_ms": None,
+        "created_at": data.created_at,
+    }
+
+
+def _organised(data: EventData) -> dict[str, Any]:
+    """What pinning, filing, tagging or an import's end sets on the chat's row. Organising a chat is not
+    activity: ``updated_at`` moves only for an import, to the chat's own time."""
+    match data:
+        case ChatPinned() | ChatUnpinned():
+            return {"pinned": isinstance(data, ChatPinned)}
+        case ChatFiled():
+            return {"folder_id": _uuid(data.folder_id) if data.folder_id is not None else None}
+        case ChatTagsChanged():
+            return {"tags": [t[:100] for t in data.tags]}
+        case ChatImported():
+            changes: dict[str, Any] = {"created_at": data.created_at, "updated_at": data.updated_at}
+            if data.head_id is not None:
+                changes["head_id"] = _fit(messages.c.message_id, data.head_id)
+            return changes
+    raise TypeError(f"{type(data).__name__} does not organise a chat")
 
 
 def _answer_row(e: EventEnvelope, data: AnswerRecorded) -> dict[str, Any]:
@@ -498,12 +562,18 @@ def _fold_chat_event(
         case ChatArchived() | ChatUnarchived():
             chat.update(archived=isinstance(data, ChatArchived), updated_at=e.occurred_at)
         case ChatDeleted():
-            chat.update(deleted=True, title=ERASED, updated_at=e.occurred_at)
+            chat.update(**_DELETED_CHAT, updated_at=e.occurred_at)
             new_messages[:] = [m for m in new_messages if m["chat_id"] != chat["chat_id"]]
-        case MessagePosted() | ToolResultPosted() | AnswerRecorded():
+        case ChatPinned() | ChatUnpinned() | ChatFiled() | ChatTagsChanged() | ChatImported():
+            if not chat["deleted"]:
+                chat.update(_organised(data))
+        case MessagePosted() | ToolResultPosted() | AnswerRecorded() | MessageImported():
             if chat["deleted"]:
                 return
-            if isinstance(data, AnswerRecorded):
+            if isinstance(data, MessageImported):
+                row = _imported_row(e, data)
+                head = row["message_id"]
+            elif isinstance(data, AnswerRecorded):
                 row = _answer_row(e, data)
                 # As SQL compares (a NULL matches nothing): the answer becomes the head only if its
                 # question still is.
@@ -544,7 +614,6 @@ def _model_dict(row: Any, *, admin: bool) -> dict[str, Any]:
         "upstream_model": row.upstream_model,
         "defaults": row.defaults,
         "capabilities": row.capabilities or default_capabilities(row.provider_kind).as_dict(),
-        "base_model": row.base_model,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
@@ -636,6 +705,9 @@ def _chat_dict(row: Any) -> dict[str, Any]:
         "title": row.title,
         "source": row.source,
         "archived": row.archived,
+        "pinned": row.pinned,
+        "folder_id": row.live_folder_id,
+        "tags": list(row.tags or []),
         "message_count": row.message_count,
         "head_id": row.head_id,
         "knowledge_ids": list(row.knowledge_ids or []),
@@ -646,6 +718,37 @@ def _chat_dict(row: Any) -> dict[str, Any]:
     }
 
 
+def _with_folder() -> Any:
+    """The chats joined to their folder where it still exists: a deleted folder's chats are unfiled."""
+    return chats.outerjoin(
+        folders, and_(folders.c.folder_id == chats.c.folder_id, folders.c.tenant_id == chats.c.tenant_id)
+    )
+
+
+LIVE_FOLDER = folders.c.folder_id.label("live_folder_id")
+UNFILED = "none"
+"""``folder_id`` filter value for the chats in no folder."""
+
+
+class ChatFilter(msgspec.Struct, kw_only=True, frozen=True):
+    """How ``list_chats`` narrows the owner's chats; every given condition must hold."""
+
+    q: str | None = None
+    """Searches titles (case-insensitive, ``%`` and ``_`` literal)."""
+    archived: bool | None = None
+    pinned: bool | None = None
+    folder_id: str | None = None
+    """A folder's id (its chats, not its subfolders'), or ``UNFILED``."""
+    tags: tuple[str, ...] = ()
+    """Normalised tags: chats carrying every one."""
+    model: str | None = None
+    """Chats with a message written by this model."""
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+
+
 async def list_chats(
     engine: AsyncEngine,
     tenant_id: str,
@@ -653,33 +756,75 @@ async def list_chats(
     *,
     limit: int = 50,
     offset: int = 0,
-    q: str | None = None,
-    archived: bool | None = None,
+    **where: Any,
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of the owner's chats, most recently active first, and how many match in all.
-    ``q`` searches titles (case-insensitive, ``%`` and ``_`` literal); ``archived`` None means both;
-    ``limit`` is clamped to 1..``MAX_PAGE``."""
+    """One page of the owner's chats, most recently active first, and how many match in all; ``where``
+    holds the fields of ``ChatFilter``. Time bounds are inclusive after, exclusive before; ``limit`` is
+    clamped to 1..``MAX_PAGE``."""
+    f = ChatFilter(**where)
     tenant, owner = _uuid(tenant_id), _uuid(owner_id)
     if tenant is None or owner is None:
         return [], 0
     limit = max(1, min(limit, MAX_PAGE))
     offset = max(0, offset)
-    where = [chats.c.tenant_id == tenant, chats.c.owner_id == owner, chats.c.deleted.is_(False)]
-    if archived is not None:
-        where.append(chats.c.archived.is_(archived))
-    if q:
-        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        where.append(chats.c.title.ilike(pattern))
+    conditions = [chats.c.tenant_id == tenant, chats.c.owner_id == owner, chats.c.deleted.is_(False)]
+    if f.archived is not None:
+        conditions.append(chats.c.archived.is_(f.archived))
+    if f.pinned is not None:
+        conditions.append(chats.c.pinned.is_(f.pinned))
+    if f.q:
+        pattern = "%" + f.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        conditions.append(chats.c.title.ilike(pattern))
+    if f.folder_id == UNFILED:
+        conditions.append(folders.c.folder_id.is_(None))
+    elif f.folder_id is not None:
+        conditions.append(folders.c.folder_id == _uuid(f.folder_id))
+    if f.tags:
+        conditions.append(chats.c.tags.contains(list(f.tags)))
+    if f.model is not None:
+        conditions.append(
+            select(messages.c.message_id)
+            .where(messages.c.chat_id == chats.c.chat_id, messages.c.tenant_id == tenant, messages.c.model == f.model)
+            .exists()
+        )
+    for column, after, before in (
+        (chats.c.created_at, f.created_after, f.created_before),
+        (chats.c.updated_at, f.updated_after, f.updated_before),
+    ):
+        if after is not None:
+            conditions.append(column >= after)
+        if before is not None:
+            conditions.append(column < before)
     async with engine.connect() as conn:
-        total = (await conn.execute(select(func.count()).select_from(chats).where(*where))).scalar_one()
+        total = (
+            await conn.execute(select(func.count()).select_from(_with_folder()).where(*conditions))
+        ).scalar_one()
         rows = await conn.execute(
-            select(chats)
-            .where(*where)
+            select(chats, LIVE_FOLDER)
+            .select_from(_with_folder())
+            .where(*conditions)
             .order_by(chats.c.updated_at.desc(), chats.c.chat_id.desc())
             .limit(limit)
             .offset(offset)
         )
         return [_chat_dict(r) for r in rows], int(total)
+
+
+async def list_tags(engine: AsyncEngine, tenant_id: str, owner_id: str | uuid.UUID) -> list[dict[str, Any]]:
+    """The owner's tags (those on any of their chats), by name, with how many chats carry each."""
+    tenant, owner = _uuid(tenant_id), _uuid(owner_id)
+    if tenant is None or owner is None:
+        return []
+    tag = func.jsonb_array_elements_text(chats.c.tags).table_valued("value").alias("tag")
+    stmt = (
+        select(tag.c.value, func.count())
+        .select_from(chats.join(tag, literal_column("true")))
+        .where(chats.c.tenant_id == tenant, chats.c.owner_id == owner, chats.c.deleted.is_(False))
+        .group_by(tag.c.value)
+        .order_by(tag.c.value)
+    )
+    async with engine.connect() as conn:
+        return [{"name": name, "chat_count": int(n)} for name, n in await conn.execute(stmt)]
 
 
 _MESSAGE_COLUMNS = (
@@ -704,40 +849,51 @@ _MESSAGE_COLUMNS = (
 )
 
 
-async def get_chat(
-    engine: AsyncEngine, tenant_id: str, owner_id: str | uuid.UUID, chat_id: str | uuid.UUID
-) -> dict[str, Any] | None:
-    """The chat with every message of its tree (each names its ``parent_id``), oldest first; None when
-    it does not exist, is deleted, or belongs to someone else. One query: the chat joined to its messages."""
-    tenant, owner, chat = _uuid(tenant_id), _uuid(owner_id), _uuid(chat_id)
-    if tenant is None or owner is None or chat is None:
-        return None
+async def get_chats(
+    engine: AsyncEngine, tenant_id: str, owner_id: str | uuid.UUID, chat_ids: Sequence[str | uuid.UUID] | None = None
+) -> list[dict[str, Any]]:
+    """The owner's chats (``chat_ids`` of them, or all), oldest first, each with every message of its tree
+    (each names its ``parent_id``), oldest first. One query: the chats joined to their messages."""
+    tenant, owner = _uuid(tenant_id), _uuid(owner_id)
+    if tenant is None or owner is None:
+        return []
+    conditions = [chats.c.tenant_id == tenant, chats.c.owner_id == owner, chats.c.deleted.is_(False)]
+    if chat_ids is not None:
+        wanted = [c for c in (_uuid(i) for i in chat_ids) if c is not None]
+        if not wanted:
+            return []
+        conditions.append(chats.c.chat_id.in_(wanted))
     m = messages.c
     message_columns = [m[name].label(f"m_{name}") for name in _MESSAGE_COLUMNS]
     stmt = (
-        select(chats, *message_columns)
+        select(chats, LIVE_FOLDER, *message_columns)
         .select_from(
-            chats.outerjoin(messages, and_(m.chat_id == chats.c.chat_id, m.tenant_id == chats.c.tenant_id))
+            _with_folder().outerjoin(messages, and_(m.chat_id == chats.c.chat_id, m.tenant_id == chats.c.tenant_id))
         )
-        .where(
-            chats.c.tenant_id == tenant,
-            chats.c.chat_id == chat,
-            chats.c.owner_id == owner,
-            chats.c.deleted.is_(False),
-        )
-        .order_by(m.created_at, m.seq)
+        .where(*conditions)
+        .order_by(chats.c.created_at, chats.c.chat_id, m.created_at, m.seq)
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
-    if not rows:
-        return None
-    result = _chat_dict(rows[0])
-    result["messages"] = [
-        {("id" if name == "message_id" else name): getattr(r, f"m_{name}") for name in _MESSAGE_COLUMNS}
-        for r in rows
-        if r.m_message_id is not None
-    ]
-    return result
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        chat = out.get(r.chat_id)
+        if chat is None:
+            chat = out[r.chat_id] = {**_chat_dict(r), "messages": []}
+        if r.m_message_id is not None:
+            chat["messages"].append(
+                {("id" if name == "message_id" else name): getattr(r, f"m_{name}") for name in _MESSAGE_COLUMNS}
+            )
+    return list(out.values())
+
+
+async def get_chat(
+    engine: AsyncEngine, tenant_id: str, owner_id: str | uuid.UUID, chat_id: str | uuid.UUID
+) -> dict[str, Any] | None:
+    """The chat with every message of its tree, oldest first; None when it does not exist, is deleted, or
+    belongs to someone else."""
+    found = await get_chats(engine, tenant_id, owner_id, [chat_id])
+    return found[0] if found else None
 
 
 def _generation_dict(row: Any) -> dict[str, Any]:

@@ -536,6 +536,62 @@ class AnswerRecorded(_Event, frozen=True, kw_only=True, tag="AnswerRecorded", ta
     tool_calls: Personal[list[ToolCall] | None] = None
 
 
+class ChatPinned(_Event, frozen=True, kw_only=True, tag="ChatPinned", tag_field="type"):
+    """The owner pinned the chat."""
+
+    aggregate = "Chat"
+
+
+class ChatUnpinned(_Event, frozen=True, kw_only=True, tag="ChatUnpinned", tag_field="type"):
+    """The owner unpinned the chat."""
+
+    aggregate = "Chat"
+
+
+class ChatFiled(_Event, frozen=True, kw_only=True, tag="ChatFiled", tag_field="type"):
+    """The owner put the chat in one of their folders, or took it out of any (null). A chat whose folder is
+    later deleted is at the top level."""
+
+    aggregate = "Chat"
+    folder_id: str | None
+
+
+class ChatTagsChanged(_Event, frozen=True, kw_only=True, tag="ChatTagsChanged", tag_field="type"):
+    """The chat's tags, all of them, normalised (whitespace collapsed, case folded, each once)."""
+
+    aggregate = "Chat"
+    tags: Personal[list[str]]
+
+
+class MessageImported(_Event, frozen=True, kw_only=True, tag="MessageImported", tag_field="type"):
+    """A message of an imported chat, as it was where it came from: its role, model and time. Its id is
+    parley's, derived from the chat and the message's id in the export."""
+
+    aggregate = "Chat"
+    message_id: MessageId
+    parent_id: Annotated[str | None, Meta(description="The message it follows; null: a root.")]
+    role: Literal["system", "user", "assistant", "tool"]
+    content: PersonalText
+    created_at: Annotated[datetime, Meta(description="When it was written, as the export says.")]
+    model: Annotated[str | None, Meta(description="The model that wrote an answer, by the name the export gives.")]
+    thinking: Personal[Annotated[str | None, Meta(description="An answer's reasoning, apart from it.")]]
+    tool_calls: Personal[list[ToolCall] | None]
+    tool_call_id: Annotated[str | None, Meta(description="A tool message: the call it answers.")]
+    tool_name: Annotated[str | None, Meta(description="A tool message: the function's name.")]
+
+
+class ChatImported(_Event, frozen=True, kw_only=True, tag="ChatImported", tag_field="type"):
+    """An import of the chat is complete (its messages came before): where it came from, the branch it was
+    on and its own times."""
+
+    aggregate = "Chat"
+    source_format: Literal["openwebui", "parley"]
+    source_chat_id: Annotated[str, Meta(description="The chat's id in the export.")]
+    head_id: Annotated[str | None, Meta(description="The message the chat was at (the current branch).")]
+    created_at: datetime
+    updated_at: datetime
+
+
 class GenerationRequested(_Event, frozen=True, kw_only=True, tag="GenerationRequested", tag_field="type"):
     """An answer was requested: the job a worker picks up; the quota reservation is made under it."""
 
@@ -613,6 +669,49 @@ class GenerationCancelled(_Event, frozen=True, kw_only=True, tag="GenerationCanc
     completion_tokens: Tokens
     attempt: Attempt
 
+
+
+# Folders -------------------------------------------------------------------------------------------------
+class FolderTreeCreated(_Event, frozen=True, kw_only=True, tag="FolderTreeCreated", tag_field="type"):
+    """A user's folder tree began (with their first folder)."""
+
+    aggregate = "FolderTree"
+    tenant_id: TenantId
+    owner_id: SubjectUser[UUID]
+
+
+class FolderCreated(_Event, frozen=True, kw_only=True, tag="FolderCreated", tag_field="type"):
+    """A folder was made, at the top level (``parent_id`` null) or inside another."""
+
+    aggregate = "FolderTree"
+    folder_id: str
+    name: PersonalText
+    parent_id: str | None
+
+
+class FolderRenamed(_Event, frozen=True, kw_only=True, tag="FolderRenamed", tag_field="type"):
+    """A folder's name changed."""
+
+    aggregate = "FolderTree"
+    folder_id: str
+    name: PersonalText
+
+
+class FolderMoved(_Event, frozen=True, kw_only=True, tag="FolderMoved", tag_field="type"):
+    """A folder, with everything in it, moved under another (never under itself or its own subfolders),
+    or to the top level."""
+
+    aggregate = "FolderTree"
+    folder_id: str
+    parent_id: str | None
+
+
+class FolderDeleted(_Event, frozen=True, kw_only=True, tag="FolderDeleted", tag_field="type"):
+    """A folder was deleted with every folder under it (``folder_ids``, the folder first); their chats are
+    at the top level now."""
+
+    aggregate = "FolderTree"
+    folder_ids: list[str]
 
 # Knowledge -----------------------------------------------------------------------------------------------
 class KnowledgeBaseCreated(_Event, frozen=True, kw_only=True, tag="KnowledgeBaseCreated", tag_field="type"):
@@ -770,8 +869,6 @@ class ModelRegistered(_Event, frozen=True, kw_only=True, tag="ModelRegistered", 
     upstream_model: Annotated[str, Meta(description="The model's name at its provider.")]
     defaults: Annotated[dict[str, Any], Meta(description="Default sampling parameters.")]
     open_to_tenant: Annotated[bool, Meta(description="Whether every user of the tenant may use it.")]
-    base_model_id: Annotated[UUID | None, Meta(description="A preset's base model; absent before v1.1.")] = None
-    base_model: Annotated[str | None, Meta(description="The base model's name.")] = None
 
 
 class ModelCapabilitiesChanged(_Event, frozen=True, kw_only=True, tag="ModelCapabilitiesChanged", tag_field="type"):
@@ -812,123 +909,6 @@ class ModelAccessRevoked(_Event, frozen=True, kw_only=True, tag="ModelAccessRevo
     aggregate = "Model"
     user_id: str | None
     role: Role | None
-
-
-# Workspace: user settings and the prompt library --------------------------------------------------------
-class UserSettingsCreated(_Event, frozen=True, kw_only=True, tag="UserSettingsCreated", tag_field="type"):
-    """A user's settings were first changed (before that, they have the defaults)."""
-
-    aggregate = "UserSettings"
-    tenant_id: TenantId
-    user_id: SubjectUser[UUID]
-
-
-class DefaultModelChosen(_Event, frozen=True, kw_only=True, tag="DefaultModelChosen", tag_field="type"):
-    """The model the user's messages get when they name none; null: none (a message must name one)."""
-
-    aggregate = "UserSettings"
-    model: str | None
-
-
-class DefaultParamsSet(_Event, frozen=True, kw_only=True, tag="DefaultParamsSet", tag_field="type"):
-    """The generation parameters the user's messages get where they (and the model's defaults) set none."""
-
-    aggregate = "UserSettings"
-    params: Annotated[dict[str, Any], Meta(description="Parameters as a message takes them (temperature, top_p, ...).")]
-
-
-class PreferencesSet(_Event, frozen=True, kw_only=True, tag="PreferencesSet", tag_field="type"):
-    """The front end's preferences document was replaced."""
-
-    aggregate = "UserSettings"
-    preferences: Personal[Annotated[dict[str, Any], Meta(description="A JSON object parley keeps and does not read.")]]
-
-
-class AvatarSet(_Event, frozen=True, kw_only=True, tag="AvatarSet", tag_field="type"):
-    """The user's avatar is this image (its bytes in the blob store)."""
-
-    aggregate = "UserSettings"
-    sha256: str
-    media_type: Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
-    size: Annotated[int, Meta(ge=1, description="Bytes.")]
-
-
-class AvatarRemoved(_Event, frozen=True, kw_only=True, tag="AvatarRemoved", tag_field="type"):
-    """The user has no avatar any more."""
-
-    aggregate = "UserSettings"
-
-
-PromptScope = Literal["user", "tenant"]
-
-
-class PromptCreated(_Event, frozen=True, kw_only=True, tag="PromptCreated", tag_field="type"):
-    """A prompt was saved: a user's own (``scope`` user) or the tenant's (``scope`` tenant, by an admin)."""
-
-    aggregate = "Prompt"
-    tenant_id: TenantId
-    owner_id: UUID
-    scope: PromptScope
-    command: Annotated[str, Meta(description="``/name``: unique among the owner's prompts (or the tenant's).")]
-    title: PersonalText
-    content: Personal[Annotated[str, Meta(description="The text, with ``{{name}}`` variables filled at use.")]]
-    subject_id: SubjectUser[
-        Annotated[UUID | None, Meta(description="Whose personal data the text is: a user prompt's owner; null for the tenant's.")]
-    ]
-
-
-class PromptUpdated(_Event, frozen=True, kw_only=True, tag="PromptUpdated", tag_field="type"):
-    """Some of a prompt's command, title and content changed; each null did not."""
-
-    aggregate = "Prompt"
-    command: str | None
-    title: Personal[str | None]
-    content: Personal[str | None]
-
-
-class PromptAccessGranted(_Event, frozen=True, kw_only=True, tag="PromptAccessGranted", tag_field="type"):
-    """A grantee may now use (read) or change (write) the prompt."""
-
-    aggregate = "Prompt"
-    grantee: Annotated[str, Meta(description="``user:<id>``, ``role:<role>`` or ``tenant``.")]
-    level: AccessLevel
-
-
-class PromptAccessRevoked(_Event, frozen=True, kw_only=True, tag="PromptAccessRevoked", tag_field="type"):
-    """A grant was withdrawn."""
-
-    aggregate = "Prompt"
-    grantee: str
-
-
-class PromptDeleted(_Event, frozen=True, kw_only=True, tag="PromptDeleted", tag_field="type"):
-    """The prompt was deleted (its command is free again)."""
-
-    aggregate = "Prompt"
-
-
-class PromptCommandClaimed(_Event, frozen=True, kw_only=True, tag="PromptCommandClaimed", tag_field="type"):
-    """A command was first taken, by ``prompt_id``, among a user's prompts (``owner`` their id) or the
-    tenant's (``owner`` ``tenant``)."""
-
-    aggregate = "PromptCommand"
-    tenant_id: TenantId
-    owner: str
-    command: str
-    prompt_id: UUID
-
-
-class PromptCommandReclaimed(_Event, frozen=True, kw_only=True, tag="PromptCommandReclaimed", tag_field="type"):
-    """A free command was taken again, by ``prompt_id``."""
-
-    aggregate = "PromptCommand"
-    prompt_id: UUID
-
-
-class PromptCommandReleased(_Event, frozen=True, kw_only=True, tag="PromptCommandReleased", tag_field="type"):
-    """The command's prompt was renamed or deleted: the command is free."""
-
-    aggregate = "PromptCommand"
 
 
 # Quotas --------------------------------------------------------------------------------------------------
@@ -1216,6 +1196,17 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     ChatFileAttached,
     ChatFileDetached,
     AnswerRecorded,
+    ChatPinned,
+    ChatUnpinned,
+    ChatFiled,
+    ChatTagsChanged,
+    MessageImported,
+    ChatImported,
+    FolderTreeCreated,
+    FolderCreated,
+    FolderRenamed,
+    FolderMoved,
+    FolderDeleted,
     GenerationRequested,
     GenerationStarted,
     GenerationCancelRequested,
@@ -1244,20 +1235,6 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     ModelKnowledgeChanged,
     ModelAccessGranted,
     ModelAccessRevoked,
-    UserSettingsCreated,
-    DefaultModelChosen,
-    DefaultParamsSet,
-    PreferencesSet,
-    AvatarSet,
-    AvatarRemoved,
-    PromptCreated,
-    PromptUpdated,
-    PromptAccessGranted,
-    PromptAccessRevoked,
-    PromptDeleted,
-    PromptCommandClaimed,
-    PromptCommandReclaimed,
-    PromptCommandReleased,
     QuotaPolicyCreated,
     RoleQuotaSet,
     UserQuotaSet,

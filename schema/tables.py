@@ -177,8 +177,6 @@ models = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("knowledge_ids", JSONB, nullable=False, server_default="[]"),  # knowledge its answers draw on
     Column("capabilities", JSONB),  # as the admin set them; None: the defaults of the provider's kind
-    Column("base_model_id", UUID(as_uuid=False)),  # a preset's base model; None: a model of its own
-    Column("base_model", String(100)),  # the base model's name
     UniqueConstraint("tenant_id", "name", name="uq_rm_models_tenant_name"),
 )
 
@@ -199,8 +197,29 @@ chats = Table(
     Column("knowledge_ids", JSONB, nullable=False, server_default="[]"),  # knowledge its answers draw on
     Column("file_ids", JSONB, nullable=False, server_default="[]"),  # documents uploaded into the chat
     Column("client_chat_id", Text),  # the front end's own id of the chat (Open WebUI's), where it sent one
+    Column("pinned", Boolean, nullable=False, server_default="false"),
+    Column("folder_id", UUID(as_uuid=False)),  # as the chat names it: a deleted folder's chats are unfiled
+    Column("tags", JSONB, nullable=False, server_default="[]"),  # normalised names
 )
 Index("ix_rm_chats_owner_updated", chats.c.tenant_id, chats.c.owner_id, chats.c.updated_at.desc())
+Index("ix_rm_chats_owner_folder", chats.c.tenant_id, chats.c.owner_id, chats.c.folder_id)
+Index("ix_rm_chats_tags", chats.c.tags, postgresql_using="gin")
+
+# --- folders (projector "folders"): each user's folder tree ---
+__all__ += ["folders"]
+
+folders = Table(
+    "rm_folders",
+    metadata,
+    Column("folder_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("tree_id", UUID(as_uuid=False), nullable=False),  # its owner's tree: domain.folders.folder_tree_id_for
+    Column("name", String(100), nullable=False),
+    Column("parent_id", UUID(as_uuid=False)),  # None: at the top level
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rm_folders_tree", "tenant_id", "tree_id"),
+)
 
 messages = Table(
     "rm_messages",
@@ -387,27 +406,6 @@ knowledge_bases = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_rm_knowledge_bases_tenant", "tenant_id", "created_at"),
-)
-
-# --- prompts (projector "prompts"): the prompt library; who may use each, as for knowledge bases ---
-__all__ += ["prompts"]
-
-prompts = Table(
-    "rm_prompts",
-    metadata,
-    Column("prompt_id", UUID(as_uuid=False), primary_key=True),
-    Column("tenant_id", UUID(as_uuid=False), nullable=False),
-    Column("owner_id", UUID(as_uuid=False), nullable=False),
-    Column("scope", String(10), nullable=False),  # user, tenant
-    Column("command", String(41), nullable=False),
-    Column("title", String(100), nullable=False),
-    Column("content", Text, nullable=False),
-    Column("variables", JSONB, nullable=False),  # the {{names}} of the content, in order
-    Column("access", JSONB, nullable=False),
-    Column("readers", ARRAY(String(60)), nullable=False),  # the grantees in access, for a listing's WHERE
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Index("ix_rm_prompts_tenant_command", "tenant_id", "command"),
 )
 
 documents = Table(

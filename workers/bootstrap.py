@@ -26,13 +26,13 @@ from adapters.security import AccessTokens, FernetBox, Passwords
 from adapters.settings import Settings
 from adapters.shredding import Shredding
 from application.audit import Audit
+from application.chat_exchange import ChatExchange
 from application.conversations import Chats, Generations, Models
+from application.folders import Folders
 from application.identity import Identity
 from application.integrations import Webhooks
 from application.knowledge import Embedders, Knowledge, KnowledgeLimits
-from application.prompts import Prompts
 from application.quotas import Quotas
-from application.user_settings import UserSettingsService
 from domain.privacy import shredded_by
 from projections.audit import AuditProjector, open_details
 from projections.deliveries import message_exists
@@ -49,14 +49,14 @@ __all__ = ["Container", "PROJECTOR_NAMES", "bootstrap", "all_projectors"]
 log = structlog.get_logger("parley.bootstrap")
 
 
-PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors", "shredder", "prompts", "shares", "ratings", "message_search")
+PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors", "shredder", "folders", "shares", "ratings", "message_search")
 
 
 def all_projectors(c: Container) -> list[Projector]:
     from projections.conversations import ChatsProjector, ModelsProjector
+    from projections.folders import FoldersProjector
     from projections.knowledge import KnowledgeProjector
     from projections.message_search import MessageSearchProjector
-    from projections.prompts import PromptsProjector
     from projections.ratings import RatingsProjector
     from projections.sharing import SharesProjector
     from projections.shredding import ShredderProjector
@@ -72,10 +72,10 @@ def all_projectors(c: Container) -> list[Projector]:
         KnowledgeProjector(),
         VectorsProjector(c.embedders),
         ShredderProjector(c.store.forget),
-        PromptsProjector(),
         SharesProjector(),
         RatingsProjector(),
         MessageSearchProjector(),
+        FoldersProjector(),
     ]
 
 
@@ -96,8 +96,8 @@ class Container:
     subjects: Subjects
     shredding: Shredding
     webhooks: Webhooks
-    prompts: Prompts
-    user_settings: UserSettingsService
+    folders: Folders
+    exchange: ChatExchange
     nc: Any = None
     js: Any = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -233,13 +233,13 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
     return Container(
         settings=settings,
         webhooks=webhooks,
-        prompts=Prompts(store=store),
-        user_settings=UserSettingsService(store=store, models=models, blobs=blobs),
         shredding=shredding,
         knowledge=knowledge,
         embedders=embedders,
         models=models,
         chats=chats,
+        folders=Folders(store=store),
+        exchange=ChatExchange(store=store),
         generations=Generations(store=store, models=models, blobs=blobs),
         quotas=quotas,
         store=store,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -22,6 +23,7 @@ from jsonschema import Draft202012Validator
 from sqlalchemy import Table, select
 
 from adapters.settings import Settings
+from application.chat_exchange import parse_export, render_parley
 from application.context import CommandContext
 from application.conversations import LOCAL_MODEL, Outcome
 from application.identity import Principal
@@ -36,6 +38,7 @@ from schema.events import EventEnvelope
 from tests import corpus
 from tests.conftest import Pipeline
 from tests.integration.procs import run_cli
+from tests.openwebui_chats import fixture_export
 from workers.bootstrap import Container, all_projectors
 
 pytestmark = pytest.mark.timeout(180)
@@ -181,6 +184,24 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
         gone = await c.chats.create(as_admin, admin, title="Gone")
         await c.chats.delete(as_admin, admin, gone.id)
 
+        # Organising (issue 15, part B): folders made, nested, renamed, moved and deleted with a subfolder;
+        # chats filed, tagged, pinned and unpinned; chats imported from Open WebUI's export (branches,
+        # tags, pinned, archived) and in parley's format into a folder path made for it, one imported twice.
+        work = await c.folders.create(as_admin, admin, name="Work")
+        q3 = await c.folders.create(as_admin, admin, name="Q3", parent_id=work.id)
+        scratch = await c.folders.create(as_admin, admin, name="Scratch")
+        await c.folders.update(as_admin, admin, q3.id, name="Q3 2026", move=True, parent_id=scratch.id)
+        await c.chats.update(as_admin, admin, chat.id, folder_id=q3.id, tags=["Plans", "q3"], pinned=True)
+        pinned_once = await c.chats.create(as_admin, admin, title="Pinned once")
+        await c.chats.update(as_admin, admin, pinned_once.id, pinned=True, folder_id=work.id, tags=["x"])
+        await c.chats.update(as_admin, admin, pinned_once.id, pinned=False, folder_id=None, tags=[])
+        await c.folders.delete(as_admin, admin, scratch.id)
+        owui = fixture_export()[:4]
+        await c.exchange.import_chats(as_admin, admin, owui)
+        await c.exchange.import_chats(as_admin, admin, owui[:1])
+        _, parsed = parse_export(owui[1:2])
+        await c.exchange.import_chats(as_admin, admin, render_parley([replace(parsed[0], id="p-1", folder=["Work", "Imported"])]))
+
         # Knowledge: a shared, renamed knowledge base with documents of several kinds (one refused, one
         # failing extraction, one deleted), a chat's own file, a knowledge base deleted with its documents.
         kb = await c.knowledge.create(as_admin, admin, name="Handbook", description="how we work")
@@ -220,28 +241,6 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
         await c.knowledge.ingest(ctx(tenant, "system"), scrap.id)
         await c.knowledge.delete(as_admin, admin, scratch.id)
 
-        # Workspace (issue 15, part A): settings with a default model, parameters, preferences and an
-        # avatar; prompts of a user (shared, renamed, one deleted) and of the tenant; a preset on a model.
-        await c.user_settings.update(
-            as_admin, admin, display_name="Big Boss", default_model=LOCAL_MODEL, default_params={"temperature": 0.4},
-            preferences={"theme": "dark", "panes": [1, 2]},
-        )
-        await c.user_settings.set_avatar(as_admin, admin, b"\x89PNG\r\n\x1a\n" + bytes(64), "image/png")
-        await c.user_settings.update(as_admin, admin, default_params=None)
-        await c.user_settings.remove_avatar(as_admin, admin)
-        note = await c.prompts.create(as_admin, admin, command="/note", title="Note", content="Note {{what}}")
-        await c.prompts.grant(as_admin, admin, note.id, f"user:{members[0]}", "read")
-        await c.prompts.grant(as_admin, admin, note.id, "role:premium", "write")
-        await c.prompts.revoke(as_admin, admin, note.id, "role:premium")
-        await c.prompts.update(as_admin, admin, note.id, command="/memo", title="Memo", content="Memo {{what}} {{when}}")
-        await c.prompts.create(as_admin, admin, command="/house", title="House", content="House {{x}}", scope="tenant")
-        scrap_prompt = await c.prompts.create(as_admin, admin, command="/scrap", title="Scrap", content="gone")
-        await c.prompts.delete(as_admin, admin, scrap_prompt.id)
-        await c.models.register_preset(
-            as_admin, admin, name="helper", base_model=LOCAL_MODEL, defaults={"system_prompt": "Be brief."},
-            knowledge_ids=[str(kb.id)], open_to_tenant=False,
-        )
-
         # Erasure: a member with a chat, an answered message and an upload of their own is erased.
         leaving, _ = await principal(slug, f"m1@{slug}.test")
         as_leaving = ctx(tenant, leaving.actor)
@@ -261,8 +260,8 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
             as_leaving, leaving, data=corpus.SAMPLES["text"].data, filename="mine.txt", chat_id=their_chat.id
         )
         await c.knowledge.ingest(ctx(tenant, "system"), theirs.id)
-        await c.prompts.create(as_leaving, leaving, command="/mine", title="Mine", content="Only {{me}}")
-        await c.user_settings.update(as_leaving, leaving, preferences={"lang": "en"})
+        theirs_folder = await c.folders.create(as_leaving, leaving, name="Mine")
+        await c.chats.update(as_leaving, leaving, their_chat.id, folder_id=theirs_folder.id, tags=["private"])
         if erase:
             await identity.erase_user(as_admin, admin, members[1])
 
