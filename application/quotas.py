@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -46,6 +46,7 @@ from schema.tables import generations, projector_positions
 __all__ = ["Quotas", "SWEEP_AFTER_S"]
 
 log = structlog.get_logger("parley.quotas")
+_R = TypeVar("_R")
 
 SWEEP_AFTER_S = 600.0
 """A reservation whose generation has not finished after this long is released (nothing stays blocked)."""
@@ -150,7 +151,7 @@ class Quotas:
 
     async def current_policy_async(self, tenant_id: str) -> QuotaPolicy:
         cached = self.policies.get(tenant_id)
-        return cached if cached is not None else await self.store.call(self.current_policy, tenant_id)
+        return cached if cached is not None else await _off_store_threads(self.current_policy, tenant_id)
 
     async def get_policy(self, principal: Principal) -> QuotaPolicy:
         principal.require_admin()
@@ -324,7 +325,7 @@ class Quotas:
             if await self.ledger.is_ready(tenant_id, key_day):
                 return
             read_in = await self.ledger.epoch()  # before reading: a failover after it voids what was read
-            policy = await self.store.call(self.policy, tenant_id)
+            policy = await _off_store_threads(self.policy, tenant_id)
             usage = await self._durable_usage(tenant_id, day, timezone)
             counters: dict[str, int] = {}
             opened: list[tuple[str, int, list[str], float]] = []
@@ -414,3 +415,11 @@ class Quotas:
                     u.finished = True
                     u.actual = int(d.get("prompt_tokens") or 0) + int(d.get("completion_tokens") or 0)
             cursor = page[-1].id + 1
+
+
+async def _off_store_threads(fn: Callable[..., _R], *args: Any) -> _R:
+    """A read of the event store made on behalf of a reservation, on the event loop's own threads rather than
+    the store's (``store.call``): a command reserves from a store thread and waits for the reservation (see
+    ``Conversations._reserve``), so with every store thread so waiting, a reservation that needed one of
+    them (a rebuild of the counters, a policy not cached) would wait for ever, and so would they."""
+    return await asyncio.to_thread(fn, *args)

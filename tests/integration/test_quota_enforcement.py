@@ -24,6 +24,7 @@ from workers.bootstrap import Container
 PARAMS = {"max_tokens": 100}
 CONTENT = "x" * 30  # reserves 30 // 3 + 100 = 110 tokens
 AMOUNT = 110
+STORE_THREADS = 20  # the event store's executor: pool_size + max_overflow (adapters/eventstore.py)
 
 
 async def tenant_of(c: Container) -> str:
@@ -94,6 +95,24 @@ async def test_100_concurrent_requests_from_one_user_admit_exactly_the_10_that_f
     results = await asyncio.gather(*(regenerate() for _ in range(100)))
     assert sum(results) == 10
     assert await used(c, bob) == 11 * AMOUNT
+
+
+async def test_more_concurrent_first_sends_than_store_threads_all_go_through(container: Container) -> None:
+    # Each send reserves from a store thread and waits for the reservation on the event loop; the first of
+    # the day also rebuilds the counters and reads the policy. With every store thread so waiting, a
+    # rebuild that needed one deadlocked every request (32 concurrent first sends timed out).
+    c = container
+    tenant = await tenant_of(c)
+    people = [person(tenant) for _ in range(3 * STORE_THREADS)]
+    chats = [(await c.chats.create(ctx_of(p), p)).id for p in people]
+    keys = [k async for k in c.redis.scan_iter(match=f"{c.settings.namespace}:*")]
+    if keys:
+        await c.redis.delete(*keys)  # counters not ready: the first reservation rebuilds them
+    c.quotas.policies.forget(tenant)  # and the policy is not cached
+    sent = await asyncio.wait_for(
+        asyncio.gather(*(send(c, p, chat_id) for p, chat_id in zip(people, chats, strict=True))), timeout=60
+    )
+    assert len({s.generation_id for s in sent}) == len(people)
 
 
 async def test_counters_are_rebuilt_after_redis_is_flushed_and_still_refuse_overshoot(container: Container) -> None:
