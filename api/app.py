@@ -27,12 +27,14 @@ from api.controllers.knowledge import ChatFilesController, DocumentController, K
 from api.controllers.models import ModelController, ProviderController
 from api.controllers.openai import OpenAIController
 from api.controllers.privacy import PrivacyController, PrivacySettingsController
+from api.controllers.prompts import PromptController
 from api.controllers.quotas import QuotaController
 from api.controllers.ratings import RatingController
 from api.controllers.retention import RetentionController
 from api.controllers.search import MessageSearchController
 from api.controllers.shared import ChatSharesController, SharedController, SharingSettingsController
 from api.controllers.usage import UsageController
+from api.controllers.user_settings import UserSettingsController
 from api.controllers.users import TenantController, UserController
 from api.controllers.webhooks import WebhookController
 from api.deps import container, optional_principal, principal, request_tenant
@@ -159,6 +161,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
         route_handlers=[
             AuthController,
             UserController,
+            UserSettingsController,
             TenantController,
             InvitationController,
             AcceptInvitationController,
@@ -181,6 +184,7 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             PrivacySettingsController,
             RetentionController,
             WebhookController,
+            PromptController,
             ChatSharesController,
             SharedController,
             SharingSettingsController,

@@ -88,13 +88,20 @@ def capabilities_given(value: Capabilities | None | UnsetType) -> dict[str, Any]
 
 
 class ModelCreate(_Body):
+    """A model on a provider (``provider`` and ``upstream_model``), or a preset based on another model
+    (``base_model``: its engine and capabilities, with this entry's own name, ``defaults`` — a
+    ``system_prompt`` among them — ``knowledge_ids`` and access)."""
+
     name: ModelName
-    provider: ModelName
-    upstream_model: Annotated[str, Meta(min_length=1, max_length=300)]
+    provider: ModelName | None = None
+    upstream_model: Annotated[str, Meta(min_length=1, max_length=300)] | None = None
+    base_model: ModelName | None = None
     display_name: DisplayName | None = None
     defaults: Params | None = None
     open_to_tenant: bool = True
     capabilities: Capabilities | None = None
+    knowledge_ids: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=10)] | None = None
+    """A preset's knowledge bases (each readable by you)."""
 
 
 class ModelUpdate(_Body):
@@ -132,6 +139,8 @@ class Model(msgspec.Struct, kw_only=True, omit_defaults=True):
     granted_users: list[str] | None = None
     granted_roles: list[str] | None = None
     knowledge_ids: list[str] | None = None
+    base_model: str | None = None
+    """A preset's base model."""
 
 
 # --- chats ---------------------------------------------------------------------------------------------
@@ -225,13 +234,14 @@ class MessageSend(_Body):
     first message beside the old one, as when the first question is edited)."""
 
     content: str
-    model: ModelName
+    model: ModelName | None = None
+    """Absent: your default model (``/api/v1/users/me/settings``)."""
     params: Params | None = None
     parent_id: MessageId | None | UnsetType = UNSET
 
 
 class RegenerateBody(_Body):
-    model: ModelName
+    model: ModelName | None = None
     params: Params | None = None
 
 

@@ -59,6 +59,7 @@ from domain.models import (
     model_id_for,
     provider_id_for,
 )
+from domain.user_settings import UserSettings, settings_id_for
 
 if TYPE_CHECKING:
     from application.quotas import Quotas
@@ -196,6 +197,10 @@ class Models:
         model = self._model(principal.tenant_id, name)
         if not model.can_use(principal.user_id, principal.role):
             raise NotFound("MODEL_NOT_FOUND", f"no model named '{name}'", model=name)
+        if model.base_model_id is not None:  # a preset serves while its base does
+            base = self.store.find(Model, model.base_model_id)
+            if base is None or not base.active:
+                raise NotFound("MODEL_NOT_FOUND", f"the base model of '{name}' is gone", model=name)
         return model
 
     async def register_provider(
@@ -271,6 +276,53 @@ class Models:
             )
             if capabilities is not None:
                 model.set_capabilities(capabilities)
+            self.store.save(model)
+            return model
+
+        return await self.store.execute(ctx, command)
+
+    async def register_preset(
+        self,
+        ctx: CommandContext,
+        principal: Principal,
+        *,
+        name: str,
+        base_model: str,
+        display_name: str | None = None,
+        defaults: dict[str, Any] | None = None,
+        open_to_tenant: bool = True,
+        knowledge_ids: list[str] | None = None,
+    ) -> Model:
+        """A model based on another (Open WebUI's workspace model): its own name, defaults (a system prompt
+        among them, over the base's), knowledge and access; its base's engine and capabilities."""
+        principal.require_admin()
+        check_model_name(name)
+        check_model_name(base_model, "base_model")
+        given = check_params(defaults)
+        wanted = _knowledge_ids(knowledge_ids)
+
+        def command() -> Model:
+            base = self._model(principal.tenant_id, base_model)
+            if self._find(principal.tenant_id, name) is not None:
+                raise Conflict("MODEL_EXISTS", f"a model named '{name}' exists")
+            merged = {**base.defaults, **given}
+            base.check_serves(merged, images=False)
+            model = Model(
+                tenant_id=principal.tenant_id,
+                name=name,
+                display_name=(display_name or name).strip()[:100] or name,
+                provider_id=base.provider_id,
+                provider_kind=base.provider_kind,
+                upstream_model=base.upstream_model,
+                defaults=merged,
+                open_to_tenant=open_to_tenant,
+                base_model_id=base.id,
+                base_model=base.name,
+            )
+            model.set_capabilities(base.capabilities.as_dict())
+            if wanted:
+                _check_readable(self.store, principal, wanted)
+                model.set_knowledge([str(k) for k in wanted])
             self.store.save(model)
             return model
 
@@ -436,6 +488,16 @@ class Chats:
             raise
         return generation
 
+    def _model_for(self, principal: Principal, name: str | None) -> tuple[Model, dict[str, Any]]:
+        """The model a message names, else the user's default model; and the user's default parameters
+        for it (which the message's own override)."""
+        settings = self.store.find(UserSettings, settings_id_for(principal.tenant_id, principal.user_id))
+        chosen = name or (settings.default_model if settings is not None else None)
+        if not chosen:
+            raise Invalid("MODEL_REQUIRED", "name a model, or choose a default model in your settings", field="model")
+        model = self.models.usable(principal, chosen)
+        return model, settings.params_for(model) if settings is not None else {}
+
     def _chat(self, principal: Principal, chat_id: uuid.UUID) -> Chat:
         chat = self.store.find(Chat, chat_id)
         if chat is None or chat.tenant_id != principal.tenant_id:
@@ -549,7 +611,7 @@ class Chats:
         chat_id: uuid.UUID,
         *,
         content: str,
-        model: str,
+        model: str | None = None,
         params: dict[str, Any] | None = None,
         parent_id: str | None = None,
     ) -> Sent:
@@ -564,10 +626,10 @@ class Chats:
 
         def command() -> Sent:
             chat = self._chat(principal, chat_id)
-            m = self.models.usable(principal, model)
+            m, defaults = self._model_for(principal, model)
             parent = chat.head if parent_id is None else (None if parent_id == ROOT else parent_id)
             chat.post(message_id, "user", content, parent)
-            generation = self._answer(loop, principal, chat, message_id, m, checked, chat)
+            generation = self._answer(loop, principal, chat, message_id, m, {**defaults, **checked}, chat)
             return Sent(chat.id, message_id, generation.id, generation.answer_message_id)
 
         return await self.store.execute(ctx, command)
@@ -579,7 +641,7 @@ class Chats:
         chat_id: uuid.UUID,
         message_id: str,
         *,
-        model: str,
+        model: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> Sent:
         """A new answer to an existing user message: a new branch beside the old answer."""
@@ -593,8 +655,8 @@ class Chats:
             chat.check_parent(message_id)
             if chat.messages[message_id]["role"] != "user":
                 raise Invalid("NOT_A_USER_MESSAGE", "answers are regenerated from the user message they answer")
-            m = self.models.usable(principal, model)
-            generation = self._answer(loop, principal, chat, message_id, m, checked)
+            m, defaults = self._model_for(principal, model)
+            generation = self._answer(loop, principal, chat, message_id, m, {**defaults, **checked})
             return Sent(chat.id, message_id, generation.id, generation.answer_message_id)
 
         return await self.store.execute(ctx, command)
@@ -616,7 +678,7 @@ class Chats:
         loop = asyncio.get_running_loop()
 
         def command() -> Sent:
-            m = self.models.usable(principal, conversation.model)
+            m, defaults = self._model_for(principal, conversation.model)
             offered, ignored = (tools, []) if tools is None or m.capabilities.tools else (None, list(tools["names"]))
             extra = {"tools": offered, "tools_ignored": ignored}
             chat_id = (
@@ -641,7 +703,7 @@ class Chats:
             for turn in turns[held:]:
                 parent = self._post_turn(chat, turn, parent)
             assert parent is not None
-            generation = self._answer(loop, principal, chat, parent, m, checked, chat, **extra)
+            generation = self._answer(loop, principal, chat, parent, m, {**defaults, **checked}, chat, **extra)
             return Sent(chat.id, parent, generation.id, generation.answer_message_id, tools_ignored=tuple(ignored))
 
         return await self.store.execute(ctx, command)

@@ -23,7 +23,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import Conflict, Forbidden, Invalid, NotFound
+from domain.access import ACCESS_LEVELS, Reader, Shared, access_level, check_grantee
+from domain.errors import Conflict, Invalid, NotFound
 
 __all__ = [
     "ACCESS_LEVELS",
@@ -42,13 +43,11 @@ __all__ = [
     "embedding_space",
 ]
 
-ACCESS_LEVELS = ("read", "write")
 MAX_NAME_CHARS = 100
 MAX_DESCRIPTION_CHARS = 2_000
 MAX_FILENAME_CHARS = 255
 DEFAULT_CHUNK_SIZE = 1_000
 DEFAULT_CHUNK_OVERLAP = 150
-_GRANTEE = re.compile(r"^(user:[0-9a-f-]{36}|role:(admin|user|premium|guest)|tenant)$")
 _EMBEDDING_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
 
 
@@ -57,29 +56,6 @@ LOCAL_EMBEDDING_MODEL = "all-minilm-l6-v2"
 wheel so that nothing is fetched from a model hub."""
 LOCAL_EMBEDDING: dict[str, Any] = {"provider_id": None, "model": LOCAL_EMBEDDING_MODEL}
 """The embedding setting of new knowledge bases by default, and the space chat files are embedded in."""
-
-
-@dataclass(frozen=True)
-class Reader:
-    """Who reads knowledge: the caller of a search, or the user whose question a generation answers."""
-
-    tenant_id: str
-    user_id: UUID
-    role: str
-    is_admin: bool
-
-    @property
-    def grantees(self) -> list[str]:
-        """The grantees whose access this reader has."""
-        return [f"user:{self.user_id}", f"role:{self.role}", "tenant"]
-
-
-def access_level(owner_id: UUID | str, access: dict[str, str], reader: Reader) -> str | None:
-    """``write``, ``read`` or None: the best access the owner, the admin role or any grant gives."""
-    if reader.is_admin or str(owner_id) == str(reader.user_id):
-        return "write"
-    levels = {access.get(g) for g in reader.grantees}
-    return "write" if "write" in levels else "read" if "read" in levels else None
 
 
 def document_id_for(tenant_id: str, scope: str, sha256: str) -> UUID:
@@ -121,20 +97,16 @@ def check_embedding(embedding: dict[str, Any]) -> dict[str, Any]:
     return {"provider_id": str(provider_id) if provider_id else None, "model": model}
 
 
-def check_grantee(grantee: str) -> str:
-    if not _GRANTEE.match(grantee):
-        raise Invalid(
-            "INVALID_GRANTEE", "grant to 'user:<id>', 'role:<admin|user|premium|guest>' or 'tenant'", field="grantee"
-        )
-    return grantee
-
-
 def check_filename(filename: str) -> str:
     value = filename.strip().replace("\x00", "")[:MAX_FILENAME_CHARS]
     return value or "document"
 
 
-class KnowledgeBase(Aggregate):
+class KnowledgeBase(Shared, Aggregate):
+    NOT_FOUND = ("KNOWLEDGE_NOT_FOUND", "no such knowledge base")
+    READ_ONLY = ("KNOWLEDGE_READ_ONLY", "you may read this knowledge base but not change it")
+    OWNER_ONLY = ("KNOWLEDGE_OWNER_ONLY", "only the owner or an admin can do this")
+
     @event("KnowledgeBaseCreated")
     def __init__(
         self,
@@ -156,30 +128,6 @@ class KnowledgeBase(Aggregate):
         self.chunk_overlap = chunk_overlap
         self.access: dict[str, str] = {}
         self.deleted = False
-
-    # -- access ---------------------------------------------------------------------------------------
-    def level_for(self, user_id: UUID, role: str, *, is_admin: bool) -> str | None:
-        """``write``, ``read`` or None: the best access any grant gives this caller."""
-        if self.deleted:
-            return None
-        return access_level(self.owner_id, self.access, Reader(self.tenant_id, user_id, role, is_admin))
-
-    def check_readable(self, user_id: UUID, role: str, *, is_admin: bool) -> None:
-        if self.level_for(user_id, role, is_admin=is_admin) is None:
-            raise NotFound("KNOWLEDGE_NOT_FOUND", "no such knowledge base")
-
-    def check_writable(self, user_id: UUID, role: str, *, is_admin: bool) -> None:
-        level = self.level_for(user_id, role, is_admin=is_admin)
-        if level is None:
-            raise NotFound("KNOWLEDGE_NOT_FOUND", "no such knowledge base")
-        if level != "write":
-            raise Forbidden("KNOWLEDGE_READ_ONLY", "you may read this knowledge base but not change it")
-
-    def check_manageable(self, user_id: UUID, role: str, *, is_admin: bool) -> None:
-        """Sharing, the embedding model and deletion belong to the owner (and tenant admins)."""
-        self.check_writable(user_id, role, is_admin=is_admin)
-        if not (is_admin or self.owner_id == user_id):
-            raise Forbidden("KNOWLEDGE_OWNER_ONLY", "only the owner or an admin can do this")
 
     # -- commands -------------------------------------------------------------------------------------
     def update(
@@ -211,11 +159,7 @@ class KnowledgeBase(Aggregate):
             setattr(self, key, value)
 
     def grant(self, grantee: str, level: str) -> None:
-        check_grantee(grantee)
-        if level not in ACCESS_LEVELS:
-            raise Invalid("INVALID_ACCESS_LEVEL", "level is 'read' or 'write'", field="level")
-        if self.access.get(grantee) == level:
-            raise Conflict("ALREADY_GRANTED", "this access is already granted")
+        self.check_grant(grantee, level)
         self._grant(grantee=grantee, level=level)
 
     @event("KnowledgeAccessGranted")
@@ -223,8 +167,7 @@ class KnowledgeBase(Aggregate):
         self.access = {**self.access, grantee: level}
 
     def revoke(self, grantee: str) -> None:
-        if grantee not in self.access:
-            raise Conflict("NOT_GRANTED", "this access is not granted")
+        self.check_revoke(grantee)
         self._revoke(grantee=grantee)
 
     @event("KnowledgeAccessRevoked")

@@ -268,7 +268,13 @@ class Provider(Aggregate):
 
 
 class Model(Aggregate):
+    """A model on a provider, or a preset: a model based on another (``base_model_id``), with its own
+    name, defaults (a system prompt among them), knowledge and access, served by its base's engine. A
+    preset takes its base's provider, upstream model and capabilities when it is made."""
+
     knowledge_ids = cast(tuple[str, ...], ())  # the default for models registered before knowledge existed
+    base_model_id = cast(UUID | None, None)  # and before presets
+    base_model = cast(str | None, None)
     capabilities_set = cast(dict[str, Any] | None, None)
     """What the admin said the model can do; None: the defaults of its provider's kind."""
 
@@ -287,9 +293,15 @@ class Model(Aggregate):
         upstream_model: str,
         defaults: dict[str, Any],
         open_to_tenant: bool,
+        base_model_id: UUID | None = None,
+        base_model: str | None = None,
     ) -> None:
+        """``base_model_id`` and ``base_model`` (its name): the model a preset is based on; None for a model
+        of its own."""
         self.tenant_id = tenant_id
         self.name = name
+        self.base_model_id = base_model_id
+        self.base_model = base_model
         self.display_name = display_name
         self.provider_id = provider_id
         self.provider_kind = provider_kind

@@ -160,6 +160,8 @@ class ModelsProjector(HandlesTypes):
                         upstream_model=_fit(models.c.upstream_model, data.upstream_model),
                         defaults=data.defaults,
                         open_to_tenant=data.open_to_tenant,
+                        base_model_id=None if data.base_model_id is None else str(data.base_model_id),
+                        base_model=_fit(models.c.base_model, data.base_model),
                         active=True,
                         granted_users=[],
                         granted_roles=[],
@@ -614,6 +616,7 @@ def _model_dict(row: Any, *, admin: bool) -> dict[str, Any]:
         "upstream_model": row.upstream_model,
         "defaults": row.defaults,
         "capabilities": row.capabilities or default_capabilities(row.provider_kind).as_dict(),
+        "base_model": row.base_model,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, and_, func, or_, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from domain.knowledge import Reader, access_level
+from projections.access import readable_by
 from projections.conversations import MAX_PAGE, _fit, _uuid
 from projections.runtime import HandlesTypes
 from schema.contract import (
@@ -205,13 +206,7 @@ class KnowledgeProjector(HandlesTypes):
 # --- queries -------------------------------------------------------------------------------------------
 def _readable(reader: Reader) -> Any:
     """``access_level`` in SQL (what a listing may return), on the grantees kept in ``readers``."""
-    kb = knowledge_bases.c
-    if reader.is_admin:
-        return kb.tenant_id == reader.tenant_id
-    return and_(
-        kb.tenant_id == reader.tenant_id,
-        or_(kb.owner_id == str(reader.user_id), kb.readers.overlap(reader.grantees)),
-    )
+    return readable_by(knowledge_bases, reader)
 
 
 def _level(reader: Reader, row: Any) -> str:

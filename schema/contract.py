@@ -869,6 +869,8 @@ class ModelRegistered(_Event, frozen=True, kw_only=True, tag="ModelRegistered", 
     upstream_model: Annotated[str, Meta(description="The model's name at its provider.")]
     defaults: Annotated[dict[str, Any], Meta(description="Default sampling parameters.")]
     open_to_tenant: Annotated[bool, Meta(description="Whether every user of the tenant may use it.")]
+    base_model_id: Annotated[UUID | None, Meta(description="A preset's base model; absent before v1.1.")] = None
+    base_model: Annotated[str | None, Meta(description="The base model's name.")] = None
 
 
 class ModelCapabilitiesChanged(_Event, frozen=True, kw_only=True, tag="ModelCapabilitiesChanged", tag_field="type"):
@@ -909,6 +911,123 @@ class ModelAccessRevoked(_Event, frozen=True, kw_only=True, tag="ModelAccessRevo
     aggregate = "Model"
     user_id: str | None
     role: Role | None
+
+
+# Workspace: user settings and the prompt library --------------------------------------------------------
+class UserSettingsCreated(_Event, frozen=True, kw_only=True, tag="UserSettingsCreated", tag_field="type"):
+    """A user's settings were first changed (before that, they have the defaults)."""
+
+    aggregate = "UserSettings"
+    tenant_id: TenantId
+    user_id: SubjectUser[UUID]
+
+
+class DefaultModelChosen(_Event, frozen=True, kw_only=True, tag="DefaultModelChosen", tag_field="type"):
+    """The model the user's messages get when they name none; null: none (a message must name one)."""
+
+    aggregate = "UserSettings"
+    model: str | None
+
+
+class DefaultParamsSet(_Event, frozen=True, kw_only=True, tag="DefaultParamsSet", tag_field="type"):
+    """The generation parameters the user's messages get where they (and the model's defaults) set none."""
+
+    aggregate = "UserSettings"
+    params: Annotated[dict[str, Any], Meta(description="Parameters as a message takes them (temperature, top_p, ...).")]
+
+
+class PreferencesSet(_Event, frozen=True, kw_only=True, tag="PreferencesSet", tag_field="type"):
+    """The front end's preferences document was replaced."""
+
+    aggregate = "UserSettings"
+    preferences: Personal[Annotated[dict[str, Any], Meta(description="A JSON object parley keeps and does not read.")]]
+
+
+class AvatarSet(_Event, frozen=True, kw_only=True, tag="AvatarSet", tag_field="type"):
+    """The user's avatar is this image (its bytes in the blob store)."""
+
+    aggregate = "UserSettings"
+    sha256: str
+    media_type: Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
+    size: Annotated[int, Meta(ge=1, description="Bytes.")]
+
+
+class AvatarRemoved(_Event, frozen=True, kw_only=True, tag="AvatarRemoved", tag_field="type"):
+    """The user has no avatar any more."""
+
+    aggregate = "UserSettings"
+
+
+PromptScope = Literal["user", "tenant"]
+
+
+class PromptCreated(_Event, frozen=True, kw_only=True, tag="PromptCreated", tag_field="type"):
+    """A prompt was saved: a user's own (``scope`` user) or the tenant's (``scope`` tenant, by an admin)."""
+
+    aggregate = "Prompt"
+    tenant_id: TenantId
+    owner_id: UUID
+    scope: PromptScope
+    command: Annotated[str, Meta(description="``/name``: unique among the owner's prompts (or the tenant's).")]
+    title: PersonalText
+    content: Personal[Annotated[str, Meta(description="The text, with ``{{name}}`` variables filled at use.")]]
+    subject_id: SubjectUser[
+        Annotated[UUID | None, Meta(description="Whose personal data the text is: a user prompt's owner; null for the tenant's.")]
+    ]
+
+
+class PromptUpdated(_Event, frozen=True, kw_only=True, tag="PromptUpdated", tag_field="type"):
+    """Some of a prompt's command, title and content changed; each null did not."""
+
+    aggregate = "Prompt"
+    command: str | None
+    title: Personal[str | None]
+    content: Personal[str | None]
+
+
+class PromptAccessGranted(_Event, frozen=True, kw_only=True, tag="PromptAccessGranted", tag_field="type"):
+    """A grantee may now use (read) or change (write) the prompt."""
+
+    aggregate = "Prompt"
+    grantee: Annotated[str, Meta(description="``user:<id>``, ``role:<role>`` or ``tenant``.")]
+    level: AccessLevel
+
+
+class PromptAccessRevoked(_Event, frozen=True, kw_only=True, tag="PromptAccessRevoked", tag_field="type"):
+    """A grant was withdrawn."""
+
+    aggregate = "Prompt"
+    grantee: str
+
+
+class PromptDeleted(_Event, frozen=True, kw_only=True, tag="PromptDeleted", tag_field="type"):
+    """The prompt was deleted (its command is free again)."""
+
+    aggregate = "Prompt"
+
+
+class PromptCommandClaimed(_Event, frozen=True, kw_only=True, tag="PromptCommandClaimed", tag_field="type"):
+    """A command was first taken, by ``prompt_id``, among a user's prompts (``owner`` their id) or the
+    tenant's (``owner`` ``tenant``)."""
+
+    aggregate = "PromptCommand"
+    tenant_id: TenantId
+    owner: str
+    command: str
+    prompt_id: UUID
+
+
+class PromptCommandReclaimed(_Event, frozen=True, kw_only=True, tag="PromptCommandReclaimed", tag_field="type"):
+    """A free command was taken again, by ``prompt_id``."""
+
+    aggregate = "PromptCommand"
+    prompt_id: UUID
+
+
+class PromptCommandReleased(_Event, frozen=True, kw_only=True, tag="PromptCommandReleased", tag_field="type"):
+    """The command's prompt was renamed or deleted: the command is free."""
+
+    aggregate = "PromptCommand"
 
 
 # Quotas --------------------------------------------------------------------------------------------------
@@ -1235,6 +1354,20 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     ModelKnowledgeChanged,
     ModelAccessGranted,
     ModelAccessRevoked,
+    UserSettingsCreated,
+    DefaultModelChosen,
+    DefaultParamsSet,
+    PreferencesSet,
+    AvatarSet,
+    AvatarRemoved,
+    PromptCreated,
+    PromptUpdated,
+    PromptAccessGranted,
+    PromptAccessRevoked,
+    PromptDeleted,
+    PromptCommandClaimed,
+    PromptCommandReclaimed,
+    PromptCommandReleased,
     QuotaPolicyCreated,
     RoleQuotaSet,
     UserQuotaSet,

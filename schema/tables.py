@@ -177,6 +177,8 @@ models = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("knowledge_ids", JSONB, nullable=False, server_default="[]"),  # knowledge its answers draw on
     Column("capabilities", JSONB),  # as the admin set them; None: the defaults of the provider's kind
+    Column("base_model_id", UUID(as_uuid=False)),  # a preset's base model; None: a model of its own
+    Column("base_model", String(100)),  # the base model's name
     UniqueConstraint("tenant_id", "name", name="uq_rm_models_tenant_name"),
 )
 
@@ -406,6 +408,27 @@ knowledge_bases = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_rm_knowledge_bases_tenant", "tenant_id", "created_at"),
+)
+
+# --- prompts (projector "prompts"): the prompt library; who may use each, as for knowledge bases ---
+__all__ += ["prompts"]
+
+prompts = Table(
+    "rm_prompts",
+    metadata,
+    Column("prompt_id", UUID(as_uuid=False), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=False), nullable=False),
+    Column("owner_id", UUID(as_uuid=False), nullable=False),
+    Column("scope", String(10), nullable=False),  # user, tenant
+    Column("command", String(41), nullable=False),
+    Column("title", String(100), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("variables", JSONB, nullable=False),  # the {{names}} of the content, in order
+    Column("access", JSONB, nullable=False),
+    Column("readers", ARRAY(String(60)), nullable=False),  # the grantees in access, for a listing's WHERE
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_rm_prompts_tenant_command", "tenant_id", "command"),
 )
 
 documents = Table(

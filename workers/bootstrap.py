@@ -32,7 +32,9 @@ from application.folders import Folders
 from application.identity import Identity
 from application.integrations import Webhooks
 from application.knowledge import Embedders, Knowledge, KnowledgeLimits
+from application.prompts import Prompts
 from application.quotas import Quotas
+from application.user_settings import UserSettingsService
 from domain.privacy import shredded_by
 from projections.audit import AuditProjector, open_details
 from projections.deliveries import message_exists
@@ -49,7 +51,7 @@ __all__ = ["Container", "PROJECTOR_NAMES", "bootstrap", "all_projectors"]
 log = structlog.get_logger("parley.bootstrap")
 
 
-PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors", "shredder", "folders", "shares", "ratings", "message_search")
+PROJECTOR_NAMES = ("identity", "audit", "models", "chats", "usage", "knowledge", "vectors", "shredder", "folders", "prompts", "shares", "ratings", "message_search")
 
 
 def all_projectors(c: Container) -> list[Projector]:
@@ -57,6 +59,7 @@ def all_projectors(c: Container) -> list[Projector]:
     from projections.folders import FoldersProjector
     from projections.knowledge import KnowledgeProjector
     from projections.message_search import MessageSearchProjector
+    from projections.prompts import PromptsProjector
     from projections.ratings import RatingsProjector
     from projections.sharing import SharesProjector
     from projections.shredding import ShredderProjector
@@ -72,10 +75,11 @@ def all_projectors(c: Container) -> list[Projector]:
         KnowledgeProjector(),
         VectorsProjector(c.embedders),
         ShredderProjector(c.store.forget),
+        FoldersProjector(),
+        PromptsProjector(),
         SharesProjector(),
         RatingsProjector(),
         MessageSearchProjector(),
-        FoldersProjector(),
     ]
 
 
@@ -98,6 +102,8 @@ class Container:
     webhooks: Webhooks
     folders: Folders
     exchange: ChatExchange
+    prompts: Prompts
+    user_settings: UserSettingsService
     nc: Any = None
     js: Any = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -233,6 +239,8 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
     return Container(
         settings=settings,
         webhooks=webhooks,
+        prompts=Prompts(store=store),
+        user_settings=UserSettingsService(store=store, models=models, blobs=blobs),
         shredding=shredding,
         knowledge=knowledge,
         embedders=embedders,

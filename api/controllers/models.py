@@ -12,6 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from api import dto_chat as dto
 from api.deps import App, Caller, command_context
 from api.openapi import refusals
+from domain.errors import Invalid
 from domain.models import Model as ModelAggregate
 from domain.models import Provider as ProviderAggregate
 from projections.conversations import list_all_models, list_models, list_providers
@@ -62,6 +63,7 @@ def model_dto(m: ModelAggregate | dict[str, Any], *, provider: str | None = None
         granted_users=list(m.granted_users),
         granted_roles=list(m.granted_roles),
         knowledge_ids=list(m.knowledge_ids),
+        base_model=m.base_model,
     )
 
 
@@ -113,6 +115,29 @@ class ModelController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], data: JSONBody[dto.ModelCreate], c: App, caller: Caller
     ) -> dto.Model:
+        """A model on a provider, or a preset on a base model (``base_model``)."""
+        own = data.provider is not None or data.upstream_model is not None or data.capabilities is not None
+        if (data.base_model is None) == (data.provider is None or data.upstream_model is None) or (data.base_model and own):
+            raise Invalid(
+                "INVALID_MODEL_SOURCE",
+                "give provider and upstream_model (a model of its own), or base_model alone (a preset)",
+                field="base_model",
+            )
+        if data.base_model is not None:
+            preset = await c.models.register_preset(
+                command_context(request, caller),
+                caller,
+                name=data.name,
+                base_model=data.base_model,
+                display_name=data.display_name,
+                defaults=data.defaults,
+                open_to_tenant=data.open_to_tenant,
+                knowledge_ids=data.knowledge_ids,
+            )
+            return model_dto(preset)
+        if data.knowledge_ids is not None:
+            raise Invalid("INVALID_MODEL_SOURCE", "set a model's knowledge with PATCH; knowledge_ids is for presets", field="knowledge_ids")
+        assert data.provider is not None and data.upstream_model is not None
         model = await c.models.register_model(
             command_context(request, caller),
             caller,

@@ -450,6 +450,7 @@ def _model(row: dict[str, Any]) -> dict[str, Any]:
         "name": row.get("display_name") or row["name"],
         "parley_id": str(row["id"]),
         "capabilities": row.get("capabilities"),
+        **({"parley_base_model": row["base_model"]} if row.get("base_model") else {}),
     }
 
 

@@ -241,6 +241,28 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
         await c.knowledge.ingest(ctx(tenant, "system"), scrap.id)
         await c.knowledge.delete(as_admin, admin, scratch.id)
 
+        # Workspace (issue 15, part A): settings with a default model, parameters, preferences and an
+        # avatar; prompts of a user (shared, renamed, one deleted) and of the tenant; a preset on a model.
+        await c.user_settings.update(
+            as_admin, admin, display_name="Big Boss", default_model=LOCAL_MODEL, default_params={"temperature": 0.4},
+            preferences={"theme": "dark", "panes": [1, 2]},
+        )
+        await c.user_settings.set_avatar(as_admin, admin, b"\x89PNG\r\n\x1a\n" + bytes(64), "image/png")
+        await c.user_settings.update(as_admin, admin, default_params=None)
+        await c.user_settings.remove_avatar(as_admin, admin)
+        note = await c.prompts.create(as_admin, admin, command="/note", title="Note", content="Note {{what}}")
+        await c.prompts.grant(as_admin, admin, note.id, f"user:{members[0]}", "read")
+        await c.prompts.grant(as_admin, admin, note.id, "role:premium", "write")
+        await c.prompts.revoke(as_admin, admin, note.id, "role:premium")
+        await c.prompts.update(as_admin, admin, note.id, command="/memo", title="Memo", content="Memo {{what}} {{when}}")
+        await c.prompts.create(as_admin, admin, command="/house", title="House", content="House {{x}}", scope="tenant")
+        scrap_prompt = await c.prompts.create(as_admin, admin, command="/scrap", title="Scrap", content="gone")
+        await c.prompts.delete(as_admin, admin, scrap_prompt.id)
+        await c.models.register_preset(
+            as_admin, admin, name="helper", base_model=LOCAL_MODEL, defaults={"system_prompt": "Be brief."},
+            knowledge_ids=[str(kb.id)], open_to_tenant=False,
+        )
+
         # Erasure: a member with a chat, an answered message and an upload of their own is erased.
         leaving, _ = await principal(slug, f"m1@{slug}.test")
         as_leaving = ctx(tenant, leaving.actor)
@@ -260,6 +282,8 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
             as_leaving, leaving, data=corpus.SAMPLES["text"].data, filename="mine.txt", chat_id=their_chat.id
         )
         await c.knowledge.ingest(ctx(tenant, "system"), theirs.id)
+        await c.prompts.create(as_leaving, leaving, command="/mine", title="Mine", content="Only {{me}}")
+        await c.user_settings.update(as_leaving, leaving, preferences={"lang": "en"})
         theirs_folder = await c.folders.create(as_leaving, leaving, name="Mine")
         await c.chats.update(as_leaving, leaving, their_chat.id, folder_id=theirs_folder.id, tags=["private"])
         if erase:

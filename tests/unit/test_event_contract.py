@@ -334,6 +334,9 @@ PERSONAL = {
     "DocumentReuploaded": {"filename", "source_url"},
     "DocumentExtracted": {"title"},
     "DocumentChunked": {"chunks"},
+    "PreferencesSet": {"preferences"},
+    "PromptCreated": {"title", "content"},
+    "PromptUpdated": {"title", "content"},
     "ShareCreated": {"title"},
     "MessageRated": {"comment"},
     "RatingChanged": {"comment"},
@@ -347,6 +350,8 @@ SUBJECTS = {
     "InvitationAccepted": {"user": "user_id"},
     "ToolResultPosted": {"user": "user_id"},
     "SignInFailed": {"user": "user_id"},
+    "UserSettingsCreated": {"user": "user_id"},
+    "PromptCreated": {"user": "subject_id"},
     "ShareCreated": {"user": "owner_id", "chat": "chat_id"},
     "MessageRated": {"user": "user_id", "chat": "chat_id"},
 }
