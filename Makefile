@@ -54,6 +54,7 @@ bench: setup
 	$(PY) -m bench.redis_failover --quick
 	$(PY) -m bench.nats_cluster --quick
 	$(PY) -m bench.failover --quick
+	$(PY) -m bench.message_search --smoke
 
 lint: setup
 	$(VENV)/bin/ruff check domain application schema projections adapters api workers

@@ -45,6 +45,7 @@ FORMS: dict[str, list[str]] = {  # the longest first; fsync off where a form can
     "commands_http": ["--smoke"],
     "tracing": ["--smoke", "--fast"],
     "nats_cluster": ["--quick", "--fast"],
+    "message_search": ["--smoke", "--fast"],
 }
 FORM_TIMEOUT_S = 240
 AT_ONCE = 2
@@ -264,6 +265,13 @@ def check_tracing(out: str) -> None:
     assert "FAILED" not in out
 
 
+def check_message_search(out: str) -> None:
+    assert positive(out, "messages loaded") == 4_000
+    p50, p95, p99 = (number(v) for v in figure(out, "search p50/p95/p99 ms, all").split("/"))
+    assert 0 < p50 <= p95 <= p99
+    assert rows_of(out, r"plan of '\w+' \(commonest word\)\s+bitmap scan of the GIN index"), "the GIN index was not used"
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "knowledge": check_knowledge,
     "privacy": check_privacy,
@@ -279,6 +287,7 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "tracing": check_tracing,
     "nats_cluster": check_nats_cluster,
     "failover": check_failover,
+    "message_search": check_message_search,
 }
 
 

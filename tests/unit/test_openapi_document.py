@@ -12,7 +12,8 @@ import pytest
 
 from api.app import create_app
 
-PUBLIC = {"Register", "Login", "RefreshTokens", "AcceptInvitation", "Health", "Ready", "Metrics"}
+PUBLIC = {"Register", "Login", "RefreshTokens", "AcceptInvitation", "Health", "Ready", "Metrics", "GetSharedChat"}
+"""``GetSharedChat``: a public share link is read without signing in (a credential, when sent, is checked)."""
 
 
 @pytest.fixture(scope="module")
