@@ -32,8 +32,10 @@ openwebui: $(OWUI_STAMP)
 run: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/parley serve
 
+# Two test processes (pytest-xdist), each with its own engines, a test file at a time: much of the suite waits on
+# processes starting, engines and timeouts, so two share the 2 cores of a CI machine well.
 test: setup openwebui
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # Every benchmark in its quick form, one after the other: that each still runs, with figures at a small scale
 # (about 4.5 minutes on 2 cores; tests/bench/test_bench_quick.py runs the same forms). The full runs, and
