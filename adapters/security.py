@@ -9,6 +9,7 @@ import secrets
 import time
 import uuid
 
+import bcrypt
 from argon2 import PasswordHasher as Argon2Hasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.fernet import Fernet, InvalidToken
@@ -23,8 +24,12 @@ from domain.errors import Unauthenticated
 __all__ = ["Passwords", "AccessTokens", "FernetBox"]
 
 
+BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+
+
 class Passwords:
-    """argon2id with the library's (RFC 9106 low-memory) defaults."""
+    """argon2id with the library's (RFC 9106 low-memory) defaults. A bcrypt hash (a user imported from Open
+    WebUI) is verified too, and ``needs_rehash`` says so: sign-in then replaces it with an argon2id hash."""
 
     def __init__(self, hasher: Argon2Hasher | None = None) -> None:
         self._hasher = hasher or Argon2Hasher()
@@ -35,10 +40,24 @@ class Passwords:
         return self._hasher.hash(password)
 
     def verify(self, password_hash: str | None, password: str) -> bool:
+        if password_hash is not None and password_hash.startswith(BCRYPT_PREFIXES):
+            try:
+                return bcrypt.checkpw(password.encode()[:72], password_hash.encode())
+            except ValueError:
+                return False
         try:
             return self._hasher.verify(password_hash or self._dummy, password) and password_hash is not None
         except (VerificationError, InvalidHashError):
             return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        """Whether a hash that just verified should be replaced (bcrypt, or argon2 with older parameters)."""
+        if password_hash.startswith(BCRYPT_PREFIXES):
+            return True
+        try:
+            return self._hasher.check_needs_rehash(password_hash)
+        except InvalidHashError:
+            return True
 
 
 class AccessTokens:

@@ -1,6 +1,7 @@
 """Formats of the opaque secrets parley hands out. Pure functions, no I/O.
 
-Refresh tokens are ``<session-id-hex>.<secret>``; API keys ``pk_<key-id-hex>_<secret>``; invitations
+Refresh tokens are ``<session-id-hex>.<secret>``; API keys ``pk_<key-id-hex>_<secret>`` (or, imported from
+Open WebUI, its ``sk-<32 hex>``, whose id follows from its hash); invitations
 ``pi_<invitation-id-hex>_<secret>``. The id part
 finds the aggregate directly (no lookup table); only a SHA-256 of the whole token is stored. These are
 256-bit random secrets, so a plain SHA-256 is a sound hash (nothing to brute-force) and keeps each
@@ -17,6 +18,8 @@ from domain.errors import Unauthenticated
 
 __all__ = [
     "API_KEY_PREFIX",
+    "OPENWEBUI_KEY_PREFIX",
+    "imported_api_key_id",
     "new_refresh_token",
     "parse_refresh_token",
     "new_api_key",
@@ -29,6 +32,7 @@ __all__ = [
 
 API_KEY_PREFIX = "pk_"
 INVITATION_PREFIX = "pi_"
+OPENWEBUI_KEY_PREFIX = "sk-"
 
 
 def secret_hash(secret: str) -> str:
@@ -57,7 +61,15 @@ def new_api_key(key_id: uuid.UUID) -> str:
     return f"{API_KEY_PREFIX}{key_id.hex}_{secrets.token_urlsafe(32)}"
 
 
+def imported_api_key_id(key: str) -> uuid.UUID:
+    """The id of an API key imported from Open WebUI (``sk-`` and 32 hex digits, 128 random bits): from
+    its hash, so that the key finds its aggregate as parley's own do."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"/api-keys/openwebui/{secret_hash(key)}")
+
+
 def parse_api_key(key: str) -> uuid.UUID:
+    if key.startswith(OPENWEBUI_KEY_PREFIX) and len(key) == 35 and all(c in "0123456789abcdef" for c in key[3:]):
+        return imported_api_key_id(key)
     try:
         if not key.startswith(API_KEY_PREFIX):
             raise ValueError

@@ -60,6 +60,8 @@ class PasswordHasher(Protocol):
 
     def verify(self, password_hash: str | None, password: str) -> bool: ...
 
+    def needs_rehash(self, password_hash: str) -> bool: ...
+
 
 class AccessTokenIssuer(Protocol):
     ttl_s: int
