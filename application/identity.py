@@ -32,6 +32,7 @@ from domain.identity import (
     ApiKey,
     DomainIndex,
     EmailIndex,
+    ExternalIdentity,
     Invitation,
     Session,
     SignInAttempt,
@@ -46,6 +47,7 @@ from domain.identity import (
     check_slug,
     domain_index_id,
     email_index_id,
+    external_identity_id,
     normalize_email,
     tenant_id_for,
 )
@@ -53,6 +55,7 @@ from domain.identity import (
 __all__ = [
     "AccessClaims",
     "EndUser",
+    "ExternalAccount",
     "Identity",
     "Principal",
     "TokenPair",
@@ -197,6 +200,27 @@ class EndUser:
     email: str
     name: str | None = None
     role: str | None = None
+
+
+@dataclass(frozen=True)
+class ExternalAccount:
+    """Who an outside identity provider (OIDC, LDAP) says signed in, and what its configuration allows.
+
+    ``source`` names the provider (``oidc:<provider id>``, ``ldap:<directory>``) and ``subject`` the account
+    there (``sub``, a DN); ``role`` is the role its claims or groups map to (None: no mapping matched);
+    ``allowed_domains`` empty allows any domain; ``create_role`` is the role of a user created on first
+    sign-in, None where unknown users are refused. ``code_prefix`` starts the codes of refusals
+    (``OIDC_EMAIL_UNVERIFIED``, ``LDAP_DOMAIN_NOT_ALLOWED``)."""
+
+    source: str
+    subject: str
+    email: str
+    email_verified: bool
+    name: str | None = None
+    role: str | None = None
+    allowed_domains: tuple[str, ...] = ()
+    create_role: str | None = None
+    code_prefix: str = "EXTERNAL"
 
 
 def check_user_of_tenant(store: EventStorePort, tenant_id: str, user_id: str | uuid.UUID) -> None:
@@ -575,24 +599,91 @@ class Identity:
                 ),
             )
             raise Forbidden("USER_DEACTIVATED", "this account is deactivated")
-        signed_in = user
-        if user.password_hash and self.passwords.needs_rehash(user.password_hash):
-            signed_in = await self._rehash(ctx.replace(actor=f"user:{user.id}"), user, password)
-        await self.token_versions.set(str(user.id), signed_in.token_version)
-        return await self._start_session(ctx.replace(actor=f"user:{user.id}"), signed_in)
+        await self.token_versions.set(str(user.id), user.token_version)
+        return await self._start_session(ctx.replace(actor=f"user:{user.id}"), user)
 
-    async def _rehash(self, ctx: CommandContext, user: User, password: str) -> User:
-        """A hash of another scheme (bcrypt, imported from Open WebUI) replaced by argon2id at the first
-        sign-in that proves the password."""
-        password_hash = await self.store.call(self.passwords.hash, password)
+    # --- sign-in by an outside identity provider (OIDC, LDAP) --------------------------------------------------
+    async def record_sign_in_failure(
+        self, ctx: CommandContext, tenant_id: str, code: str, *, email: str = "", user_id: uuid.UUID | None = None
+    ) -> None:
+        """A refused sign-in as a security event (``SignInFailed``, reason ``code``) in the tenant's audit log."""
+        attempt = SignInAttempt(tenant_id=tenant_id, email=email[:254], reason=code, user_id=user_id)
+        await self.store.execute(ctx.replace(tenant_id=tenant_id), lambda: self.store.save(attempt))
 
-        def command() -> User:
-            u = self.store.get(User, user.id)
-            u.change_password(password_hash)
-            self.store.save(u)
-            return u
+    async def sign_in_external(self, ctx: CommandContext, tenant: str, account: ExternalAccount) -> TokenPair:
+        """Sign in a user an outside provider vouched for, ending as a password sign-in does (a session,
+        access and refresh tokens). The user is the one linked to ``account`` before; else the user with its
+        e-mail, linked now; else a new user (``create_role``), linked. Before any of it the e-mail must be
+        verified and of an allowed domain, so that an unverified claim never takes over a password account.
+        A mapped role is applied at every sign-in. Refusals are audited and raised with
+        ``<code_prefix>_EMAIL_UNVERIFIED`` / ``_DOMAIN_NOT_ALLOWED`` / ``_USER_UNKNOWN`` (403)."""
+        t = await self.store.call(self._tenant, tenant)
+        tenant_id = t.tenant_id
+        ctx = ctx.replace(tenant_id=tenant_id)
+        prefix = account.code_prefix
+        try:
+            email = normalize_email(account.email)
+        except Invalid:
+            await self.record_sign_in_failure(ctx, tenant_id, f"{prefix}_EMAIL_INVALID", email=account.email)
+            raise Forbidden(f"{prefix}_EMAIL_INVALID", "the identity provider gave no usable e-mail address") from None
+        if account.role is not None:
+            check_role(account.role)
+        if account.create_role is not None:
+            check_role(account.create_role)
 
-        return await self.store.execute(ctx, command)
+        async def refuse(code: str, message: str, user_id: uuid.UUID | None = None) -> Forbidden:
+            await self.record_sign_in_failure(ctx, tenant_id, code, email=email, user_id=user_id)
+            return Forbidden(code, message)
+
+        if not account.email_verified:
+            raise await refuse(f"{prefix}_EMAIL_UNVERIFIED", "the identity provider has not verified this e-mail")
+        domain = email.rsplit("@", 1)[1]
+        if account.allowed_domains and domain not in account.allowed_domains:
+            raise await refuse(f"{prefix}_DOMAIN_NOT_ALLOWED", "this e-mail domain may not sign in here")
+        name = account.name
+        try:
+            name = check_name(name or "")
+        except Invalid:
+            name = check_name(email.split("@", 1)[0][:100] or "user")
+        link_id = external_identity_id(tenant_id, account.source, account.subject)
+
+        def command() -> User | None:
+            link = self.store.find(ExternalIdentity, link_id)
+            if link is not None:
+                user = self.store.get(User, link.user_id)
+                if account.role is not None and user.active:
+                    user.change_role(account.role)
+                    self.store.save(user)
+                return user
+            index = self.store.find(EmailIndex, email_index_id(tenant_id, email))
+            if index is not None:
+                user = self.store.get(User, index.user_id)
+                if account.role is not None and user.active:
+                    user.change_role(account.role)
+                aggregates: list[Any] = [user]
+            elif account.create_role is None:
+                return None
+            else:
+                role = account.role or account.create_role
+                user, aggregates = self._new_user(self._tenant(tenant_id), email, name, role, None, account.source)
+            link = ExternalIdentity(
+                tenant_id=tenant_id, source=account.source, subject=account.subject, user_id=user.id
+            )
+            self.store.save(*aggregates, link)
+            return user
+
+        found: User | None
+        try:
+            found = await self.store.execute(ctx, command)
+        except Conflict:  # a sign-in beside this one linked or created them first
+            found = await self.store.execute(ctx, command)
+        if found is None:
+            raise await refuse(f"{prefix}_USER_UNKNOWN", "no account here has this e-mail, and none is created")
+        user = found
+        if not user.active:
+            raise await refuse("USER_DEACTIVATED", "this account is deactivated", user.id)
+        await self.token_versions.set(str(user.id), user.token_version)
+        return await self._start_session(ctx.replace(actor=f"user:{user.id}"), user)
 
     async def _start_session(self, ctx: CommandContext, user: User) -> TokenPair:
         session_id = uuid.uuid4()

@@ -34,6 +34,8 @@ __all__ = [
     "Session",
     "SignInAttempt",
     "TokenMisuse",
+    "ExternalIdentity",
+    "external_identity_id",
     "tenant_id_for",
     "email_index_id",
     "domain_index_id",
@@ -74,6 +76,10 @@ def tenant_id_for(slug: str) -> UUID:
 
 def email_index_id(tenant_id: UUID | str, email: str) -> UUID:
     return uuid5(NAMESPACE_URL, f"/tenants/{tenant_id}/emails/{email}")
+
+
+def external_identity_id(tenant_id: UUID | str, source: str, subject: str) -> UUID:
+    return uuid5(NAMESPACE_URL, f"/tenants/{tenant_id}/external/{source}/{subject}")
 
 
 def domain_index_id(domain: str) -> UUID:
@@ -543,3 +549,22 @@ class TokenMisuse(Aggregate):
         self.user_id = user_id
         self.token_kind = token_kind
         self.reason = reason
+
+
+class ExternalIdentity(Aggregate):
+    """A user's account at an outside identity provider (an OIDC issuer's subject, an LDAP entry), linked to
+    one parley user: the id is deterministic in (tenant, source, subject), so one outside account links to
+    one user without a read model, and a later sign-in finds the user even after their e-mail changed."""
+
+    @staticmethod
+    def create_id(tenant_id: str, source: str, subject: str, **_: Any) -> UUID:
+        return external_identity_id(tenant_id, source, subject)
+
+    @event("ExternalIdentityLinked")
+    def __init__(self, tenant_id: str, source: str, subject: str, user_id: UUID) -> None:
+        """``source``: which provider (``oidc:<provider id>``, ``ldap:<directory>``); ``subject``: the
+        account's stable id there (an ID token's ``sub``, an entry's DN)."""
+        self.tenant_id = tenant_id
+        self.source = source
+        self.subject = subject
+        self.user_id = user_id

@@ -404,6 +404,16 @@ class RevokedTokenUsed(_Event, frozen=True, kw_only=True, tag="RevokedTokenUsed"
     reason: str
 
 
+class ExternalIdentityLinked(_Event, frozen=True, kw_only=True, tag="ExternalIdentityLinked", tag_field="type"):
+    """An account at an outside identity provider (OIDC, LDAP) was linked to a user, at its first sign-in."""
+
+    aggregate = "ExternalIdentity"
+    tenant_id: TenantId
+    source: Annotated[str, Meta(description="The provider: ``oidc:<provider id>`` or ``ldap:<directory>``.")]
+    subject: Personal[Annotated[str, Meta(description="The account's stable id there (``sub``, a DN).")]]
+    user_id: SubjectUser[UUID]
+
+
 class PersonalDataExported(_Event, frozen=True, kw_only=True, tag="PersonalDataExported", tag_field="type"):
     """A copy of a data subject's personal data was exported (GDPR arts. 15 and 20); who asked is the
     envelope's actor. It carries identifiers only, never the data."""
@@ -1302,6 +1312,7 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     SessionEnded,
     SignInFailed,
     RevokedTokenUsed,
+    ExternalIdentityLinked,
     PersonalDataExported,
     ContentAccessed,
     ChatCreated,
