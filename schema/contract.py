@@ -1286,6 +1286,18 @@ class RatingRemoved(_Event, frozen=True, kw_only=True, tag="RatingRemoved", tag_
     model: str
 
 
+# Imports from other systems -----------------------------------------------------------------------------
+class ImportRecorded(_Event, frozen=True, kw_only=True, tag="ImportRecorded", tag_field="type"):
+    """An import made something of a source system's thing (``parley import open-webui``)."""
+
+    aggregate = "ImportRecord"
+    tenant_id: TenantId
+    source: Annotated[str, Meta(description="The system imported from (``open-webui``).")]
+    kind: Annotated[str, Meta(description="What the thing is there (``user``, ``knowledge``, ``share``, ...).")]
+    source_id: Annotated[str, Meta(description="The thing's id in the source system.")]
+    target_id: Annotated[str, Meta(description="What it became in parley (an aggregate's id).")]
+
+
 EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better than a chain of |
     TenantCreated,
     TenantSettingsChanged,
@@ -1406,6 +1418,7 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     MessageRated,
     RatingChanged,
     RatingRemoved,
+    ImportRecorded,
 ]
 """The data of any event, told apart by its ``type`` tag."""
 
