@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 OWUI_VENV  := .venv-openwebui
 OWUI_STAMP := $(OWUI_VENV)/.installed-stamp
 
-.PHONY: setup openwebui run test bench lint
+.PHONY: setup openwebui slapd run test bench lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,12 +29,19 @@ $(OWUI_STAMP):
 
 openwebui: $(OWUI_STAMP)
 
+# The LDAP tests (tests/integration/test_ldap.py) run a real OpenLDAP server: Debian's slapd, installed where
+# it is missing (with sudo when not root). The tests start their own slapd on a loopback port.
+slapd:
+	@command -v slapd >/dev/null 2>&1 || test -x /usr/sbin/slapd || { \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slapd ldap-utils; }
+
 run: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/parley serve
 
 # Two test processes (pytest-xdist), each with its own engines, a test file at a time: much of the suite waits on
 # processes starting, engines and timeouts, so two share the 2 cores of a CI machine well.
-test: setup openwebui
+test: setup openwebui slapd
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 # Every benchmark in its quick form, one after the other: that each still runs, with figures at a small scale
