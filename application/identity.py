@@ -785,7 +785,7 @@ class Identity:
 
     async def authenticate(self, ctx: CommandContext, credential: str) -> Principal:
         """An access token (JWT) or an API key, as presented in ``Authorization: Bearer`` or ``X-API-Key``."""
-        if credential.startswith("pk_"):
+        if credential.startswith(("pk_", "sk-")):  # sk-: a key imported from Open WebUI
             return await self._authenticate_api_key(ctx, credential)
         claims: AccessClaims = self.tokens.verify(credential)
         if not await self._token_still_valid(claims):
