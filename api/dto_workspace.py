@@ -7,9 +7,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from litestar.openapi.spec import OpenAPIMediaType, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from msgspec import UNSET, Meta, UnsetType
 
-__all__ = ["Prompt", "PromptCreate", "PromptPage", "PromptRender", "PromptUpdate", "Rendered", "Settings", "SettingsUpdate"]
+__all__ = ["AVATAR_BODY", "Prompt", "PromptCreate", "PromptPage", "PromptRender", "PromptUpdate", "Rendered", "Settings", "SettingsUpdate"]
 
 Params = Annotated[dict[str, Any], Meta(max_length=20)]
 
@@ -39,6 +41,21 @@ class Settings(msgspec.Struct, kw_only=True):
     preferences: dict[str, Any]
     avatar_url: str | None
     """Readable by the signed-in users of your tenant."""
+
+
+AVATAR_BODY = RequestBody(
+    required=True,
+    description="The image as multipart/form-data, in the field `file`.",
+    content={
+        "multipart/form-data": OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                properties={"file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)},
+                required=["file"],
+            )
+        )
+    },
+)
 
 
 # --- prompts -------------------------------------------------------------------------------------------

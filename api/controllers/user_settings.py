@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from adapters.images import sniff_image_type
 from api import dto_workspace as dto
 from api.deps import App, Caller, command_context
+from api.openapi import refusals
 from api.uploads import check_declared_length, receive_files, upload_body_limit
 from application.user_settings import SettingsView
 from domain.errors import TooLarge, UnsupportedType
@@ -40,7 +41,7 @@ class UserSettingsController(Controller):
     async def get_settings(self, c: App, caller: Caller) -> dto.Settings:
         return settings_dto(await c.user_settings.get(caller))
 
-    @patch("/me/settings", operation_id="UpdateMySettings")
+    @patch("/me/settings", operation_id="UpdateMySettings", responses=refusals(404))
     async def update_settings(
         self, request: Request[Any, Any, Any], data: JSONBody[dto.SettingsUpdate], c: App, caller: Caller
     ) -> dto.Settings:
@@ -55,7 +56,7 @@ class UserSettingsController(Controller):
         )
         return settings_dto(view)
 
-    @put("/me/avatar", operation_id="SetMyAvatar", request_max_body_size=None)
+    @put("/me/avatar", operation_id="SetMyAvatar", request_max_body_size=None, opt={"request_body": dto.AVATAR_BODY})
     async def set_avatar(self, request: Request[Any, Any, Any], c: App, caller: Caller) -> dto.Settings:
         """A PNG, JPEG, GIF or WebP image of at most 1 MiB, as multipart/form-data (field ``file``); its type
         is read from its bytes."""

@@ -385,7 +385,7 @@ async def test_every_bad_message_is_refused_and_writes_nothing(
         await refused(
             user, chat, {"content": "hi", "model": "echo", "params": params}, 422, "UNSUPPORTED_PARAMETER"
         )
-    await refused(user, chat, {"content": "hi"}, 400, None)
+    await refused(user, chat, {"content": "hi"}, 422, "MODEL_REQUIRED")  # no model named, none chosen in settings
     await refused(user, chat, {"content": "hi", "model": "echo", "colour": "red"}, 400, None)
     await refused(user, chat, {"content": 42, "model": "echo"}, 400, None)
     await refused(user, chat, ["not", "an", "object"], 400, None)
