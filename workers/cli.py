@@ -686,6 +686,31 @@ def cmd_export_user(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def cmd_import_open_webui(args: argparse.Namespace) -> None:
+    from adapters.openwebui_db import OpenWebUISourceError
+    from workers.bootstrap import bootstrap
+    from workers.import_openwebui import TqdmProgress, import_open_webui, render_report
+
+    settings = _settings(args)
+    settings = _with_engines(settings, "database_url", "redis_url")
+
+    async def main() -> None:
+        c = await bootstrap(settings, pool_size=2)
+        try:
+            report = await import_open_webui(
+                c, db=args.db, uploads=args.uploads, tenant=args.tenant, dry_run=args.dry_run, progress=TqdmProgress()
+            )
+        finally:
+            await c.close()
+        print(render_report(report))
+
+    try:
+        asyncio.run(main())
+    except OpenWebUISourceError as e:
+        print(f"parley: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 # --- serve: everything, one process tree ----------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> None:
     from adapters.embedded import EmbeddedEngines
@@ -912,6 +937,15 @@ def build_parser() -> argparse.ArgumentParser:
     eu.add_argument("--user", required=True, help="the user's id or e-mail address")
     eu.add_argument("--out", required=True, help="the zip file to write")
     eu.set_defaults(func=cmd_export_user)
+    imports = sub.add_parser("import", help="move in from another system").add_subparsers(
+        dest="import_command", required=True
+    )
+    owui = imports.add_parser("open-webui", help="an Open WebUI deployment: its database and uploads")
+    owui.add_argument("--db", required=True, help="webui.db (SQLite) or a postgresql:// URL")
+    owui.add_argument("--uploads", required=True, help="Open WebUI's uploads directory")
+    owui.add_argument("--tenant", required=True, help="the tenant slug to import into")
+    owui.add_argument("--dry-run", action="store_true", help="print what would be imported; write nothing")
+    owui.set_defaults(func=cmd_import_open_webui)
     schema = sub.add_parser("schema", help="the event contract").add_subparsers(dest="schema_command", required=True)
     export = schema.add_parser("export", help="print the events' JSON Schema (2020-12)")
     export.add_argument("--out", help="write it to this file instead")
