@@ -25,6 +25,7 @@ from api.controllers.health import HealthController, MetricsController
 from api.controllers.invitations import AcceptInvitationController, InvitationController
 from api.controllers.knowledge import ChatFilesController, DocumentController, KnowledgeController
 from api.controllers.models import ModelController, ProviderController
+from api.controllers.oidc import OidcProviderController, OidcSignInController
 from api.controllers.openai import OpenAIController
 from api.controllers.privacy import PrivacyController, PrivacySettingsController
 from api.controllers.prompts import PromptController
@@ -160,6 +161,8 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
     app = Litestar(
         route_handlers=[
             AuthController,
+            OidcProviderController,
+            OidcSignInController,
             UserController,
             UserSettingsController,
             TenantController,

@@ -414,6 +414,57 @@ class ExternalIdentityLinked(_Event, frozen=True, kw_only=True, tag="ExternalIde
     user_id: SubjectUser[UUID]
 
 
+class OidcDirectoryOpened(_Event, frozen=True, kw_only=True, tag="OidcDirectoryOpened", tag_field="type"):
+    """A tenant registered its first OpenID Connect provider."""
+
+    aggregate = "OidcDirectory"
+    tenant_id: TenantId
+
+
+class OidcProviderRegistered(_Event, frozen=True, kw_only=True, tag="OidcProviderRegistered", tag_field="type"):
+    """A tenant admin registered an OpenID Connect provider (its client secret never leaves the event store)."""
+
+    aggregate = "OidcDirectory"
+    provider_id: UUID
+    slug: Annotated[str, Meta(description="The provider's name in sign-in URLs.")]
+    has_client_secret: bool
+    name: str
+    issuer: Annotated[str, Meta(description="The issuer URL; its discovery document is read from it.")]
+    client_id: str
+    scopes: list[str]
+    allowed_domains: Annotated[list[str], Meta(description="E-mail domains that may sign in; empty: any.")]
+    role_claim: Annotated[str | None, Meta(description="The ID-token claim the role map reads.")]
+    role_map: Annotated[dict[str, Role], Meta(description="Claim value -> parley role.")]
+    create_users: Annotated[bool, Meta(description="Whether a first sign-in creates an unknown user.")]
+    default_role: Annotated[Role, Meta(description="The role of a created user that no claim maps.")]
+    enabled: bool
+
+
+class OidcProviderChanged(_Event, frozen=True, kw_only=True, tag="OidcProviderChanged", tag_field="type"):
+    """A provider's settings changed (all of them as they now are)."""
+
+    aggregate = "OidcDirectory"
+    provider_id: UUID
+    has_client_secret: Annotated[bool, Meta(description="Whether a new client secret was set.")]
+    name: str
+    issuer: Annotated[str, Meta(description="The issuer URL; its discovery document is read from it.")]
+    client_id: str
+    scopes: list[str]
+    allowed_domains: Annotated[list[str], Meta(description="E-mail domains that may sign in; empty: any.")]
+    role_claim: Annotated[str | None, Meta(description="The ID-token claim the role map reads.")]
+    role_map: Annotated[dict[str, Role], Meta(description="Claim value -> parley role.")]
+    create_users: Annotated[bool, Meta(description="Whether a first sign-in creates an unknown user.")]
+    default_role: Annotated[Role, Meta(description="The role of a created user that no claim maps.")]
+    enabled: bool
+
+
+class OidcProviderRemoved(_Event, frozen=True, kw_only=True, tag="OidcProviderRemoved", tag_field="type"):
+    """A provider was removed: its users sign in by it no more."""
+
+    aggregate = "OidcDirectory"
+    provider_id: UUID
+
+
 class PersonalDataExported(_Event, frozen=True, kw_only=True, tag="PersonalDataExported", tag_field="type"):
     """A copy of a data subject's personal data was exported (GDPR arts. 15 and 20); who asked is the
     envelope's actor. It carries identifiers only, never the data."""
@@ -1325,6 +1376,10 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     SignInFailed,
     RevokedTokenUsed,
     ExternalIdentityLinked,
+    OidcDirectoryOpened,
+    OidcProviderRegistered,
+    OidcProviderChanged,
+    OidcProviderRemoved,
     PersonalDataExported,
     ContentAccessed,
     ChatCreated,

@@ -20,6 +20,7 @@ from adapters.database import create_engine, create_tables
 from adapters.embeddings import build_embedder
 from adapters.eventstore import EventStore
 from adapters.metrics import Metrics
+from adapters.oidc import HttpRelyingParty, RedisOidcFlows
 from adapters.outbound import AddressPolicy, check_url
 from adapters.quota_ledger import QuotaLedger
 from adapters.security import AccessTokens, FernetBox, Passwords
@@ -32,6 +33,7 @@ from application.folders import Folders
 from application.identity import Identity
 from application.integrations import Webhooks
 from application.knowledge import Embedders, Knowledge, KnowledgeLimits
+from application.oidc import OidcProviders
 from application.prompts import Prompts
 from application.quotas import Quotas
 from application.user_settings import UserSettingsService
@@ -104,6 +106,7 @@ class Container:
     exchange: ChatExchange
     prompts: Prompts
     user_settings: UserSettingsService
+    oidc: OidcProviders
     nc: Any = None
     js: Any = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -179,6 +182,7 @@ class Container:
         if self.nc is not None:
             await self.nc.drain()
         await self.embedders.close()
+        await self.oidc.aclose()
         await self.redis.aclose()
         await self.engine.dispose()
         await asyncio.to_thread(self.store.close)
@@ -240,6 +244,14 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         settings=settings,
         webhooks=webhooks,
         prompts=Prompts(store=store),
+        oidc=OidcProviders(
+            store=store,
+            secrets=secrets,
+            identity=identity,
+            # Providers on private addresses (an in-house Keycloak) where the deployment allows them, as webhooks.
+            relying_party=HttpRelyingParty(policy=AddressPolicy(allow_private=settings.webhooks_allow_private)),
+            flows=RedisOidcFlows(redis, settings.namespace),
+        ),
         user_settings=UserSettingsService(store=store, models=models, blobs=blobs),
         shredding=shredding,
         knowledge=knowledge,
