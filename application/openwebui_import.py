@@ -470,7 +470,10 @@ class OpenWebUIImport:
         if self.dry:
             self.report.count("model", True)
             return
+        # Presets are an admin's in parley (any Open WebUI user may make a workspace model): made on the
+        # owner's behalf; a private one is granted to its owner.
         admin = Principal(self.tenant_id, owner.user_id, "admin", via="token")
+        public = self._public("model", name)
         try:
             await self.models.register_preset(
                 self.ctx,
@@ -479,9 +482,11 @@ class OpenWebUIImport:
                 base_model=str(row["base_model_id"]),
                 display_name=str(row.get("name") or name),
                 defaults=defaults,
-                open_to_tenant=self._public("model", name),
+                open_to_tenant=public,
                 knowledge_ids=[str(self.knowledge_ids[k]) for k in wanted if k in self.knowledge_ids] or None,
             )
+            if not public:
+                await self.models.set_grant(self.ctx, admin, name, grant=True, user_id=str(owner.user_id), role=None)
         except ParleyError as e:
             self.report.skip("model", ref, f"{e.code}: {e.message}")
             return

@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import sqlite3
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.openwebui_db import OpenWebUISourceError, read_openwebui
 from application.chat_exchange import imported_message_id
 from application.context import CommandContext
 from application.identity import Principal
@@ -27,6 +30,7 @@ from domain.knowledge import Document, KnowledgeBase
 from domain.ratings import Rating, rating_id_for
 from domain.sharing import Share
 from tests.conftest import Pipeline
+from tests.integration.procs import REPO_ROOT
 from workers.bootstrap import Container
 from workers.import_openwebui import TqdmProgress, import_open_webui, render_report
 
@@ -62,6 +66,17 @@ async def run_import(c: Container, dry_run: bool = False) -> Any:
         dry_run=dry_run,
         progress=TqdmProgress(),
     )
+
+
+async def cli(c: Container, *args: str) -> tuple[int, str, str]:
+    """``parley import open-webui`` run as a process against the test's engines."""
+    env = {**os.environ, **c.settings.child_env(), "PARLEY_LOG_LEVEL": "warning"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "workers.cli", "import", "open-webui", "--tenant", TENANT, *args,
+        env=env, cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def find(c: Container, cls: type, id_: uuid.UUID) -> Any:
@@ -193,10 +208,17 @@ async def test_open_webui_deployment_moves_in_whole_once_and_goes_on(container: 
     )
     tenant_id = str(info.id)
 
+    # The command itself, dry: it says what it would import, with progress on stderr, and writes nothing.
     before = await c.store.call(c.store.max_id)
-    dry = await run_import(c, dry_run=True)
-    assert await c.store.call(c.store.max_id) == before  # a dry run writes nothing
-    assert dry.imported["user"] == 4 and dry.imported["chat"] == 10 and dry.imported["file"] == 3
+    rc, out, err = await cli(c, "--db", str(FIXTURE / "webui.db"), "--uploads", str(FIXTURE / "uploads"), "--dry-run")
+    assert rc == 0, err
+    assert "user: would import 4" in out and "chat: would import 10" in out and "file: would import 3" in out
+    assert "chats: 100%" in err
+    assert await c.store.call(c.store.max_id) == before
+    with pytest.raises(OpenWebUISourceError, match="no Open WebUI database at"):
+        read_openwebui(str(FIXTURE / "nothing.db"), FIXTURE / "uploads")
+    with pytest.raises(OpenWebUISourceError, match="no uploads directory at"):
+        read_openwebui(str(FIXTURE / "webui.db"), FIXTURE / "nowhere")
 
     report = await run_import(c)
     text = render_report(report)
