@@ -26,7 +26,8 @@ from adapters.settings import Settings
 from application.chat_exchange import parse_export, render_parley
 from application.context import CommandContext
 from application.conversations import LOCAL_MODEL, Outcome
-from application.identity import Principal
+from application.identity import ExternalAccount, Principal
+from application.oidc import provider_settings
 from application.ratings import Ratings
 from application.sharing import Shares
 from domain.errors import Forbidden, ParleyError, Unauthenticated
@@ -144,6 +145,31 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
         await expect_refusal(identity.login(ctx(tenant), tenant=slug, email=f"boss@{slug}.test", password="nope"))
         await expect_refusal(identity.login(ctx(tenant), tenant=slug, email=f"ghost@{slug}.test", password="x"))
         await expect_refusal(identity.login(ctx(tenant), tenant=slug, email=f"m2@{slug}.test", password=PASSWORD))
+
+        # OpenID Connect: providers registered, changed and removed; external sign-ins that create a user,
+        # link a password account (by its verified e-mail) and are refused (an unverified one).
+        sso_settings = provider_settings(
+            name="Corp SSO", issuer="https://sso.example", client_id="parley", allowed_domains=[f"{slug}.test"]
+        )
+        sso = await c.oidc.register(as_admin, admin, slug="corp", settings=sso_settings, client_secret="s3cret")
+        await c.oidc.change(
+            as_admin, admin, sso.id, changes={"role_claim": "groups", "role_map": {"staff": "premium"}}, client_secret="n3w"
+        )
+        gone = await c.oidc.register(as_admin, admin, slug="old", settings=sso_settings, client_secret="s3cret")
+        await c.oidc.remove(as_admin, admin, gone.id)
+        for subject, email, verified in (("s-new", f"sso@{slug}.test", True), ("s-m1", f"m1@{slug}.test", True), ("s-x", f"m4@{slug}.test", False)):
+            account = ExternalAccount(
+                source=f"oidc:{sso.id}",
+                subject=subject,
+                email=email,
+                email_verified=verified,
+                role="premium" if subject == "s-m1" else None,
+                allowed_domains=(f"{slug}.test",),
+                create_role="user",
+                code_prefix="OIDC",
+            )
+            signing_in = identity.sign_in_external(ctx(tenant), slug, account)
+            await (signing_in if verified else expect_refusal(signing_in))
 
         # Conversations: a provider with a closed model granted and revoked, a chat whose question is
         # answered twice (a regenerated branch, the second answer cancelled), renamed and archived; a
