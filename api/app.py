@@ -24,6 +24,7 @@ from api.controllers.generations import GenerationController
 from api.controllers.health import HealthController, MetricsController
 from api.controllers.invitations import AcceptInvitationController, InvitationController
 from api.controllers.knowledge import ChatFilesController, DocumentController, KnowledgeController
+from api.controllers.ldap import LdapSettingsController, LdapSignInController
 from api.controllers.models import ModelController, ProviderController
 from api.controllers.oidc import OidcProviderController, OidcSignInController
 from api.controllers.openai import OpenAIController
@@ -161,6 +162,8 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
     app = Litestar(
         route_handlers=[
             AuthController,
+            LdapSignInController,
+            LdapSettingsController,
             OidcProviderController,
             OidcSignInController,
             UserController,

@@ -1269,6 +1269,45 @@ class WebhookReplayRequested(_Event, frozen=True, kw_only=True, tag="WebhookRepl
     after: Annotated[int | None, Meta(description="A notification id: events after it.")]
 
 
+# LDAP sign-in -------------------------------------------------------------------------------------------
+class LdapSettingsData(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's LDAP directory settings (the service account's password is never among them)."""
+
+    url: Annotated[str, Meta(description="ldap://host:port or ldaps://host:port.")]
+    start_tls: bool
+    verify_tls: Annotated[bool, Meta(description="Whether the directory's TLS certificate is checked.")]
+    tls_ca_pem: Annotated[str, Meta(description="PEM CA certificates trusted for the directory; empty: the system's.")]
+    bind_dn: Annotated[str, Meta(description="The service account that searches the directory.")]
+    search_base: str
+    user_filter: Annotated[str, Meta(description="The user search filter; {login} stands for the escaped login.")]
+    disabled_filter: Annotated[str, Meta(description="Entries also matching this filter are refused; empty: none.")]
+    email_attribute: str
+    name_attribute: str
+    group_base: Annotated[str, Meta(description="Where groups are searched; empty: the search base.")]
+    group_roles: Annotated[dict[str, Role], Meta(description="Group DN (lower-cased) -> the role its members get.")]
+    default_role: Annotated[Role | None, Meta(description="The role of users created with no mapped group; null: the tenant's.")]
+    create_users: Annotated[bool, Meta(description="Whether a directory user unknown here is created at sign-in.")]
+    enabled: bool
+    timeout_s: float
+
+
+class LdapDirectoryConfigured(_Event, frozen=True, kw_only=True, tag="LdapDirectoryConfigured", tag_field="type"):
+    """A tenant's LDAP directory was configured for the first time."""
+
+    aggregate = "LdapDirectory"
+    tenant_id: TenantId
+    settings: LdapSettingsData
+    has_bind_password: bool
+
+
+class LdapDirectoryChanged(_Event, frozen=True, kw_only=True, tag="LdapDirectoryChanged", tag_field="type"):
+    """A tenant's LDAP settings changed (all of them are stated; the password may be a new one)."""
+
+    aggregate = "LdapDirectory"
+    settings: LdapSettingsData
+    has_bind_password: bool
+
+
 # Sharing and ratings -------------------------------------------------------------------------------------
 class SharingPolicyCreated(_Event, frozen=True, kw_only=True, tag="SharingPolicyCreated", tag_field="type"):
     """A tenant's sharing policy was first set (public links off)."""
@@ -1466,6 +1505,8 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     WebhookDeleted,
     WebhookRetryRequested,
     WebhookReplayRequested,
+    LdapDirectoryConfigured,
+    LdapDirectoryChanged,
     SharingPolicyCreated,
     PublicLinksSet,
     ShareCreated,

@@ -19,6 +19,7 @@ from adapters.blobs import open_blob_store
 from adapters.database import create_engine, create_tables
 from adapters.embeddings import build_embedder
 from adapters.eventstore import EventStore
+from adapters.ldap import Ldap3Directory
 from adapters.metrics import Metrics
 from adapters.oidc import HttpRelyingParty, RedisOidcFlows
 from adapters.outbound import AddressPolicy, check_url
@@ -33,6 +34,7 @@ from application.folders import Folders
 from application.identity import Identity
 from application.integrations import Webhooks
 from application.knowledge import Embedders, Knowledge, KnowledgeLimits
+from application.ldap import LdapDirectories
 from application.oidc import OidcProviders
 from application.prompts import Prompts
 from application.quotas import Quotas
@@ -102,6 +104,7 @@ class Container:
     subjects: Subjects
     shredding: Shredding
     webhooks: Webhooks
+    ldap: LdapDirectories
     folders: Folders
     exchange: ChatExchange
     prompts: Prompts
@@ -243,6 +246,7 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
     return Container(
         settings=settings,
         webhooks=webhooks,
+        ldap=LdapDirectories(store=store, secrets=secrets, identity=identity, directory=Ldap3Directory()),
         prompts=Prompts(store=store),
         oidc=OidcProviders(
             store=store,

@@ -146,6 +146,12 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
         await expect_refusal(identity.login(ctx(tenant), tenant=slug, email=f"ghost@{slug}.test", password="x"))
         await expect_refusal(identity.login(ctx(tenant), tenant=slug, email=f"m2@{slug}.test", password=PASSWORD))
 
+        # LDAP sign-in: the directory configured, then changed with its sealed password kept.
+        directory = {"url": "ldap://ldap.test", "bind_dn": "cn=reader,dc=test", "bind_password": "s3cret!", "search_base": "dc=test"}
+        await c.ldap.configure(as_admin, admin, directory)
+        del directory["bind_password"]
+        await c.ldap.configure(as_admin, admin, directory | {"group_roles": {"cn=staff,dc=test": "premium"}})
+
         # OpenID Connect: providers registered, changed and removed; external sign-ins that create a user,
         # link a password account (by its verified e-mail) and are refused (an unverified one).
         sso_settings = provider_settings(

@@ -12,7 +12,7 @@ import pytest
 
 from api.app import create_app
 
-PUBLIC = {"Register", "Login", "RefreshTokens", "AcceptInvitation", "Health", "Ready", "Metrics", "GetSharedChat"}
+PUBLIC = {"Register", "Login", "LoginLdap", "RefreshTokens", "AcceptInvitation", "Health", "Ready", "Metrics", "GetSharedChat"}
 """``GetSharedChat``: a public share link is read without signing in (a credential, when sent, is checked)."""
 PUBLIC |= {"StartOidcSignIn", "CompleteOidcSignIn"}  # OpenID Connect sign-in: the browser has no token yet
 
