@@ -33,6 +33,7 @@ from api.controllers.prompts import PromptController
 from api.controllers.quotas import QuotaController
 from api.controllers.ratings import RatingController
 from api.controllers.retention import RetentionController
+from api.controllers.scim import ScimAdminController, ScimController
 from api.controllers.search import MessageSearchController
 from api.controllers.shared import ChatSharesController, SharedController, SharingSettingsController
 from api.controllers.usage import UsageController
@@ -196,6 +197,8 @@ def create_app(c: Container, *, on_shutdown: list[Any] | None = None) -> Litesta
             SharingSettingsController,
             RatingController,
             MessageSearchController,
+            ScimController,
+            ScimAdminController,
         ],
         dependencies={
             "c": Provide(container, sync_to_thread=False),

@@ -358,6 +358,127 @@ class ApiKeyRevoked(_Event, frozen=True, kw_only=True, tag="ApiKeyRevoked", tag_
     aggregate = "ApiKey"
 
 
+class ScimTokenIssued(_Event, frozen=True, kw_only=True, tag="ScimTokenIssued", tag_field="type"):
+    """A tenant admin issued a SCIM token for the tenant's identity provider (its hash never leaves the
+    event store)."""
+
+    aggregate = "ScimToken"
+    token_id: UUID
+    tenant_id: TenantId
+    name: str
+    prefix: Annotated[str, Meta(description="The token's first characters, to tell tokens apart.")]
+    issued_by: Annotated[str, Meta(description="The actor who issued it.")]
+
+
+class ScimTokenRevoked(_Event, frozen=True, kw_only=True, tag="ScimTokenRevoked", tag_field="type"):
+    """The SCIM token was revoked."""
+
+    aggregate = "ScimToken"
+
+
+ScimProfile = Annotated[
+    dict[str, Any],
+    Meta(description="What SCIM holds beyond the parley user: userName, emails (primary first), externalId, "
+         "givenName, familyName, displayName, and whether the provider set active."),
+]
+
+
+class ScimDirectoryOpened(_Event, frozen=True, kw_only=True, tag="ScimDirectoryOpened", tag_field="type"):
+    """A tenant's identity provider provisioned its first user or group."""
+
+    aggregate = "ScimDirectory"
+    tenant_id: TenantId
+
+
+class ScimUserListed(_Event, frozen=True, kw_only=True, tag="ScimUserListed", tag_field="type"):
+    """The identity provider provisioned a user (the user's own events, and its ``ScimAccount``, say the
+    rest; the hash of the userName kept for uniqueness never leaves the event store)."""
+
+    aggregate = "ScimDirectory"
+    user_id: UUID
+
+
+class ScimUserNameChanged(_Event, frozen=True, kw_only=True, tag="ScimUserNameChanged", tag_field="type"):
+    """A provisioned user's userName changed (its hash, kept for uniqueness, never leaves the event store)."""
+
+    aggregate = "ScimDirectory"
+    user_id: UUID
+
+
+class ScimAccountCreated(_Event, frozen=True, kw_only=True, tag="ScimAccountCreated", tag_field="type"):
+    """What SCIM holds about a provisioned user beyond the parley user."""
+
+    aggregate = "ScimAccount"
+    tenant_id: TenantId
+    user_id: SubjectUser[UUID]
+    profile: Personal[ScimProfile]
+
+
+class ScimAccountChanged(_Event, frozen=True, kw_only=True, tag="ScimAccountChanged", tag_field="type"):
+    """The provider changed a user's SCIM attributes (all of them as they now are)."""
+
+    aggregate = "ScimAccount"
+    profile: Personal[ScimProfile]
+
+
+class ScimUserUnlisted(_Event, frozen=True, kw_only=True, tag="ScimUserUnlisted", tag_field="type"):
+    """The provider deleted a user (who is erased)."""
+
+    aggregate = "ScimDirectory"
+    user_id: UUID
+
+
+class ScimGroupListed(_Event, frozen=True, kw_only=True, tag="ScimGroupListed", tag_field="type"):
+    aggregate = "ScimDirectory"
+    group_id: UUID
+    display_name: str
+
+
+class ScimGroupNameChanged(_Event, frozen=True, kw_only=True, tag="ScimGroupNameChanged", tag_field="type"):
+    aggregate = "ScimDirectory"
+    group_id: UUID
+    display_name: str
+
+
+class ScimGroupUnlisted(_Event, frozen=True, kw_only=True, tag="ScimGroupUnlisted", tag_field="type"):
+    aggregate = "ScimDirectory"
+    group_id: UUID
+
+
+class GroupCreated(_Event, frozen=True, kw_only=True, tag="GroupCreated", tag_field="type"):
+    """An identity provider created a group of the tenant's users."""
+
+    aggregate = "Group"
+    tenant_id: TenantId
+    display_name: str
+    external_id: str | None
+    created_by: str
+
+
+class GroupRenamed(_Event, frozen=True, kw_only=True, tag="GroupRenamed", tag_field="type"):
+    aggregate = "Group"
+    display_name: str
+    external_id: str | None
+
+
+class GroupMembersChanged(_Event, frozen=True, kw_only=True, tag="GroupMembersChanged", tag_field="type"):
+    aggregate = "Group"
+    added: Annotated[list[str], Meta(description="User ids that joined the group.")]
+    removed: Annotated[list[str], Meta(description="User ids that left it.")]
+
+
+class GroupRoleMapped(_Event, frozen=True, kw_only=True, tag="GroupRoleMapped", tag_field="type"):
+    """A tenant admin set the role the group's members get (null: none)."""
+
+    aggregate = "Group"
+    role: Role | None
+
+
+class GroupDeleted(_Event, frozen=True, kw_only=True, tag="GroupDeleted", tag_field="type"):
+    aggregate = "Group"
+    deleted_by: str
+
+
 class SessionStarted(_Event, frozen=True, kw_only=True, tag="SessionStarted", tag_field="type"):
     """A sign-in session began (its refresh token's hash never leaves the event store)."""
 
@@ -1409,6 +1530,22 @@ EventData: TypeAlias = Union[  # noqa: UP007 - one member a line reads better th
     ApiKeyCreated,
     ApiKeyRoleMapChanged,
     ApiKeyRevoked,
+    ScimTokenIssued,
+    ScimTokenRevoked,
+    ScimDirectoryOpened,
+    ScimUserListed,
+    ScimUserNameChanged,
+    ScimAccountCreated,
+    ScimAccountChanged,
+    ScimUserUnlisted,
+    ScimGroupListed,
+    ScimGroupNameChanged,
+    ScimGroupUnlisted,
+    GroupCreated,
+    GroupRenamed,
+    GroupMembersChanged,
+    GroupRoleMapped,
+    GroupDeleted,
     SessionStarted,
     SessionRefreshed,
     SessionEnded,

@@ -32,6 +32,7 @@ from application.chat_exchange import ChatExchange
 from application.conversations import Chats, Generations, Models
 from application.folders import Folders
 from application.identity import Identity
+from application.scim import Provisioning
 from application.integrations import Webhooks
 from application.knowledge import Embedders, Knowledge, KnowledgeLimits
 from application.ldap import LdapDirectories
@@ -109,6 +110,7 @@ class Container:
     exchange: ChatExchange
     prompts: Prompts
     user_settings: UserSettingsService
+    scim: Provisioning
     oidc: OidcProviders
     nc: Any = None
     js: Any = None
@@ -248,6 +250,7 @@ async def bootstrap(settings: Settings, *, pool_size: int = 10, passwords: Passw
         webhooks=webhooks,
         ldap=LdapDirectories(store=store, secrets=secrets, identity=identity, directory=Ldap3Directory()),
         prompts=Prompts(store=store),
+        scim=Provisioning(identity=identity),
         oidc=OidcProviders(
             store=store,
             secrets=secrets,

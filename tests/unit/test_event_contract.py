@@ -340,6 +340,8 @@ PERSONAL = {
     "ShareCreated": {"title"},
     "MessageRated": {"comment"},
     "RatingChanged": {"comment"},
+    "ScimAccountCreated": {"profile"},
+    "ScimAccountChanged": {"profile"},
 }
 SUBJECTS = {
     "ChatCreated": {"user": "owner_id"},
@@ -354,6 +356,7 @@ SUBJECTS = {
     "PromptCreated": {"user": "subject_id"},
     "ShareCreated": {"user": "owner_id", "chat": "chat_id"},
     "MessageRated": {"user": "user_id", "chat": "chat_id"},
+    "ScimAccountCreated": {"user": "user_id"},
 }
 
 
