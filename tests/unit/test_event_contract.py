@@ -317,6 +317,7 @@ PERSONAL = {
     "EmailClaimed": {"email"},
     "InvitationIssued": {"email"},
     "SignInFailed": {"email"},
+    "ExternalIdentityLinked": {"subject"},
     "ChatCreated": {"title"},
     "ChatRenamed": {"title"},
     "ChatTagsChanged": {"tags"},
@@ -340,8 +341,6 @@ PERSONAL = {
     "ShareCreated": {"title"},
     "MessageRated": {"comment"},
     "RatingChanged": {"comment"},
-    "ScimAccountCreated": {"profile"},
-    "ScimAccountChanged": {"profile"},
 }
 SUBJECTS = {
     "ChatCreated": {"user": "owner_id"},
@@ -352,11 +351,11 @@ SUBJECTS = {
     "InvitationAccepted": {"user": "user_id"},
     "ToolResultPosted": {"user": "user_id"},
     "SignInFailed": {"user": "user_id"},
+    "ExternalIdentityLinked": {"user": "user_id"},
     "UserSettingsCreated": {"user": "user_id"},
     "PromptCreated": {"user": "subject_id"},
     "ShareCreated": {"user": "owner_id", "chat": "chat_id"},
     "MessageRated": {"user": "user_id", "chat": "chat_id"},
-    "ScimAccountCreated": {"user": "user_id"},
 }
 
 
