@@ -9,7 +9,7 @@ What becomes what:
   user already holding the e-mail is linked, not created: that account receives the chats.
 - API keys (``api_key``): Open WebUI stores them in the clear, so each becomes a parley API key (read and
   write) that keeps working as it is (``sk-...``; ``application.credentials.imported_api_key_id``).
-- folders, chats (their whole message tree, ``currentId``, title, tags, pinned, archived, folder): through
+- folders (ids from the source's), chats (their whole message tree, ``currentId``, title, tags, pinned, archived, folder): through
   ``ChatExchange``, as an uploaded Open WebUI export is.
 - workspace models (``model`` with a base model): presets (``Models.register_preset``) with the system
   prompt and the parameters parley knows, public ones open to the tenant; a model row without a base
@@ -306,7 +306,11 @@ class OpenWebUIImport:
                 self.report.skip("api key", ref, "not an 'sk-' key of 32 hex digits")
                 continue
             key_id = imported_api_key_id(key)
-            if await self.store.call(self.store.find, ApiKey, key_id) is not None:
+            existing = await self.store.call(self.store.find, ApiKey, key_id)
+            if existing is not None and existing.tenant_id != self.tenant_id:
+                self.report.skip("api key", ref, "imported into another tenant before: a key opens one account")
+                continue
+            if existing is not None:
                 self.report.count("api key", False)
                 continue
             if not self.dry:
@@ -348,16 +352,26 @@ class OpenWebUIImport:
                 continue
             self.report.count("folder", done)
 
+    def _folder_id(self, owner: Principal, source_folder_id: str) -> str:
+        """parley's id of an imported folder (folder ids are unique across parley: the same deployment may
+        be imported into two tenants)."""
+        return str(
+            uuid.uuid5(
+                uuid.NAMESPACE_URL,
+                f"/tenants/{self.tenant_id}/users/{owner.user_id}/imported-folders/{source_folder_id}",
+            )
+        )
+
     def _folder(self, owner: Principal, row: Mapping[str, Any]) -> bool:
-        """The folder under the same id in the owner's tree (so a chat's ``folder_id`` names it)."""
+        folder_id = self._folder_id(owner, str(row["id"]))
         tree = self.store.find(FolderTree, folder_tree_id_for(self.tenant_id, owner.user_id))
-        if tree is not None and str(row["id"]) in tree.folders:
+        if tree is not None and folder_id in tree.folders:
             return False
         if self.dry:
             return True
         tree = tree or FolderTree(tenant_id=self.tenant_id, owner_id=owner.user_id)
-        parent = str(row["parent_id"]) if row.get("parent_id") else None
-        tree.create_folder(str(row["id"]), str(row["name"]), parent if parent in tree.folders else None)
+        parent = self._folder_id(owner, str(row["parent_id"])) if row.get("parent_id") else None
+        tree.create_folder(folder_id, str(row["name"]), parent if parent in tree.folders else None)
         self.store.save(tree)
         return True
 
@@ -386,6 +400,8 @@ class OpenWebUIImport:
             if owner is None:
                 continue
             item = self._export_item(row)
+            if item["folder_id"]:
+                item["folder_id"] = self._folder_id(owner, str(item["folder_id"]))
             for m in ((item["chat"].get("history") or {}).get("messages") or {}).values():
                 for k in MESSAGE_EXTRAS:
                     if isinstance(m, dict) and m.get(k):

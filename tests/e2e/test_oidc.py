@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import msgspec
 import pytest
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from oidc_provider_mock import run_server_in_thread
@@ -64,6 +65,7 @@ class ForgedProvider:
         self.signer = self.published[0]
         self.overrides: dict[str, Any] = {}
         self.nonce = ""
+        self.code_challenge = ""
         self.jwks_fetches = 0
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.issuer = f"http://127.0.0.1:{self.server.server_port}"
@@ -107,6 +109,10 @@ class ForgedProvider:
             self.jwks_fetches += 1
             return json_response({"keys": [k.as_dict(private=False) for k in self.published]})
         if request.path == "/token" and request.method == "POST":
+            # PKCE (RFC 7636): the verifier parley sends is the one behind the challenge it sent.
+            verifier = request.form.get("code_verifier", "")
+            if create_s256_code_challenge(verifier) != self.code_challenge or request.authorization is None:
+                return Response(json.dumps({"error": "invalid_grant"}), status=400, content_type="application/json")
             return json_response({"access_token": "x", "token_type": "Bearer", "id_token": self.id_token()})
         return Response("not found", status=404)
 
@@ -277,7 +283,7 @@ async def test_forged_id_tokens_are_refused_and_a_rotated_key_is_found(client, c
 
     async def attempt(**overrides: Any) -> httpx.Response:
         flow = await start(client, "default", "forge")
-        forged.nonce = flow["nonce"]
+        forged.nonce, forged.code_challenge = flow["nonce"], flow["code_challenge"]
         forged.overrides = overrides
         return await client.get(
             "/api/v1/auth/oidc/default/forge/callback", params={"state": flow["state"], "code": "c"}
@@ -322,12 +328,21 @@ async def test_two_tenants_with_different_providers_never_cross(
 ) -> None:
     _, tokens = await admin(client)
     platform = bearer(tokens)
-    await add_provider(client, platform, "corp", provider_a)
+    corp = await add_provider(client, platform, "corp", provider_a)
     _, globex_tokens = await tenant_with_admin(client, platform, "globex", "boss@globex.test")
     globex = bearer(globex_tokens)
     await add_provider(client, globex, "gsso", provider_b, default_role="premium")
 
     assert [p["slug"] for p in (await client.get("/api/v1/auth/providers", headers=globex)).json()] == ["gsso"]
+    # One tenant's admin can neither read, change nor remove another's provider.
+    for method in ("GET", "PATCH", "DELETE"):
+        r = await client.request(
+            method,
+            f"/api/v1/auth/providers/{corp['id']}",
+            headers=globex,
+            json={"name": "Mine"} if method == "PATCH" else None,
+        )
+        assert (r.status_code, error_code(r)) == (404, "OIDC_PROVIDER_NOT_FOUND"), method
     r = await client.get("/api/v1/auth/oidc/globex/corp/login")  # the default tenant's provider, not globex's
     assert (r.status_code, error_code(r)) == (404, "OIDC_PROVIDER_NOT_FOUND")
 
@@ -344,3 +359,23 @@ async def test_two_tenants_with_different_providers_never_cross(
     assert me_default["id"] != me_globex["id"]
     assert me_default["tenant_id"] != me_globex["tenant_id"]
     assert (me_default["role"], me_globex["role"]) == ("user", "premium")
+
+    # Its own admin changes it (the secret rotated, never shown) and removes it: sign-in by it ends.
+    r = await client.patch(
+        f"/api/v1/auth/providers/{corp['id']}",
+        json={"name": "Corp SSO", "client_secret": "n3w-secret", "allowed_domains": ["shared.test"]},
+        headers=platform,
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["name"], r.json()["allowed_domains"]) == (
+        "Corp SSO",
+        ["shared.test"],
+    ) and "n3w-secret" not in r.text
+    r = await client.patch(f"/api/v1/auth/providers/{corp['id']}", json={"default_role": "admin"}, headers=platform)
+    assert (r.status_code, error_code(r)) == (422, "INVALID_ROLE")
+    assert (await sign_in(client, external, provider_a, "default", "corp", "pat", claims)).status_code == 200
+    assert (await client.delete(f"/api/v1/auth/providers/{corp['id']}", headers=platform)).status_code == 204
+    r = await client.get("/api/v1/auth/oidc/default/corp/login")
+    assert (r.status_code, error_code(r)) == (404, "OIDC_PROVIDER_NOT_FOUND")
+    member = await client.get("/api/v1/auth/providers", headers=bearer(in_default.json()))
+    assert member.status_code == 403  # admins only

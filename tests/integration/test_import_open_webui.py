@@ -15,8 +15,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from adapters.embedded import EngineUrls
 from adapters.openwebui_db import OpenWebUISourceError, read_openwebui
 from application.chat_exchange import imported_message_id
 from application.context import CommandContext
@@ -29,7 +31,7 @@ from domain.imports import ImportRecord, import_record_id
 from domain.knowledge import Document, KnowledgeBase
 from domain.ratings import Rating, rating_id_for
 from domain.sharing import Share
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, create_database
 from tests.integration.procs import REPO_ROOT
 from workers.bootstrap import Container
 from workers.import_openwebui import TqdmProgress, import_open_webui, render_report
@@ -68,6 +70,39 @@ async def run_import(c: Container, dry_run: bool = False) -> Any:
     )
 
 
+PG_TYPES = {"BIGINT": "bigint", "INTEGER": "bigint", "BOOLEAN": "boolean", "JSON": "json", "DATE": "date"}
+
+
+def as_postgres(value: Any, kind: str) -> Any:
+    if value is None:
+        return None
+    if kind == "boolean":
+        return bool(value)
+    if kind == "json" and not isinstance(value, str):  # SQLite keeps a bare JSON number as a number
+        return json.dumps(value)
+    return value
+
+
+def copy_to_postgres(url: str) -> None:
+    """The fixture as Open WebUI's Postgres holds it: every table and row, typed as its SQLAlchemy models
+    type them there (booleans, big integers, json)."""
+    source = sqlite3.connect(f"file:{FIXTURE / 'webui.db'}?immutable=1", uri=True)
+    with psycopg.connect(url, autocommit=True) as pg:
+        for (table,) in source.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            columns = [(r[1], PG_TYPES.get(r[2], "text")) for r in source.execute(f"PRAGMA table_info('{table}')")]
+            typed = ", ".join(f'"{name}" {kind}' for name, kind in columns)
+            pg.execute(f'CREATE TABLE "{table}" ({typed})')
+            rows = source.execute(f'SELECT * FROM "{table}"').fetchall()
+            if rows:
+                marks = ", ".join(f"%s::{t}" for _, t in columns)
+                with pg.cursor() as cur:
+                    cur.executemany(
+                        f'INSERT INTO "{table}" VALUES ({marks})',
+                        [[as_postgres(v, t) for v, (_, t) in zip(r, columns, strict=True)] for r in rows],
+                    )
+    source.close()
+
+
 async def cli(c: Container, *args: str) -> tuple[int, str, str]:
     """``parley import open-webui`` run as a process against the test's engines."""
     env = {**os.environ, **c.settings.child_env(), "PARLEY_LOG_LEVEL": "warning"}
@@ -77,6 +112,10 @@ async def cli(c: Container, *args: str) -> tuple[int, str, str]:
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+def folder_id(tenant_id: str, owner_id: uuid.UUID, source_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"/tenants/{tenant_id}/users/{owner_id}/imported-folders/{source_id}"))
 
 
 async def find(c: Container, cls: type, id_: uuid.UUID) -> Any:
@@ -106,7 +145,7 @@ async def check_chats(c: Container, tenant_id: str, users: dict[str, User]) -> d
         meta = json.loads(row["meta"])
         assert (chat.title, chat.archived, chat.pinned) == (row["title"], bool(row["archived"]), bool(row["pinned"]))
         assert sorted(chat.tags) == sorted(meta.get("tags") or [])
-        assert chat.folder_id == row["folder_id"]
+        assert chat.folder_id == (folder_id(tenant_id, chat.owner_id, row["folder_id"]) if row["folder_id"] else None)
         assert len(chat.messages) == len(history["messages"])
         for mid, m in history["messages"].items():
             ours = chat.messages[imported_message_id(chat.id, mid)]
@@ -133,7 +172,7 @@ async def check_chats(c: Container, tenant_id: str, users: dict[str, User]) -> d
 async def check_the_rest(c: Container, tenant_id: str, users: dict[str, User], chats: dict[str, Chat]) -> None:
     for row in rows("folder"):
         tree = await find(c, FolderTree, folder_tree_id_for(tenant_id, users[row["user_id"]].id))
-        assert tree.folders[row["id"]]["name"] == row["name"]
+        assert tree.folders[folder_id(tenant_id, users[row["user_id"]].id, row["id"])]["name"] == row["name"]
     for row in rows("model"):
         model = await c.store.call(c.models._find, tenant_id, row["id"])
         assert model is not None and model.name == row["id"] and model.open_to_tenant  # both public there
@@ -201,7 +240,9 @@ async def wait_for(predicate: Any, within: float = 30) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_open_webui_deployment_moves_in_whole_once_and_goes_on(container: Container, pipeline: Pipeline) -> None:
+async def test_open_webui_deployment_moves_in_whole_once_and_goes_on(
+    engines: EngineUrls, container: Container, pipeline: Pipeline
+) -> None:
     c = container
     info = await c.identity.create_tenant(
         CommandContext(tenant_id="", actor="system:cli"), None, slug=TENANT, name="Northwind"
@@ -245,6 +286,25 @@ async def test_open_webui_deployment_moves_in_whole_once_and_goes_on(container: 
     await c.identity.login(ctx, tenant=TENANT, email=maya.email, password=PASSWORDS[maya.email])
     leo = next(u for u in users.values() if u.email == "leo.martins@example.com")
     assert (await find(c, User, leo.id)).role == "pending"
+
+    # Open WebUI on Postgres: the same tables, read by URL, give the same import (into another tenant).
+    url = create_database(engines)
+    await asyncio.to_thread(copy_to_postgres, url)
+    await c.identity.create_tenant(
+        CommandContext(tenant_id="", actor="system:cli"), None, slug="northwind-pg", name="PG"
+    )
+    from_pg = await import_open_webui(c, db=url, uploads=str(FIXTURE / "uploads"), tenant="northwind-pg")
+    assert from_pg.imported == {k: n for k, n in report.imported.items() if k != "api key"}
+    assert sorted(from_pg.skipped) == sorted(
+        [
+            *report.skipped,
+            (
+                "api key",
+                "key_b3fdb5c8-7738-4a7e-961f-3358e2a751ad",
+                "imported into another tenant before: a key opens one account",
+            ),
+        ]
+    )
 
     # A second run adds nothing.
     before = await c.store.call(c.store.max_id)
