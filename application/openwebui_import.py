@@ -596,13 +596,11 @@ class OpenWebUIImport:
         if data is None:
             self.report.skip("file", ref, "neither in the uploads directory nor with extracted text")
             return
-        if self.dry:
-            self.report.count("file", True)
-            return
         scope = f"knowledge/{knowledge_id}" if knowledge_id is not None else f"chats/{chat_id}"
         document_id = Document.create_id(self.tenant_id, scope, hashlib.sha256(data).hexdigest())
-        if await self.store.call(self.store.find, Document, document_id) is not None:
-            self.report.count("file", False)
+        exists = await self.store.call(self.store.find, Document, document_id) is not None
+        if self.dry or exists:
+            self.report.count("file", not exists)
             return
         meta = _json(file_row.get("meta")) or {}
         try:
@@ -636,12 +634,12 @@ class OpenWebUIImport:
                 continue
             chat_id = self._chat_id(owner, str(meta["chat_id"]))
             message_id = imported_message_id(chat_id, str(meta.get("message_id")))
-            if self.dry:
-                self.report.count("rating", True)
-                continue
             before = await self.store.call(
                 self.store.find, Rating, rating_id_for(self.tenant_id, owner.user_id, message_id)
             )
+            if self.dry:
+                self.report.count("rating", before is None)
+                continue
             try:
                 await self.ratings.rate(
                     self.ctx,

@@ -311,6 +311,7 @@ async def test_open_webui_deployment_moves_in_whole_once_and_goes_on(
     again = await run_import(c)
     assert await c.store.call(c.store.max_id) == before
     assert not again.imported and again.already["chat"] == 10 and again.already["user"] == 4
+    assert not (await run_import(c, dry_run=True)).imported  # and a dry run says so
 
     # An imported chat goes on: the next question follows its current message, the echo engine answers.
     admin = Principal(tenant_id, maya.id, "admin", via="token")
