@@ -41,6 +41,7 @@ class Ldap3Directory:
 
     def _server(self, settings: LdapSettings) -> ldap3.Server:
         host, _, port = settings["url"].split("://", 1)[1].rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # an IPv6 address
         # The tenant's CA certificates, where given, in place of the system's (a company's own CA).
         tls = ldap3.Tls(
             validate=ssl.CERT_REQUIRED if settings["verify_tls"] else ssl.CERT_NONE,

@@ -9,6 +9,7 @@ escaped per RFC 4515 when the search is made, so a login cannot widen the filter
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +18,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from domain.errors import Invalid
-from domain.identity import ROLES, check_role
+from domain.identity import ROLES
 
 __all__ = [
     "ROLE_PRECEDENCE",
@@ -34,6 +35,7 @@ assert set(ROLE_PRECEDENCE) == set(ROLES)
 MAX_GROUP_MAP = 64
 MAX_TIMEOUT_S = 30
 MAX_CA_PEM_CHARS = 65536
+_HOST = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 _ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 # A DN: RDNs of attr=value; the directory is the judge of the rest (a bad base fails the search).
 _DN = re.compile(r"^[A-Za-z][A-Za-z0-9-]*=[^,=]+(?:\s*,\s*[A-Za-z][A-Za-z0-9-]*=[^,=]+)*$")
@@ -61,17 +63,25 @@ def _dn(value: Any, field: str, *, empty: bool = False) -> str:
 
 
 def _url(value: Any) -> str:
+    """``scheme://host:port`` with the port made explicit; IPv6 hosts in brackets."""
     text = _text(value, "url", limit=300)
-    parts = urlsplit(text)
+    refusal = Invalid("INVALID_LDAP_SETTINGS", "url must be ldap://host[:port] or ldaps://host[:port]", field="url")
     try:
-        port = parts.port
+        parts = urlsplit(text)
+        port, host = parts.port, parts.hostname
     except ValueError:
-        port = None
-        parts = parts._replace(netloc="")
-    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise Invalid("INVALID_LDAP_SETTINGS", "url must be ldap://host[:port] or ldaps://host[:port]", field="url")
+        raise refusal from None
+    if parts.scheme not in ("ldap", "ldaps") or not host or parts.path not in ("", "/") or parts.query or parts.username:
+        raise refusal
+    if ":" in host:
+        try:
+            host = f"[{ipaddress.IPv6Address(host)}]"
+        except ValueError:
+            raise refusal from None
+    elif not _HOST.match(host):
+        raise refusal
     default = 636 if parts.scheme == "ldaps" else 389
-    return f"{parts.scheme}://{parts.hostname}:{port or default}"
+    return f"{parts.scheme}://{host}:{port or default}"
 
 
 def _filter(value: Any) -> str:
@@ -145,10 +155,8 @@ def check_ldap_settings(raw: dict[str, Any]) -> LdapSettings:
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT_S:
         raise Invalid("INVALID_LDAP_SETTINGS", f"timeout_s is a number of seconds up to {MAX_TIMEOUT_S}", field="timeout_s")
     default_role = raw.get("default_role")
-    if default_role is not None:
-        if not isinstance(default_role, str):
-            raise Invalid("INVALID_LDAP_SETTINGS", "default_role is a parley role", field="default_role")
-        check_role(default_role)
+    if default_role is not None and (not isinstance(default_role, str) or default_role not in ROLES):
+        raise Invalid("INVALID_LDAP_SETTINGS", f"default_role is one of {', '.join(ROLES)}", field="default_role")
     create_users = raw.get("create_users", True)
     enabled = raw.get("enabled", True)
     verify_tls = raw.get("verify_tls", True)
