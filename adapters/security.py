@@ -51,13 +51,9 @@ class Passwords:
             return False
 
     def needs_rehash(self, password_hash: str) -> bool:
-        """Whether a hash that just verified should be replaced (bcrypt, or argon2 with older parameters)."""
-        if password_hash.startswith(BCRYPT_PREFIXES):
-            return True
-        try:
-            return self._hasher.check_needs_rehash(password_hash)
-        except InvalidHashError:
-            return True
+        """Whether a hash that just verified is to be replaced: a bcrypt one only. (Not an argon2 hash of
+        older parameters: replacing it records PasswordChanged, which signs the user out everywhere.)"""
+        return password_hash.startswith(BCRYPT_PREFIXES)
 
 
 class AccessTokens:
