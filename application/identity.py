@@ -599,8 +599,24 @@ class Identity:
                 ),
             )
             raise Forbidden("USER_DEACTIVATED", "this account is deactivated")
-        await self.token_versions.set(str(user.id), user.token_version)
-        return await self._start_session(ctx.replace(actor=f"user:{user.id}"), user)
+        signed_in = user
+        if user.password_hash and self.passwords.needs_rehash(user.password_hash):
+            signed_in = await self._rehash(ctx.replace(actor=f"user:{user.id}"), user, password)
+        await self.token_versions.set(str(user.id), signed_in.token_version)
+        return await self._start_session(ctx.replace(actor=f"user:{user.id}"), signed_in)
+
+    async def _rehash(self, ctx: CommandContext, user: User, password: str) -> User:
+        """A hash of another scheme (bcrypt, imported from Open WebUI) replaced by argon2id at the first
+        sign-in that proves the password."""
+        password_hash = await self.store.call(self.passwords.hash, password)
+
+        def command() -> User:
+            u = self.store.get(User, user.id)
+            u.change_password(password_hash)
+            self.store.save(u)
+            return u
+
+        return await self.store.execute(ctx, command)
 
     # --- sign-in by an outside identity provider (OIDC, LDAP) --------------------------------------------------
     async def record_sign_in_failure(
