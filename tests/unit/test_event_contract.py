@@ -341,6 +341,8 @@ PERSONAL = {
     "ShareCreated": {"title"},
     "MessageRated": {"comment"},
     "RatingChanged": {"comment"},
+    "ScimAccountCreated": {"profile"},
+    "ScimAccountChanged": {"profile"},
 }
 SUBJECTS = {
     "ChatCreated": {"user": "owner_id"},
@@ -356,6 +358,7 @@ SUBJECTS = {
     "PromptCreated": {"user": "subject_id"},
     "ShareCreated": {"user": "owner_id", "chat": "chat_id"},
     "MessageRated": {"user": "user_id", "chat": "chat_id"},
+    "ScimAccountCreated": {"user": "user_id"},
 }
 
 
