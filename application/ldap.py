@@ -14,6 +14,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import structlog
+
 from application.context import CommandContext
 from application.identity import ExternalAccount, Identity, Principal, TokenPair
 from application.ports import EventStorePort, SecretBox
@@ -32,6 +34,8 @@ __all__ = [
     "LdapUnknownUser",
     "LdapWrongPassword",
 ]
+
+log = structlog.get_logger("parley.ldap")
 
 MAX_LOGIN_CHARS = 256
 MAX_PASSWORD_CHARS = 1024
@@ -159,7 +163,9 @@ class LdapDirectories:
                 asyncio.to_thread(self.directory.authenticate, settings, bind_password, login, password),
                 timeout=settings["timeout_s"] * 4,
             )
-        except (LdapUnavailable, TimeoutError):
+        except (LdapUnavailable, TimeoutError) as exc:
+            # For the operator: which directory and why (never the login or a password).
+            log.warning("ldap_unavailable", tenant_id=tenant_id, url=settings["url"], reason=str(exc) or type(exc).__name__)
             await self.identity.record_sign_in_failure(ctx, tenant_id, "LDAP_UNAVAILABLE", email=login)
             raise Unavailable("LDAP_UNAVAILABLE", "the LDAP directory cannot be reached; try again later") from None
         except LdapRefused as refused:
