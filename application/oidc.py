@@ -119,7 +119,6 @@ class _Flow:
     nonce: str
     code_verifier: str
     redirect_uri: str
-    return_to: str | None = None
 
 
 @dataclass
@@ -236,7 +235,7 @@ class OidcProviders:
         return t, provider
 
     # --- sign-in --------------------------------------------------------------------------------------------
-    async def begin(self, tenant: str, slug: str, *, redirect_uri: str, return_to: str | None = None) -> str:
+    async def begin(self, tenant: str, slug: str, *, redirect_uri: str) -> str:
         """Start a sign-in: the provider's authorization URL to send the browser to. ``redirect_uri`` is
         this deployment's callback URL for the provider."""
         t, provider = await self.store.call(self._tenant_and_provider, tenant, slug)
@@ -244,7 +243,7 @@ class OidcProviders:
         state = generate_token(43)
         nonce = generate_token(43)
         verifier = generate_token(64)  # RFC 7636 §4.1: 43 to 128 characters
-        flow = _Flow(t.tenant_id, provider["id"], nonce, verifier, redirect_uri, return_to)
+        flow = _Flow(t.tenant_id, provider["id"], nonce, verifier, redirect_uri)
         await self.flows.put(state, json.dumps(flow.__dict__), self.flow_ttl_s)
         return str(
             prepare_grant_uri(
@@ -269,10 +268,10 @@ class OidcProviders:
         state: str | None,
         code: str | None,
         error: str | None = None,
-    ) -> tuple[TokenPair, str | None]:
+    ) -> TokenPair:
         """Finish a sign-in at the callback: the state taken (once), the code exchanged, the ID token
-        validated, the user signed in by ``Identity.sign_in_external``. Returns the token pair and where
-        the sign-in asked to return to. Every refusal is audited."""
+        validated, the user signed in by ``Identity.sign_in_external``: the token pair. Every refusal is
+        audited."""
         t, provider = await self.store.call(self._tenant_and_provider, tenant, slug)
         ctx = ctx.replace(tenant_id=t.tenant_id)
         raw = await self.flows.take(state) if state and len(state) <= 200 else None
@@ -324,8 +323,7 @@ class OidcProviders:
                 t.tenant_id,
                 Forbidden("OIDC_EMAIL_MISSING", "the identity provider gave no e-mail; ask for the 'email' scope"),
             )
-        tokens = await self.identity.sign_in_external(ctx, t.tenant_id, account)
-        return tokens, flow.return_to
+        return await self.identity.sign_in_external(ctx, t.tenant_id, account)
 
     async def _refuse(self, ctx: CommandContext, tenant_id: str, exc: ParleyError) -> NoReturn:
         await self.identity.record_sign_in_failure(ctx, tenant_id, exc.code)

@@ -205,7 +205,7 @@ class OidcSignInController(Controller):
         t = await c.identity.tenant(tenant_slug)
         ip = client_ip(request) or "unknown"
         await check_rate(request.app.state, str(t.id), f"sign-in:{t.id}:{ip}", "sign_in_per_ip_per_minute")
-        pair, _ = await c.oidc.complete(
+        pair = await c.oidc.complete(
             command_context(request, tenant_id=str(t.id)), str(t.id), provider, state=oidc_state, code=code, error=error
         )
         return tokens_dto(pair)
