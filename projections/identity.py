@@ -98,7 +98,9 @@ class IdentityProjector(HandlesTypes):
                     new_users[aggregate_id] = {
                         "user_id": aggregate_id,
                         "tenant_id": tenant_id,
-                        "email": data.email,
+                        # Replayed after an erasure the address opens as the marker: as UserErased leaves it,
+                        # so two erased users of a tenant do not collide on the unique e-mail.
+                        "email": f"erased:{aggregate_id}" if data.email == ERASED else data.email,
                         "name": data.name,
                         "role": data.role,
                         "active": True,

@@ -29,6 +29,7 @@ from application.conversations import LOCAL_MODEL, Outcome
 from application.identity import ExternalAccount, Principal
 from application.oidc import provider_settings
 from application.ratings import Ratings
+from application.scim import ScimGroupData, ScimUserData
 from application.sharing import Shares
 from domain.errors import Forbidden, ParleyError, Unauthenticated
 from domain.identity import Tenant, tenant_id_for
@@ -140,6 +141,35 @@ async def varied_history(c: Container, *, erase: bool = True) -> None:
         await identity.revoke_api_key(as_admin, admin, revoked.id)
         await identity.authenticate(ctx(tenant), kept.key)
         await expect_refusal(identity.authenticate(ctx(tenant), revoked.key))
+
+        # SCIM: a token issued and one revoked (then presented); users provisioned, changed, deactivated and
+        # deleted (erased); groups created, mapped to a role, their members changed, one deleted.
+        scim_token = await c.scim.issue_token(as_admin, admin, name="IdP")
+        doomed_token = await c.scim.issue_token(as_admin, admin, name="old IdP")
+        await c.scim.revoke_token(as_admin, admin, doomed_token.id)
+        await expect_refusal(c.scim.authenticate(ctx(tenant), doomed_token.token))
+        idp = await c.scim.authenticate(ctx(tenant), scim_token.token)
+        as_idp = ctx(tenant, idp.actor)
+        provisioned = [
+            await c.scim.create_user(
+                as_idp, idp, ScimUserData(user_name=f"p{i}", emails=[{"value": f"p{i}@{slug}.test", "primary": True}],
+                                          display_name=f"Provisioned {i}", given_name="P", family_name=str(i)),
+            )
+            for i in range(3)
+        ]
+        await c.scim.replace_user(
+            as_idp, idp, provisioned[0].id, ScimUserData(user_name="p0-renamed", emails=[], display_name="Zero", active=True)
+        )
+        await c.scim.replace_user(as_idp, idp, provisioned[1].id, ScimUserData(user_name="p1", emails=[], active=False))
+        group = await c.scim.create_group(as_idp, idp, ScimGroupData(display_name="Staff", members=[str(provisioned[0].id)]))
+        await c.scim.map_group_role(as_admin, admin, group.id, "premium")
+        await c.scim.replace_group(
+            as_idp, idp, group.id, ScimGroupData(display_name="Staff!", members=[str(provisioned[1].id), str(provisioned[2].id)])
+        )
+        gone_group = await c.scim.create_group(as_idp, idp, ScimGroupData(display_name="Gone", members=[str(provisioned[2].id)]))
+        await c.scim.map_group_role(as_admin, admin, gone_group.id, "guest")
+        await c.scim.delete_group(as_idp, idp, gone_group.id)
+        await c.scim.delete_user(as_idp, idp, provisioned[2].id)
 
         # Failed sign-ins: wrong password, unknown e-mail, deactivated account.
         await expect_refusal(identity.login(ctx(tenant), tenant=slug, email=f"boss@{slug}.test", password="nope"))
