@@ -21,6 +21,7 @@ from scim2_models import (
     CaseExact,
     ChangePassword,
     ComplexAttribute,
+    Error,
     ETag,
     Filter,
     Group,
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 SCIM_MEDIA_TYPE = "application/scim+json"
+ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
 MAX_RESULTS = 200
 """The most resources one list answers (``filter.maxResults``); ``count`` above it is lowered to it."""
 
@@ -206,13 +208,9 @@ def group_data(group: ParleyGroup) -> ScimGroupData:
 def validation_error(exc: ValidationError) -> dict[str, Any]:
     """A pydantic error on a SCIM payload as a SCIM error body (400, the scimType scim2-models names)."""
     errors = exc.errors()
-    first = errors[0] if errors else {"msg": "invalid payload"}
-    try:
-        from scim2_models import Error
-
-        body = Error.from_validation_error(first).model_dump()
-    except Exception:  # noqa: BLE001 - any failure to classify is still a 400 invalidValue
-        body = {"status": "400", "scimType": "invalidValue", "detail": str(first.get("msg", ""))[:500]}
-    body.setdefault("schemas", ["urn:ietf:params:scim:api:messages:2.0:Error"])
+    if not errors:
+        return {"schemas": [ERROR_SCHEMA], "status": "400", "scimType": "invalidValue", "detail": "invalid payload"}
+    body = Error.from_validation_error(errors[0]).model_dump()
+    body.setdefault("schemas", [ERROR_SCHEMA])
     return body
 

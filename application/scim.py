@@ -25,7 +25,7 @@ from typing import Any
 from application.context import CommandContext
 from application.credentials import secret_hash, secrets_equal
 from application.identity import Identity, Principal
-from domain.errors import Conflict, Invalid, NotFound, Unauthenticated
+from domain.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from domain.identity import EmailIndex, Tenant, TokenMisuse, User, check_name, email_index_id, normalize_email
 from domain.scim import (
     Group,
@@ -196,7 +196,7 @@ class Provisioning:
     async def issue_token(self, ctx: CommandContext, principal: Principal, *, name: str) -> NewScimToken:
         principal.require_admin()
         if principal.via != "token":
-            raise Invalid("SESSION_REQUIRED", "SCIM tokens are issued from a signed-in session")
+            raise Forbidden("SESSION_REQUIRED", "SCIM tokens are issued from a signed-in session")
         name = check_name(name)
         token_id = uuid.uuid4()
         token = new_scim_token(token_id)
@@ -397,16 +397,15 @@ class Provisioning:
         display_name = check_scim_text(data.display_name, "displayName")
         external_id = _optional(data.external_id, "externalId")
 
-        def command() -> tuple[ScimGroupView, list[User]]:
+        def command() -> ScimGroupView:
             directory = self._directory(caller.tenant_id)
             group = Group(tenant_id=caller.tenant_id, display_name=display_name, external_id=external_id, created_by=ctx.actor)
             group.set_members(self._check_members(directory, data.members))
             directory.list_group(group.id, display_name)
             self.store.save(group, directory)
-            return self._group_view(group, directory), []
+            return self._group_view(group, directory)
 
-        view, _ = await self.store.execute(ctx, command)
-        return view
+        return await self.store.execute(ctx, command)
 
     async def get_group(self, caller: ScimCaller, group_id: uuid.UUID) -> ScimGroupView:
         def read() -> ScimGroupView:

@@ -20,7 +20,11 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from pydantic import ValidationError
 from scim2_models import (
     Context,
+    InvalidFilterException,
+    InvalidSyntaxException,
+    InvalidValueException,
     PatchOp,
+    PayloadTooLargeException,
     ResponseParameters,
     SCIMException,
     ScimFilter,
@@ -122,20 +126,14 @@ def _base_url(request: Request[Any, Any, Any]) -> str:
 async def _body(request: Request[Any, Any, Any]) -> dict[str, Any]:
     raw = await request.body()
     if len(raw) > MAX_BODY:
-        raise SCIMException(detail="body too large")
+        raise PayloadTooLargeException(detail=f"a SCIM request body is at most {MAX_BODY} bytes")
     try:
         value = json.loads(raw or b"null")
     except ValueError:
-        return _raise_syntax("the body is not JSON")
+        raise InvalidSyntaxException(detail="the body is not JSON") from None
     if not isinstance(value, dict):
-        return _raise_syntax("the body is a JSON object")
+        raise InvalidSyntaxException(detail="the body is a JSON object")
     return value
-
-
-def _raise_syntax(detail: str) -> dict[str, Any]:
-    from scim2_models import InvalidSyntaxException
-
-    raise InvalidSyntaxException(detail=detail)
 
 
 def _int_param(request: Request[Any, Any, Any], name: str, default: int, minimum: int) -> int:
@@ -145,8 +143,6 @@ def _int_param(request: Request[Any, Any, Any], name: str, default: int, minimum
     try:
         return max(minimum, int(raw))
     except ValueError:
-        from scim2_models import InvalidValueException
-
         raise InvalidValueException(detail=f"{name} is an integer") from None
 
 
@@ -178,8 +174,6 @@ def _page(
         except SCIMException:
             raise
         except (ValueError, TypeError) as exc:  # what the grammar refuses that is no SCIMException
-            from scim2_models import InvalidFilterException
-
             raise InvalidFilterException(detail=str(exc)[:300]) from None
         resources = [r for r in resources if bound.match(r)]
     total = len(resources)
