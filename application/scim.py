@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -322,21 +322,29 @@ class Provisioning:
     async def replace_user(
         self, ctx: CommandContext, caller: ScimCaller, user_id: uuid.UUID, data: ScimUserData
     ) -> ScimUserView:
-        """PUT, and the result of a PATCH: the user becomes ``data``. The account's own e-mail stays (parley
-        accounts are told apart by it); ``emails`` are kept as the provider sends them."""
-        profile = _profile(data)
-        name = _display_name(data)
+        """PUT: the user becomes ``data``. The account's own e-mail stays (parley accounts are told apart by
+        it); ``emails`` are kept as the provider sends them."""
+        return await self.modify_user(ctx, caller, user_id, lambda _: data)
+
+    async def modify_user(
+        self, ctx: CommandContext, caller: ScimCaller, user_id: uuid.UUID, change: Callable[[ScimUserView], ScimUserData]
+    ) -> ScimUserView:
+        """PATCH: the user becomes what ``change`` (pure: a PATCH applied) makes of them as they are, inside
+        the command, so two PATCHes at once never lose one another's change (a conflict runs it again)."""
 
         def command() -> tuple[ScimUserView, User]:
             directory = self._directory(caller.tenant_id)
             user, account = self._listed_user(directory, user_id)
+            data = change(self._view(user, account))
+            profile = _profile(data)
+            name = _display_name(data)
             directory.rename_user(user.id, _name_hash(caller.tenant_id, str(profile["userName"])))
             account.change(profile)
             user.rename(name)
             if data.active is False:
-                user.deactivate()
+                user.deactivate()  # bumps the token version: every token of the user stops working
             else:
-                user.reactivate()  # bumps the token version: every token of the user stops working
+                user.reactivate()
             self.store.save(user, directory, account)
             return self._view(user, account), user
 
@@ -424,12 +432,19 @@ class Provisioning:
     async def replace_group(
         self, ctx: CommandContext, caller: ScimCaller, group_id: uuid.UUID, data: ScimGroupData
     ) -> ScimGroupView:
-        display_name = check_scim_text(data.display_name, "displayName")
-        external_id = _optional(data.external_id, "externalId")
+        return await self.modify_group(ctx, caller, group_id, lambda _: data)
+
+    async def modify_group(
+        self, ctx: CommandContext, caller: ScimCaller, group_id: uuid.UUID, change: Callable[[ScimGroupView], ScimGroupData]
+    ) -> ScimGroupView:
+        """PATCH: as ``modify_user``; identity providers send member changes of one group at once."""
 
         def command() -> tuple[ScimGroupView, list[User]]:
             directory = self._directory(caller.tenant_id)
             group = self._listed_group(directory, group_id)
+            data = change(self._group_view(group, directory))
+            display_name = check_scim_text(data.display_name, "displayName")
+            external_id = _optional(data.external_id, "externalId")
             before = set(group.members)
             group.rename(display_name, external_id)
             group.set_members(self._check_members(directory, data.members))

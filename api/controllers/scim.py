@@ -35,7 +35,7 @@ from api import scim
 from api.deps import App, Caller, command_context
 from api.errors import STATUS_OF
 from application.context import CommandContext
-from application.scim import ScimCaller
+from application.scim import ScimCaller, ScimGroupData, ScimGroupView, ScimUserData, ScimUserView
 from domain.errors import Conflict, Invalid, NotFound, ParleyError, Unauthenticated
 
 __all__ = ["ScimController", "ScimAdminController"]
@@ -264,11 +264,14 @@ class ScimController(Controller):
         uid = _id(user_id, "USER_NOT_FOUND")
         base = _base_url(request)
         service = state.container.scim
-        body = await _body(request)
-        operations = PatchOp[scim.ParleyUser].model_validate(body, scim_ctx=Context.RESOURCE_PATCH_REQUEST)
-        resource = scim.user_resource(await service.get_user(caller, uid), base)
-        operations.patch(resource)
-        view = await service.replace_user(_ctx(request, caller), caller, uid, scim.user_data(resource))
+        operations = PatchOp[scim.ParleyUser].model_validate(await _body(request), scim_ctx=Context.RESOURCE_PATCH_REQUEST)
+
+        def change(current: ScimUserView) -> ScimUserData:
+            resource = scim.user_resource(current, base)
+            operations.patch(resource)
+            return scim.user_data(resource)
+
+        view = await service.modify_user(_ctx(request, caller), caller, uid, change)
         return _scim_response(_dump(scim.user_resource(view, base), Context.RESOURCE_PATCH_RESPONSE))
 
     @delete("/Users/{user_id:str}", operation_id="ScimDeleteUser", status_code=HTTP_204_NO_CONTENT)
@@ -316,9 +319,13 @@ class ScimController(Controller):
         base = _base_url(request)
         service = state.container.scim
         operations = PatchOp[scim.ParleyGroup].model_validate(await _body(request), scim_ctx=Context.RESOURCE_PATCH_REQUEST)
-        resource = scim.group_resource(await service.get_group(caller, gid), base)
-        operations.patch(resource)
-        view = await service.replace_group(_ctx(request, caller), caller, gid, scim.group_data(resource))
+
+        def change(current: ScimGroupView) -> ScimGroupData:
+            resource = scim.group_resource(current, base)
+            operations.patch(resource)
+            return scim.group_data(resource)
+
+        view = await service.modify_group(_ctx(request, caller), caller, gid, change)
         return _scim_response(_dump(scim.group_resource(view, base), Context.RESOURCE_PATCH_RESPONSE))
 
     @delete("/Groups/{group_id:str}", operation_id="ScimDeleteGroup", status_code=HTTP_204_NO_CONTENT)

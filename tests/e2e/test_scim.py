@@ -199,3 +199,32 @@ async def test_groups_map_to_roles_and_lists_filter_and_page(client: httpx.Async
     assert [g["id"] for g in groups["Resources"]] == [guests["id"]]
     r = await client.put(f"/api/v1/scim/groups/{guests['id']}/role", json={"role": "overlord"}, headers=bearer(admin))
     assert r.status_code == 422
+
+
+async def test_patches_at_once_lose_no_member(client: httpx.AsyncClient) -> None:
+    """Identity providers send a group's member changes at once: each PATCH applies to the group as it is
+    in its own command, so whatever was answered 200 is in the group (a conflict twice over is a 409)."""
+    await register(client, "root@example.com", name="Root")
+    token = await scim_token(client, await login(client, "root@example.com"))
+    users = [await provision(client, token, f"u{i}", f"u{i}@example.com") for i in range(6)]
+    r = await client.post(
+        "/scim/v2/Groups",
+        json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Crowd"},
+        headers=scim_headers(token),
+    )
+    group = r.json()
+    answers = await asyncio.gather(
+        *(
+            client.patch(
+                f"/scim/v2/Groups/{group['id']}",
+                json=patch_op({"op": "add", "path": "members", "value": [{"value": u["id"]}]}),
+                headers=scim_headers(token),
+            )
+            for u in users
+        )
+    )
+    assert {a.status_code for a in answers} <= {200, 409}
+    added = {u["id"] for u, a in zip(users, answers, strict=True) if a.status_code == 200}
+    assert len(added) >= 2
+    final = (await client.get(f"/scim/v2/Groups/{group['id']}", headers=scim_headers(token))).json()
+    assert {m["value"] for m in final.get("members", [])} == added
