@@ -32,13 +32,13 @@ from application.chat_exchange import ChatExchange
 from application.conversations import Chats, Generations, Models
 from application.folders import Folders
 from application.identity import Identity
-from application.scim import Provisioning
 from application.integrations import Webhooks
 from application.knowledge import Embedders, Knowledge, KnowledgeLimits
 from application.ldap import LdapDirectories
 from application.oidc import OidcProviders
 from application.prompts import Prompts
 from application.quotas import Quotas
+from application.scim import Provisioning
 from application.user_settings import UserSettingsService
 from domain.privacy import shredded_by
 from projections.audit import AuditProjector, open_details
