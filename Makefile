@@ -34,7 +34,8 @@ openwebui: $(OWUI_STAMP)
 slapd:
 	@command -v slapd >/dev/null 2>&1 || test -x /usr/sbin/slapd || { \
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slapd ldap-utils; }
+	  $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slapd ldap-utils; }
 
 run: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/parley serve
