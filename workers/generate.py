@@ -261,6 +261,10 @@ class GenerationWorker:
         # so that in-process workers (tests, benchmarks) load a model only when a request asks for one.
         self.preload_local = preload_local
         self._cancels: dict[str, asyncio.Event] = {}
+        self._deliveries: dict[str, Any] = {}
+        """The latest delivery of each job running here: a job redelivered while it runs (this worker's heartbeats
+        came late: its event loop stalled past the ack wait) goes on in the attempt already running, whose
+        heartbeats and ack then answer that delivery, rather than starting over beside itself."""
 
     async def run(self, stop: asyncio.Event) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig
@@ -401,7 +405,7 @@ class GenerationWorker:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             with contextlib.suppress(Exception):
-                await msg.in_progress()
+                await self._deliveries.get(generation_id, msg).in_progress()
             if time.monotonic() - checked < CANCEL_CHECK_S:
                 continue
             checked = time.monotonic()
@@ -414,6 +418,12 @@ class GenerationWorker:
         """One job, in the trace of the request that asked for it (the job message's traceparent)."""
         job = decode_job(msg.data)
         attempt = int(msg.metadata.num_delivered)
+        if job.generation_id in self._deliveries:  # still running here: late heartbeats, not a lost worker
+            self._deliveries[job.generation_id] = msg
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+            log.warning("job_redelivered_while_running", generation_id=job.generation_id, attempt=attempt)
+            return
         self.metrics.taken(job.model, msg.metadata.timestamp, attempt)
         attributes = {
             "messaging.system": "nats",
@@ -439,6 +449,7 @@ class GenerationWorker:
         )
         structlog.contextvars.bind_contextvars(generation_id=job.generation_id)
         cancel = self._cancels.setdefault(job.generation_id, asyncio.Event())
+        self._deliveries[job.generation_id] = msg
         heartbeat = asyncio.create_task(self._heartbeat(msg, job.generation_id))
         try:
             started = await self.c.generations.start(
@@ -446,7 +457,7 @@ class GenerationWorker:
             )
             if started is None:  # finished already (a duplicate delivery, or a crash before the ack)
                 await self._settle(job.generation_id, None)
-                await msg.ack()
+                await self._deliveries.get(job.generation_id, msg).ack()
                 return
             generation, target, request = started.generation, started.target, started.request
             if generation.cancel_requested:
@@ -471,7 +482,7 @@ class GenerationWorker:
             await self._settle(job.generation_id, outcome if recorded else None)
             if recorded:
                 await self._publish_done(job.generation_id, outcome)
-            await msg.ack()
+            await self._deliveries.get(job.generation_id, msg).ack()
             log.info(
                 "generation_finished",
                 status=outcome.status,
@@ -481,15 +492,16 @@ class GenerationWorker:
             )
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await msg.nak()  # this worker is stopping: another takes the job now
+                await self._deliveries.get(job.generation_id, msg).nak()  # this worker is stopping: another takes the job now
             raise
         except Exception as exc:
             log.exception("generation_crashed", attempt=attempt, error_type=type(exc).__name__)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=1)
+                await self._deliveries.get(job.generation_id, msg).nak(delay=1)
         finally:
             heartbeat.cancel()
             self._cancels.pop(job.generation_id, None)
+            self._deliveries.pop(job.generation_id, None)
             structlog.contextvars.unbind_contextvars("generation_id")
 
     async def _retrieve(self, retrieval: Retrieval, request: EngineRequest) -> tuple[EngineRequest, list[dict[str, Any]]]:
