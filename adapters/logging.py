@@ -65,6 +65,12 @@ def configure_logging(level: str = "info", json: bool = True) -> None:
     root.addHandler(handler)
     root.setLevel(numeric)
     logging.captureWarnings(True)  # a library's warning is a log line too, not a bare line on stderr
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # a server set up before may have given them
+        library = logging.getLogger(name)  # handlers of their own, or cut them off: through the root's, always
+        for old in list(library.handlers):
+            library.removeHandler(old)
+        library.propagate, library.disabled = True, False
+        library.setLevel(logging.NOTSET)
     for noisy in ("nats", "uvicorn.access", "httpx", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     structlog.configure(
