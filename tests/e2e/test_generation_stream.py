@@ -267,6 +267,8 @@ async def test_a_client_that_leaves_does_not_stop_the_generation(
     echo_delay(0.01)
     async with httpx.AsyncClient(base_url=live, timeout=15) as http:
         user = await echo_user(http)
+        # One answer first: the pipeline's workers subscribe as they start, after the test has begun.
+        await finished(http, user, (await ask(http, user, "warm up"))["generation_id"])
         subscriptions = len(container.nc._subs)  # nats-py has no public count of them
         sent = await ask(http, user, " ".join(WORDS[:60]))
         left = await read_stream(http, user, sent["generation_id"], stop_after=2)

@@ -91,6 +91,7 @@ async def setup(live: str, pipeline: Pipeline, upstream: FakeUpstreams) -> Async
                 headers=admin,
             )
             assert r.status_code == 201, r.text
+        await pipeline.settle()  # /v1/models lists the models read model: both listed once projected
         user = await _login(http, "user@example.com")
         r = await http.post("/api/v1/auths/api-keys", json={"name": "sdk"}, headers=user)
         assert r.status_code == 201, r.text

@@ -224,6 +224,7 @@ async def test_prompts_are_saved_shared_searched_by_command_and_rendered(
     assert (await client.delete(f"/api/v1/prompts/{mine['id']}", headers=bearer(owner))).status_code == 204
     r = await client.patch(f"/api/v1/prompts/{second}", json={"command": "/tldr"}, headers=bearer(owner))
     assert r.status_code == 200, r.text
+    await pipeline.settle()  # single prompts are read from the prompts read model
     assert (await client.get(f"/api/v1/prompts/{mine['id']}", headers=bearer(owner))).status_code == 404
     r = await client.delete(f"/api/v1/prompts/{house['id']}", headers=bearer(owner))
     assert r.status_code == 403 and error_code(r) == "PROMPT_READ_ONLY"

@@ -152,6 +152,9 @@ async def test_chat_list_is_newest_first_searchable_and_filtered_by_archive(cont
         "knowledge_ids",
         "file_ids",
         "client_chat_id",
+        "pinned",
+        "folder_id",
+        "tags",
         "created_at",
         "updated_at",
     }
@@ -505,6 +508,7 @@ async def test_model_listing_respects_activity_grants_and_roles(container: Conta
         "display_name",
         "provider_kind",
         "upstream_model",
+        "base_model",
         "defaults",
         "capabilities",
         "created_at",

@@ -256,6 +256,7 @@ async def gateway(
             headers=bearer(admin),
         )
         assert r.status_code == 201, r.text
+        await pipeline.settle()  # the model list is a read model: the echo model is listed once projected
         r = await http.post(
             "/api/v1/auths/api-keys",
             json={
