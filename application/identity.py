@@ -202,6 +202,11 @@ class EndUser:
     role: str | None = None
 
 
+class _PasswordAccountExists(Exception):
+    def __init__(self, user_id: uuid.UUID) -> None:
+        self.user_id = user_id
+
+
 @dataclass(frozen=True)
 class ExternalAccount:
     """Who an outside identity provider (OIDC, LDAP) says signed in, and what its configuration allows.
@@ -221,6 +226,10 @@ class ExternalAccount:
     allowed_domains: tuple[str, ...] = ()
     create_role: str | None = None
     code_prefix: str = "EXTERNAL"
+    link_password_accounts: bool = True
+    """Whether an account found by e-mail that has a local password may be linked (and so signed in to).
+    False where the provider's e-mail is only as good as what its users may write into it (a directory whose
+    users edit their own ``mail``): such an account is refused, ``<PREFIX>_ACCOUNT_EXISTS``."""
 
 
 def check_user_of_tenant(store: EventStorePort, tenant_id: str, user_id: str | uuid.UUID) -> None:
@@ -674,6 +683,8 @@ class Identity:
             index = self.store.find(EmailIndex, email_index_id(tenant_id, email))
             if index is not None:
                 user = self.store.get(User, index.user_id)
+                if user.password_hash is not None and not account.link_password_accounts:
+                    raise _PasswordAccountExists(user.id)
                 if account.role is not None and user.active:
                     user.change_role(account.role)
                 aggregates: list[Any] = [user]
@@ -690,9 +701,16 @@ class Identity:
 
         found: User | None
         try:
-            found = await self.store.execute(ctx, command)
-        except Conflict:  # a sign-in beside this one linked or created them first
-            found = await self.store.execute(ctx, command)
+            try:
+                found = await self.store.execute(ctx, command)
+            except Conflict:  # a sign-in beside this one linked or created them first
+                found = await self.store.execute(ctx, command)
+        except _PasswordAccountExists as exists:
+            raise await refuse(
+                f"{prefix}_ACCOUNT_EXISTS",
+                "an account with this e-mail signs in with its password here; an administrator may allow linking it",
+                exists.user_id,
+            ) from None
         if found is None:
             raise await refuse(f"{prefix}_USER_UNKNOWN", "no account here has this e-mail, and none is created")
         user = found

@@ -186,5 +186,8 @@ class LdapDirectories:
             role=role_for_groups(settings["group_roles"], user.groups),
             create_role=create_role,
             code_prefix="LDAP",
+            # A directory's e-mail is what its users may be able to write into their own entry: an account
+            # here that signs in with a password is linked only where the admin says the directory is trusted.
+            link_password_accounts=bool(settings.get("link_password_accounts", False)),
         )
         return await self.identity.sign_in_external(ctx, tenant_id, account)

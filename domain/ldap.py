@@ -160,7 +160,12 @@ def check_ldap_settings(raw: dict[str, Any]) -> LdapSettings:
     create_users = raw.get("create_users", True)
     enabled = raw.get("enabled", True)
     verify_tls = raw.get("verify_tls", True)
-    for name, flag in (("create_users", create_users), ("enabled", enabled), ("verify_tls", verify_tls)):
+    link_password_accounts = raw.get("link_password_accounts", False)
+    flags = (
+        ("create_users", create_users), ("enabled", enabled), ("verify_tls", verify_tls),
+        ("link_password_accounts", link_password_accounts),
+    )  # fmt: skip
+    for name, flag in flags:
         if not isinstance(flag, bool):
             raise Invalid("INVALID_LDAP_SETTINGS", f"{name} is true or false", field=name)
     return {
@@ -178,6 +183,7 @@ def check_ldap_settings(raw: dict[str, Any]) -> LdapSettings:
         "group_roles": _group_map(raw.get("group_roles", {})),
         "default_role": default_role,
         "create_users": create_users,
+        "link_password_accounts": link_password_accounts,
         "enabled": enabled,
         "timeout_s": float(timeout),
     }

@@ -1410,6 +1410,9 @@ class LdapSettingsData(msgspec.Struct, frozen=True, kw_only=True):
     create_users: Annotated[bool, Meta(description="Whether a directory user unknown here is created at sign-in.")]
     enabled: bool
     timeout_s: float
+    link_password_accounts: Annotated[
+        bool, Meta(description="Whether a directory sign-in may link an account here that has a local password.")
+    ] = False
 
 
 class LdapDirectoryConfigured(_Event, frozen=True, kw_only=True, tag="LdapDirectoryConfigured", tag_field="type"):

@@ -40,6 +40,13 @@ class LdapSettingsBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     group_roles: dict[Text, Annotated[str, Meta(max_length=20)]] = {}
     default_role: Annotated[str, Meta(max_length=20)] | None = None
     create_users: bool = True
+    link_password_accounts: Annotated[
+        bool,
+        Meta(
+            description="Whether a directory sign-in may link an account here that signs in with a password (the "
+            "directory's e-mail decides who it is: allow only where users cannot edit their own mail)"
+        ),
+    ] = False
     enabled: bool = True
     timeout_s: Annotated[float, Meta(gt=0, le=30)] = 5.0
 
@@ -62,6 +69,7 @@ class LdapSettings(msgspec.Struct, kw_only=True):
     create_users: bool
     enabled: bool
     timeout_s: float
+    link_password_accounts: bool = False
 
 
 class LdapLoginBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

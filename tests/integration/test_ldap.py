@@ -135,6 +135,21 @@ async def test_admin_configures_the_directory_and_never_reads_its_password_back(
         assert r.status_code == 422, (bad, r.text)
         assert r.json()["error"]["detail"].get("field") == field, (bad, r.text)
 
+    # An account here that signs in with a password is not taken over by whoever the directory says has its
+    # e-mail (a directory's users may be able to edit their own mail), unless the admin allows linking.
+    r = await client.post(
+        "/api/v1/auths/register", json={"email": "alice@example.org", "password": ADMIN_PASSWORD, "name": "Local Alice"}
+    )
+    assert r.status_code == 201, r.text
+    before = await head(container)
+    r = await ldap_login(client, "alice", "alice pass 1")
+    assert r.status_code == 403 and code(r) == "LDAP_ACCOUNT_EXISTS", r.text
+    assert [e.data["reason"] for e in await written_since(container, before) if e.type == "SignInFailed"] == [
+        "LDAP_ACCOUNT_EXISTS"
+    ]
+    r = await client.put("/api/v1/auth/ldap", json=changed | {"link_password_accounts": True}, headers=admin)
+    assert r.status_code == 200 and r.json()["link_password_accounts"] is True, r.text
+
     alice = (await ldap_login(client, "alice", "alice pass 1")).json()
     r = await client.get("/api/v1/auth/ldap", headers={"Authorization": f"Bearer {alice['access_token']}"})
     assert r.status_code == 200  # alice is an admin by her group
