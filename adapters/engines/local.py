@@ -29,6 +29,8 @@ import inspect
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -127,7 +129,7 @@ def _pick_device(device: str | None) -> str:
 def _materialise(source: ModelSource, home: Path, dtype: Any) -> tuple[Any, Any, Path, bool]:
     """Load (tokenizer, model) on CPU, from local files only. A GGUF is converted once (in float32) and cached as safetensors +
     config + tokenizer under ``home/models/<cache_name>``; returns (tokenizer, model, folder, converted)."""
-    torch = _import_torch()
+    _import_torch()  # a clear error where torch is missing
     from transformers import AutoModelForCausalLM, AutoTokenizer
     adopt_library_logs()  # transformers' own stderr handler would write plain lines
 
@@ -140,9 +142,47 @@ def _materialise(source: ModelSource, home: Path, dtype: Any) -> tuple[Any, Any,
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
         return tokenizer, model, folder, False
     log.info("converting %s (first start; the result is cached in %s)", source.gguf_file, folder)
-    tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file, local_files_only=True)
+    _convert_apart(source.directory, source.gguf_file, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    return tokenizer, model, folder, True
+
+
+CONVERT_TIMEOUT_S = 900
+
+
+def _convert_apart(directory: Path, gguf_file: str, folder: Path) -> None:
+    """``convert_gguf`` in a child process. De-quantising holds the GIL for seconds at a time: in this process
+    it stalled the event loop with it, so a generation worker's job heartbeats stopped and JetStream handed the
+    job on (and gave it up after ``max_deliver``). The child's output (progress bars) is kept out of the logs
+    unless it fails."""
+    code = (
+        "import sys; from pathlib import Path; from adapters.engines.local import convert_gguf; "
+        "convert_gguf(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(directory), gguf_file, str(folder)],
+            capture_output=True, text=True, errors="replace", timeout=CONVERT_TIMEOUT_S, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise EngineError("MODEL_UNAVAILABLE", f"converting {gguf_file} took over {CONVERT_TIMEOUT_S} s") from exc
+    if done.returncode != 0 or not (folder / "config.json").is_file():
+        raise EngineError(
+            "MODEL_UNAVAILABLE", f"converting {gguf_file} failed (status {done.returncode}): {done.stderr[-500:]}"
+        )
+
+
+def convert_gguf(directory: Path, gguf_file: str, folder: Path) -> None:
+    """Convert a GGUF checkpoint once (in float32) into ``folder`` as safetensors + config + tokenizer, which
+    appears whole (renamed from a staging folder) or not at all; a concurrent conversion's copy is kept."""
+    torch = _import_torch()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adopt_library_logs()
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
-        source.directory, gguf_file=source.gguf_file, dtype=torch.float32, local_files_only=True
+        directory, gguf_file=gguf_file, dtype=torch.float32, local_files_only=True
     )
     # The weights are plain float32 tensors now; only the config still says "gguf", and save_pretrained
     # refuses a quantised model. Forget the quantisation so the folder loads as an ordinary checkpoint.
@@ -162,7 +202,6 @@ def _materialise(source: ModelSource, home: Path, dtype: Any) -> tuple[Any, Any,
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return tokenizer, model, folder, True
 
 
 # --------------------------------------------------------------------------------------------------------
